@@ -1,0 +1,34 @@
+# The two commands a new user needs: `make run` and `make test`.
+# Both create .venv if it is missing and install tricode into it.
+# CPU machines get the CPU build of torch (the wheel pinned below); on a machine with CUDA,
+# run `make TORCH_SPEC=torch ...` (or install a CUDA torch into .venv first): the pinned
+# wheel is only chosen when no torch is installed yet.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench install clean
+
+run: $(STAMP)
+	$(VENV)/bin/tricode demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+bench: $(STAMP)
+	$(VENV)/bin/tricode bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info
