@@ -1,0 +1,62 @@
+"""Text <-> token ids for a checkpoint: its `tokenizer.json` and the special ids from `config.json`.
+
+Fill-in-the-middle tokens are looked up by the names the common code tokenizers use; a checkpoint
+without them can still complete from the prefix alone (`has_fim` is False).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+_FIM_NAMES = {
+    "prefix": ("<|fim_prefix|>", "<fim_prefix>", "[PREFIX]", "<PRE>"),
+    "suffix": ("<|fim_suffix|>", "<fim_suffix>", "[SUFFIX]", "<SUF>"),
+    "middle": ("<|fim_middle|>", "<fim_middle>", "[MIDDLE]", "<MID>"),
+    "file_sep": ("<|file_sep|>", "<file_sep>"),
+}
+
+
+class TokenizerError(Exception):
+    pass
+
+
+class Tokenizer:
+    def __init__(self, checkpoint_dir: str | Path):
+        d = Path(checkpoint_dir)
+        path = d / "tokenizer.json"
+        try:
+            self._tok = _HFTokenizer.from_file(str(path))
+        except Exception as e:
+            raise TokenizerError(f"{path}: cannot be loaded by the tokenizers library ({e})") from None
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise TokenizerError(f"{d / 'config.json'}: cannot be read ({e})") from None
+        eos = cfg.get("eos_token_id", 0)
+        self.eos_id: int = eos[0] if isinstance(eos, list) else eos
+        self.bos_id: int = cfg.get("bos_token_id", self.eos_id)
+        self.mask_id: int = cfg.get("mask_token_id", 100)
+        self.fim = {role: self._find(names) for role, names in _FIM_NAMES.items()}
+
+    def _find(self, names) -> int | None:
+        for name in names:
+            i = self._tok.token_to_id(name)
+            if i is not None:
+                return i
+        return None
+
+    @property
+    def has_fim(self) -> bool:
+        return all(self.fim[r] is not None for r in ("prefix", "suffix", "middle"))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,265 @@
+"""Loading and saving checkpoints in the NLD Hugging Face layout.
+
+A checkpoint directory holds `config.json`, the weights (`model.safetensors`, or shards listed in
+`model.safetensors.index.json`), `tokenizer.json` (read by the daemon, only checked for here) and
+optionally `linear_spec_lora/` (a PEFT LoRA on o_proj: `adapter_config.json` +
+`adapter_model.safetensors`). Every problem is raised as CheckpointError naming the file and the key.
+The model is built on the meta device and filled tensor by tensor, so an 8B checkpoint needs its own
+size in memory once, not twice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.config import ModelConfig, rope_inv_freq
+from engine.model import NLDModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be served; the message says which file/key and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    model: NLDModel
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """CUDA: bf16; CPU: fp32 (bf16 matmuls are many times slower on this kind of CPU)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+# Hugging Face tensor name -> (our parameter name, slot in a fused parameter or None).
+def _name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
+    m = {"encoder.embed_tokens.weight": ("embed.weight", None),
+         "encoder.norm.weight": ("norm", None),
+         "diffusion_head.weight": ("head.weight", None)}
+    for i in range(cfg.num_hidden_layers):
+        hf, ours = f"encoder.layers.{i}.", f"layers.{i}."
+        m[hf + "input_layernorm.weight"] = (ours + "input_norm", None)
+        m[hf + "post_attention_layernorm.weight"] = (ours + "post_norm", None)
+        for slot, p in enumerate("qkv"):
+            m[hf + f"self_attn.{p}_proj.weight"] = (ours + "qkv.weight", slot)
+        m[hf + "self_attn.o_proj.weight"] = (ours + "o.weight", None)
+        m[hf + "mlp.gate_proj.weight"] = (ours + "gate_up.weight", 0)
+        m[hf + "mlp.up_proj.weight"] = (ours + "gate_up.weight", 1)
+        m[hf + "mlp.down_proj.weight"] = (ours + "down.weight", None)
+    return m
+
+
+def _fused_rows(cfg: ModelConfig, ours: str, slot: int) -> slice:
+    d = cfg.head_dim
+    if ours.endswith("qkv.weight"):
+        sizes = [cfg.num_attention_heads * d, cfg.num_key_value_heads * d, cfg.num_key_value_heads * d]
+    else:
+        sizes = [cfg.intermediate_size] * 2
+    start = sum(sizes[:slot])
+    return slice(start, start + sizes[slot])
+
+
+def read_config(path: Path) -> ModelConfig:
+    f = path / "config.json"
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing. A checkpoint directory needs config.json "
+                              f"(is {path} an NLD checkpoint directory?)")
+    try:
+        raw = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    if raw.get("model_type", "nemotron_labs_diffusion") != "nemotron_labs_diffusion":
+        log.warning("%s: model_type is %r, not 'nemotron_labs_diffusion'; loading it as NLD", f, raw["model_type"])
+    if raw.get("tie_word_embeddings"):
+        raise CheckpointError(f"{f}: tie_word_embeddings is true; NLD models have an untied diffusion_head")
+    try:
+        return ModelConfig.from_dict(raw)
+    except KeyError as e:
+        raise CheckpointError(f"{f}: required key {e.args[0]!r} is missing") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{f}: {e}") from None
+
+
+def _weight_files(path: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file that holds it."""
+    index = path / "model.safetensors.index.json"
+    single = path / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index (needs a 'weight_map' object): {e}") from None
+        files = {name: path / shard for name, shard in weight_map.items()}
+        for shard in set(files.values()):
+            if not shard.is_file():
+                raise CheckpointError(f"{shard}: missing (listed in {index.name})")
+        return files
+    if single.is_file():
+        from safetensors import safe_open
+        try:
+            with safe_open(single, framework="pt") as f:
+                return {name: single for name in f.keys()}
+        except Exception as e:  # safetensors raises several types for a damaged header
+            raise CheckpointError(f"{single}: cannot be read as safetensors ({e})") from None
+    raise CheckpointError(f"{path}: no weights (model.safetensors or model.safetensors.index.json)")
+
+
+def _read_tensors(files: dict[str, Path], wanted: list[str]):
+    """Yield (name, tensor) for the wanted names, opening each shard once."""
+    from safetensors import safe_open
+    by_file: dict[Path, list[str]] = {}
+    for name in wanted:
+        by_file.setdefault(files[name], []).append(name)
+    for file, names in by_file.items():
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in names:
+                    yield name, f.get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot read tensors ({e}); the file may be truncated") from None
+
+
+def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True) -> Checkpoint:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory. Point --model at an NLD checkpoint directory "
+                              f"(config.json, model.safetensors, tokenizer.json)")
+    cfg = read_config(path)
+    if not (path / "tokenizer.json").is_file():
+        raise CheckpointError(f"{path / 'tokenizer.json'}: missing; the checkpoint needs its tokenizer")
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    files = _weight_files(path)
+    names = _name_map(cfg)
+    missing = [n for n in names if n not in files]
+    if missing:
+        where = "model.safetensors.index.json" if (path / "model.safetensors.index.json").is_file() else "model.safetensors"
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{path / where}: tensor {missing[0]!r} is missing{more}")
+
+    with torch.device("meta"):
+        model = NLDModel(cfg)
+    model.to_empty(device=device)
+    model.to(dtype)
+    model.inv_freq = rope_inv_freq(cfg)[0].to(device)  # to_empty left the buffer uninitialised
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in _read_tensors(files, list(names)):
+            ours, slot = names[name]
+            target = params[ours] if slot is None else params[ours][_fused_rows(cfg, ours, slot)]
+            if tuple(t.shape) != tuple(target.shape):
+                raise CheckpointError(f"{files[name]}: tensor {name!r} has shape {tuple(t.shape)}, "
+                                      f"config.json implies {tuple(target.shape)}")
+            target.copy_(t.to(dtype))
+    if lora and (path / "linear_spec_lora").is_dir():
+        _load_lora(model, path / "linear_spec_lora", dtype)
+    model.eval()
+    model.requires_grad_(False)
+    log.info("loaded %s: %.1fM parameters, %s %s%s", path, cfg.num_parameters / 1e6, device, dtype,
+             ", drafter LoRA" if model.has_lora else "")
+    return Checkpoint(path=path, config=cfg, model=model, device=device, dtype=dtype)
+
+
+def _load_lora(model: NLDModel, d: Path, dtype) -> None:
+    cfg_file, weights = d / "adapter_config.json", d / "adapter_model.safetensors"
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (linear_spec_lora/ needs adapter_config.json and adapter_model.safetensors)")
+    try:
+        acfg = json.loads(cfg_file.read_text())
+        r, alpha = int(acfg["r"]), float(acfg["lora_alpha"])
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{cfg_file}: needs integer 'r' and number 'lora_alpha' ({e})") from None
+    targets = acfg.get("target_modules") or ["o_proj"]
+    if set(targets) != {"o_proj"}:
+        raise CheckpointError(f"{cfg_file}: target_modules {targets}; tricode serves a LoRA on o_proj only")
+    from safetensors.torch import load_file
+    try:
+        tensors = load_file(weights)
+    except Exception as e:
+        raise CheckpointError(f"{weights}: cannot be read as safetensors ({e})") from None
+    model.add_lora(r, alpha)
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            for part, param in (("lora_A", layer.o_lora.A), ("lora_B", layer.o_lora.B)):
+                key = next((k for k in tensors if k.endswith(f"layers.{i}.self_attn.o_proj.{part}.weight")), None)
+                if key is None:
+                    raise CheckpointError(f"{weights}: no tensor for layer {i} o_proj {part} "
+                                          f"(expected a name ending in layers.{i}.self_attn.o_proj.{part}.weight)")
+                if tuple(tensors[key].shape) != tuple(param.shape):
+                    raise CheckpointError(f"{weights}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                                          f"expected {tuple(param.shape)}")
+                param.copy_(tensors[key].to(dtype))
+
+
+def hf_state_dict(model: NLDModel) -> dict[str, torch.Tensor]:
+    """The model's weights under the Hugging Face names (fused tensors split back)."""
+    cfg, params, out = model.cfg, dict(model.named_parameters()), {}
+    for name, (ours, slot) in _name_map(cfg).items():
+        t = params[ours] if slot is None else params[ours][_fused_rows(cfg, ours, slot)]
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def save_checkpoint(model: NLDModel, path: str | Path, *, dtype=torch.float16, shards: int = 1) -> None:
+    """Write config.json and weights (sharded with an index when shards > 1). Tokenizer is the caller's."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = dict(model.cfg.to_dict(), torch_dtype=str(dtype).removeprefix("torch."))
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    state = {k: v.to(dtype).cpu() for k, v in hf_state_dict(model).items()}
+    if shards <= 1:
+        save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    else:
+        names = list(state)
+        weight_map = {}
+        for s in range(shards):
+            fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = {n: state[n] for n in names[s::shards]}
+            save_file(part, path / fname, metadata={"format": "pt"})
+            weight_map.update({n: fname for n in part})
+        (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    if model.has_lora:
+        d = path / "linear_spec_lora"
+        d.mkdir(exist_ok=True)
+        layer0 = model.layers[0].o_lora
+        r = layer0.A.shape[0]
+        (d / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": r, "lora_alpha": layer0.scale * r, "target_modules": ["o_proj"]}))
+        lora = {}
+        for i, layer in enumerate(model.layers):
+            pre = f"base_model.model.encoder.layers.{i}.self_attn.o_proj."
+            lora[pre + "lora_A.weight"] = layer.o_lora.A.detach().to(dtype).cpu().contiguous()
+            lora[pre + "lora_B.weight"] = layer.o_lora.B.detach().to(dtype).cpu().contiguous()
+        save_file(lora, d / "adapter_model.safetensors")

@@ -1,0 +1,275 @@
+"""The three decoders: token ids in, token ids out (DESIGN.md §3).
+
+    ar         prefill, then one causal forward per token
+    diffusion  prefill gives the seed; per block [seed, M x (B-1)] bidirectional denoise steps that read
+               the cache without writing it, then one causal pass that commits the block
+    spec       prefill gives the seed; per block one bidirectional draft (LoRA on, no cache write) and
+               one causal verify (appends K/V); keep the longest agreeing prefix plus a bonus token
+               (`spec_variant="quadratic"`: draft and verify fused into one forward, see spec_quadratic)
+
+Every decoder stops on EOS, a stop callback (the daemon's stop strings), max_new_tokens, a deadline
+and a cancel flag checked before every forward, and returns its tokens with statistics. The KV cache
+passed in may already hold an earlier prompt: the common prefix is reused and only the rest is
+prefilled. This module knows nothing of text; `reference.py` holds the cache-free decoders that
+check these.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from engine.kv_cache import CacheFullError, KVCache
+from engine.model import NLDModel
+from triton_kernels.unmask import unmask_step
+from triton_kernels.verify import verify_greedy, verify_sample
+
+MODES = ("ar", "diffusion", "spec")
+SPEC_VARIANTS = ("linear", "quadratic")
+
+# Measured on the 2-core CPU (docs/benchmarks.md): per-forward overhead dominates there, and a block
+# much wider than the expected acceptance costs more than it saves.
+CPU_BLOCK_SIZE = 8
+DEFAULT_THRESHOLD = 0.9
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    mode: str = "spec"
+    max_new_tokens: int = 64
+    block_size: int | None = None      # None: the device default (config's block_size on a GPU)
+    threshold: float | None = None     # diffusion commit threshold
+    temperature: float = 0.0
+    seed: int | None = None
+    deadline: float | None = None      # time.monotonic() after which no forward starts
+    spec_variant: str = "linear"
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.spec_variant not in SPEC_VARIANTS:
+            raise ValueError(f"spec_variant {self.spec_variant!r}: choose one of {', '.join(SPEC_VARIANTS)}")
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must be within [0, 1]")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[int]
+    stop_reason: str                   # eos | stop | length | deadline | cancelled
+    mode: str
+    nfe: int = 0                       # forwards, the prefill counted as one
+    prefill_tokens: int = 0            # prompt tokens actually run through the model
+    reused_tokens: int = 0             # prompt tokens whose K/V came from the cache
+    accept_lengths: list[int] = field(default_factory=list)   # spec: tokens emitted per verify
+    denoise_steps: list[int] = field(default_factory=list)    # diffusion: steps per block
+    block_size: int = 1
+    prefill_ms: float = 0.0
+    elapsed_ms: float = 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return len(self.tokens) / self.nfe if self.nfe else 0.0
+
+    @property
+    def mean_accept_length(self) -> float:
+        return sum(self.accept_lengths) / len(self.accept_lengths) if self.accept_lengths else 0.0
+
+
+def default_block_size(model: NLDModel) -> int:
+    cfg_block = model.cfg.block_size
+    return cfg_block if model.head.weight.is_cuda else min(cfg_block, CPU_BLOCK_SIZE)
+
+
+class _Run:
+    """Bookkeeping shared by the decoders: emitted tokens, stop rules, interrupts, statistics."""
+
+    def __init__(self, model: NLDModel, params: DecodeParams, cancel, stop):
+        self.model, self.params, self.cancel, self.stop = model, params, cancel, stop
+        self.eos = {model.cfg.eos_token_id, *params.stop_token_ids}
+        self.mask_id = model.cfg.mask_token_id
+        self.device = model.head.weight.device
+        self.generator = None
+        if params.temperature > 0:
+            self.generator = torch.Generator(device=self.device)
+            self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        self.result = DecodeResult(tokens=[], stop_reason="length", mode=params.mode)
+        self.done = params.max_new_tokens == 0
+
+    def interrupted(self) -> bool:
+        """Checked before every forward."""
+        if self.cancel is not None and self.cancel.is_set():
+            self.result.stop_reason, self.done = "cancelled", True
+        elif self.params.deadline is not None and time.monotonic() >= self.params.deadline:
+            self.result.stop_reason, self.done = "deadline", True
+        return self.done
+
+    def push(self, new: list[int]) -> bool:
+        """Emit tokens in order; True once the decode is finished."""
+        out = self.result.tokens
+        for t in new:
+            if t in self.eos:
+                self.result.stop_reason, self.done = "eos", True
+                break
+            out.append(t)
+            if len(out) >= self.params.max_new_tokens:
+                self.result.stop_reason, self.done = "length", True
+                break
+        if self.stop is not None and out:
+            cut = self.stop(out)
+            if cut is not None:
+                del out[cut:]
+                self.result.stop_reason, self.done = "stop", True
+        return self.done
+
+    @property
+    def remaining(self) -> int:
+        return self.params.max_new_tokens - len(self.result.tokens)
+
+    def forward(self, ids: list[int], cache: KVCache, **kw) -> torch.Tensor:
+        self.result.nfe += 1
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(x, cache, **kw)[0]
+        logits[:, self.mask_id] = float("-inf")  # the mask id is never a prediction
+        return logits
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """Next token from one row of logits: argmax, or a sample at the request's temperature."""
+        if self.params.temperature == 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def generate(model: NLDModel, prompt_ids: list[int], params: DecodeParams, *, cache: KVCache | None = None,
+             cancel: threading.Event | None = None,
+             stop: Callable[[list[int]], int | None] | None = None) -> DecodeResult:
+    if not prompt_ids:
+        raise ValueError("the prompt must hold at least one token (start it with the BOS token)")
+    t0 = time.perf_counter()
+    block = params.block_size or default_block_size(model)
+    # Worst case: the prompt, every new token, and one block of scratch (a draft or a quadratic step).
+    scratch = block * (block + 1) if params.spec_variant == "quadratic" else block
+    need = len(prompt_ids) + params.max_new_tokens + scratch + 1
+    if cache is None:
+        cache = model.new_cache(need)
+    elif need > cache.max_len:
+        raise CacheFullError(f"this request needs up to {need} cache slots (prompt {len(prompt_ids)} + "
+                             f"{params.max_new_tokens} new + {scratch} scratch), the cache holds {cache.max_len}")
+    run = _Run(model, params, cancel, stop)
+    run.result.block_size = 1 if params.mode == "ar" else block
+    with torch.inference_mode():
+        if not run.done and not run.interrupted():
+            seed = _prefill(run, cache, prompt_ids)
+            if not run.push([seed]):
+                if params.mode == "ar":
+                    _decode_ar(run, cache, seed)
+                elif params.mode == "diffusion":
+                    _decode_diffusion(run, cache, seed, block)
+                elif params.spec_variant == "quadratic":
+                    from engine.spec_quadratic import decode_quadratic
+                    decode_quadratic(run, cache, seed, block)
+                else:
+                    _decode_spec(run, cache, seed, block)
+    run.result.elapsed_ms = (time.perf_counter() - t0) * 1e3
+    return run.result
+
+
+def _prefill(run: _Run, cache: KVCache, prompt_ids: list[int]) -> int:
+    """Reuse the cached common prefix, run the rest causally, return the first new token."""
+    t0 = time.perf_counter()
+    keep = min(cache.common_prefix(prompt_ids), len(prompt_ids) - 1)  # at least one token yields the logit
+    cache.crop(keep)
+    logits = run.forward(prompt_ids[keep:], cache, pattern="causal", write=True, last_only=True)
+    run.result.reused_tokens, run.result.prefill_tokens = keep, len(prompt_ids) - keep
+    seed = run.pick(logits[-1])
+    run.result.prefill_ms = (time.perf_counter() - t0) * 1e3
+    return seed
+
+
+def _decode_ar(run: _Run, cache: KVCache, token: int) -> None:
+    while not run.interrupted():
+        logits = run.forward([token], cache, pattern="causal", write=True)
+        token = run.pick(logits[-1])
+        if run.push([token]):
+            return
+
+
+def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> None:
+    """Block diffusion: the seed (already emitted) opens a block whose masks are denoised in place.
+
+    Each step commits every masked position whose confidence reaches the threshold, and at least the
+    most confident one; committed tokens are never re-masked. A causal pass over the finished block
+    appends its K/V and its last logit is the next seed. Cost per block: steps + 1 forwards.
+    """
+    M, impl = run.mask_id, run.model.kernel_impl
+    threshold = run.params.threshold if run.params.threshold is not None else DEFAULT_THRESHOLD
+    while not run.done:
+        tokens = torch.tensor([[seed] + [M] * min(block - 1, run.remaining)], device=run.device)
+        steps = 0
+        while bool((tokens == M).any()):
+            if run.interrupted():
+                return
+            logits = run.forward(tokens[0].tolist(), cache, pattern="block", write=False)[None]
+            if run.params.temperature > 0:  # sample: perturb the logits with Gumbel noise
+                u = torch.rand(logits.shape, generator=run.generator, device=run.device).clamp_(1e-10, 1.0)
+                logits = logits.float() / run.params.temperature - torch.log(-torch.log(u))
+            tokens, _, _ = unmask_step(tokens, logits, mask_id=M, threshold=threshold, impl=impl)
+            steps += 1
+        run.result.denoise_steps.append(steps)
+        ids = tokens[0].tolist()
+        if run.push(ids[1:]) or run.interrupted():
+            return
+        logits = run.forward(ids, cache, pattern="causal", write=True, last_only=True)
+        seed = run.pick(logits[-1])
+        if run.push([seed]):
+            return
+
+
+def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> None:
+    """Linear self-speculation.
+
+    Draft: one bidirectional pass over [seed, M x (B-1)] (LoRA on, cache read-only) fills every mask
+    with its argmax: [seed, d1 .. d(B-1)].
+    Verify: one causal pass over that block (LoRA off) appends its K/V; a[i], the AR prediction at
+    position i, is the model's choice for token i+1. Accept the longest prefix with a[i-1] == d[i]
+    (c drafts), emit d1..dc and the bonus a[c], crop the cache to old + 1 + c (the seed and the
+    accepted drafts; the bonus has no K/V yet) and make the bonus the next seed.
+    Greedy, this emits exactly what AR would. With temperature > 0, drafts are accepted by the
+    speculative-sampling rule (accept d_i with probability p_i(d_i), else sample the residual), which
+    leaves the output distributed as AR sampling.
+    """
+    M, impl = run.mask_id, run.model.kernel_impl
+    while not run.done:
+        n = min(block, run.remaining + 1)  # the seed plus at most `remaining - 1` drafts and a bonus
+        ids = [seed] + [M] * (n - 1)
+        if n > 1:
+            if run.interrupted():
+                return
+            draft = run.forward(ids, cache, pattern="block", write=False, lora=True)
+            ids = [seed] + draft[1:].argmax(-1).tolist()
+        if run.interrupted():
+            return
+        start = cache.length
+        logits = run.forward(ids, cache, pattern="causal", write=True)[None]
+        x = torch.tensor([ids], device=run.device)
+        if run.params.temperature == 0:
+            accepted, bonus = verify_greedy(x, logits, impl=impl)
+        else:
+            accepted, bonus = verify_sample(x, logits, temperature=run.params.temperature,
+                                            generator=run.generator, impl=impl)
+        c, seed = int(accepted[0]), int(bonus[0])
+        cache.crop(start + 1 + c)
+        run.result.accept_lengths.append(c + 1)
+        if run.push(ids[1:1 + c] + [seed]):
+            return

@@ -1,0 +1,164 @@
+"""The NLD network: a Llama/Mistral-style decoder whose attention pattern is chosen per forward.
+
+One set of weights, three ways to attend (DESIGN.md §2-3), selected by `pattern`:
+  "causal"     each new token sees the cached prefix and the new tokens up to itself (AR, verify)
+  "block"      each new token sees the cached prefix and every new token (diffusion steps, drafts)
+  "quadratic"  groups [d_i, M x B]: d tokens causal over d tokens, masks of group i see d_0..d_i and
+               their own group (one-forward self-speculation)
+`write` says whether this pass's K/V stay in the cache (see kv_cache.py). Nothing is reloaded
+between modes. The optional o_proj LoRA (the drafter adapter) is applied only when asked (`lora=True`).
+
+q/k/v and gate/up are held fused (one matmul each) for speed; checkpoint.py maps the Hugging Face
+tensor names onto them.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig, query_scale, rope_inv_freq
+from engine.kv_cache import KVCache
+from triton_kernels.attention import attention
+
+log = logging.getLogger(__name__)
+
+
+class LoRA(nn.Module):
+    def __init__(self, d_in: int, d_out: int, r: int, alpha: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.zeros(r, d_in))
+        self.B = nn.Parameter(torch.zeros(d_out, r))
+        self.scale = alpha / r
+
+    def forward(self, x):
+        return F.linear(F.linear(x, self.A), self.B) * self.scale
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.n_q, self.n_kv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.eps = cfg.rms_norm_eps
+        self.input_norm = nn.Parameter(torch.ones(h))
+        self.qkv = nn.Linear(h, (self.n_q + 2 * self.n_kv) * d, bias=False)
+        self.o = nn.Linear(self.n_q * d, h, bias=False)
+        self.o_lora: LoRA | None = None
+        self.post_norm = nn.Parameter(torch.ones(h))
+        self.gate_up = nn.Linear(h, 2 * cfg.intermediate_size, bias=False)
+        self.down = nn.Linear(cfg.intermediate_size, h, bias=False)
+
+    def forward(self, x, cos, sin, qscale, attend, lora: bool):
+        """attend(q [B,Hq,T,D], k [B,Hkv,T,D], v) -> [B,Hq,T,D]: where the K/V go and which mask applies."""
+        B, T, _ = x.shape
+        hn = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
+        q, k, v = self.qkv(hn).view(B, T, -1, self.d).split([self.n_q, self.n_kv, self.n_kv], dim=2)
+        q = rotate(q, cos, sin).transpose(1, 2)
+        if qscale is not None:
+            q = q * qscale.view(1, 1, T, 1).to(q.dtype)
+        a = attend(q, rotate(k, cos, sin).transpose(1, 2), v.transpose(1, 2))
+        a = a.transpose(1, 2).reshape(B, T, -1)
+        out = self.o(a)
+        if lora and self.o_lora is not None:
+            out = out + self.o_lora(a)
+        x = x + out
+        hn = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps)
+        gate, up = self.gate_up(hn).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+def rotate(x, cos, sin):
+    """RoPE in the half-split convention of Hugging Face Llama checkpoints. x: [B, T, H, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class NLDModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        inv_freq, self.rope_magnitude = rope_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._impl: str | None = None
+
+    @property
+    def has_lora(self) -> bool:
+        return self.layers[0].o_lora is not None
+
+    def add_lora(self, r: int, alpha: float) -> None:
+        p = self.head.weight
+        for layer in self.layers:
+            layer.o_lora = LoRA(layer.o.in_features, layer.o.out_features, r, alpha).to(p.device, p.dtype)
+
+    def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
+        p = self.head.weight
+        cfg = self.cfg
+        return KVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, max_len,
+                       batch=batch, device=p.device, dtype=p.dtype)
+
+    @property
+    def kernel_impl(self) -> str:
+        """Triton kernels on CUDA, the PyTorch references elsewhere; said once in the log."""
+        if self._impl is None:
+            self._impl = "triton" if self.head.weight.is_cuda else "reference"
+            log.info("attention/verify/unmask ops: %s implementation on %s", self._impl, self.head.weight.device)
+        return self._impl
+
+    def rope(self, positions: torch.Tensor):
+        angles = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        dtype = self.head.weight.dtype
+        cos = (angles.cos() * self.rope_magnitude).to(dtype)[None, :, None, :]
+        sin = (angles.sin() * self.rope_magnitude).to(dtype)[None, :, None, :]
+        return cos, sin
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache, *, pattern: str = "causal", write: bool = True,
+                positions: torch.Tensor | None = None, group: int = 0, lora: bool = False,
+                last_only: bool = False) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only).
+
+        New tokens sit at cache slots [cache.length, cache.length+T); their RoPE positions default to
+        those slots (the quadratic pattern passes its own). With write=True the slots are committed.
+        """
+        B, T = input_ids.shape
+        cache.reserve(T)
+        if positions is None:
+            positions = torch.arange(cache.length, cache.length + T, device=input_ids.device)
+        cos, sin = self.rope(positions)
+        qscale = query_scale(self.cfg, positions)
+        x = self.embed(input_ids)
+        impl, start = self.kernel_impl, cache.length
+        for i, layer in enumerate(self.layers):
+            def attend(q, k, v, i=i):
+                cache.k[i, :B, :, start:start + T] = k
+                cache.v[i, :B, :, start:start + T] = v
+                return attention(q, cache.k[i, :B, :, :start + T], cache.v[i, :B, :, :start + T],
+                                 prefix_len=start, pattern=pattern, group=group, impl=impl)
+            x = layer(x, cos, sin, qscale, attend, lora)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps))
+        if write:
+            cache.commit(input_ids[0].tolist())
+        return logits
+
+    def forward_masked(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                       lora: bool = False) -> torch.Tensor:
+        """Cache-free forward with an explicit boolean mask [T, T] (True = may attend): training."""
+        cos, sin = self.rope(positions)
+        qscale = query_scale(self.cfg, positions)
+
+        def attend(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, qscale, attend, lora)
+        return self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps))

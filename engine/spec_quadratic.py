@@ -1,0 +1,51 @@
+"""Quadratic self-speculation (TiDAR-style): draft and verify fused into one forward per step.
+
+Step input, for block size B and seed s = d_0 with drafts d_1..d_(B-1) from the previous step:
+    B groups [d_i, M x B], i = 0..B-1, T = B*(B+1) query tokens.
+    d_i sits at position L+i and attends causally to the prefix and d_0..d_i: its logit is a[i], the
+    AR prediction for position L+i+1 (so the d's verify exactly as in the linear variant).
+    The masks of group i sit at positions L+i+1 .. L+i+B and see the prefix, d_0..d_i and each other:
+    a diffusion pre-draft of the block that follows if d_0..d_i are accepted.
+Accept the longest c with a[i-1] == d_i (1 <= i <= c); emit d_1..d_c and the bonus a[c]. Keep only
+the K/V of d_0..d_c (moved down to contiguous slots); the bonus is the next seed, and the pre-draft of
+group c, masks 2..B (mask 1 guessed the bonus position, which AR has now fixed), the next drafts.
+The first step has no drafts yet: its d_1.. are masks, so it accepts nothing and yields the bonus and
+the first pre-draft. Greedy output equals AR token for token.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.kv_cache import KVCache
+from triton_kernels.verify import verify_greedy, verify_sample
+
+
+def decode_quadratic(run, cache: KVCache, seed: int, block: int) -> None:
+    M, impl, W = run.mask_id, run.model.kernel_impl, block + 1
+    drafts = [M] * (block - 1)
+    while not run.done:
+        n = min(block, run.remaining + 1)
+        ds = [seed] + drafts[:n - 1]
+        ids, positions = [], []
+        L = cache.length
+        for i, d in enumerate(ds):
+            ids += [d] + [M] * block
+            positions += [L + i] + list(range(L + i + 1, L + i + 1 + block))
+        if run.interrupted():
+            return
+        logits = run.forward(ids, cache, pattern="quadratic", group=W, write=False,
+                             positions=torch.tensor(positions, device=run.device))
+        verify_logits = logits[0::W][None]  # the d rows: a[0..n-1]
+        x = torch.tensor([ds], device=run.device)
+        if run.params.temperature == 0:
+            accepted, bonus = verify_greedy(x, verify_logits, impl=impl)
+        else:
+            accepted, bonus = verify_sample(x, verify_logits, temperature=run.params.temperature,
+                                            generator=run.generator, impl=impl)
+        c, seed = int(accepted[0]), int(bonus[0])
+        cache.move(torch.arange(c + 1, device=run.device) * W + L, L)
+        cache.commit(ds[:c + 1])
+        drafts = logits[c * W + 2:(c + 1) * W].argmax(-1).tolist()
+        run.result.accept_lengths.append(c + 1)
+        if run.push(ds[1:1 + c] + [seed]):
+            return

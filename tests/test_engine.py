@@ -1,0 +1,355 @@
+"""Engine: checkpoint loading, the three decoders against each other and against the naive reference."""
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from engine.checkpoint import CheckpointError, hf_state_dict, load_checkpoint
+from engine.config import ModelConfig, RopeScaling, query_scale, rope_inv_freq
+from engine.generate import DecodeParams, generate
+from engine.reference import naive_generate
+from tests.tiny_checkpoint import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model64(tiny_ckpt):
+    # float64 makes near-ties in argmax (which differ between a 1-token and a block forward) vanish
+    return load_checkpoint(tiny_ckpt, device="cpu", dtype="float64").model
+
+
+@pytest.fixture(scope="module")
+def lora_model64(tmp_path_factory):
+    path = write_tiny_checkpoint(tmp_path_factory.mktemp("lora") / "ckpt", seed=3, lora=True)
+    return load_checkpoint(path, device="cpu", dtype="float64").model
+
+
+def random_prompt(rng, vocab, n):
+    return [0] + [rng.randrange(6, vocab) for _ in range(n - 1)]
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip_and_shards(tmp_path):
+    a = write_tiny_checkpoint(tmp_path / "single", seed=5)
+    b = write_tiny_checkpoint(tmp_path / "sharded", seed=5, shards=3)
+    assert (b / "model.safetensors.index.json").is_file() and not (b / "model.safetensors").exists()
+    from safetensors.torch import load_file
+    saved = load_file(a / "model.safetensors")
+    ma, mb = load_checkpoint(a, device="cpu").model, load_checkpoint(b, device="cpu").model
+    sa, sb = hf_state_dict(ma), hf_state_dict(mb)
+    assert set(sa) == set(saved)
+    for name, t in saved.items():
+        assert torch.equal(sa[name], t), name
+        assert torch.equal(sb[name], t), name
+    prompt = [0, 10, 20, 30]
+    assert generate(ma, prompt, DecodeParams(mode="ar", max_new_tokens=8)).tokens == \
+        generate(mb, prompt, DecodeParams(mode="ar", max_new_tokens=8)).tokens
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_checkpoints_load(tmp_path, dtype):
+    path = write_tiny_checkpoint(tmp_path / dtype, dtype=getattr(torch, dtype))
+    ck = load_checkpoint(path, device="cpu")
+    assert ck.dtype == torch.float32 and json.loads((path / "config.json").read_text())["torch_dtype"] == dtype
+    assert len(generate(ck.model, [0, 7, 8], DecodeParams(mode="ar", max_new_tokens=4)).tokens) <= 4
+
+
+def _break(path, how):
+    cfg = json.loads((path / "config.json").read_text())
+    if how == "no_config":
+        (path / "config.json").unlink()
+    elif how == "bad_json":
+        (path / "config.json").write_text("{not json")
+    elif how == "missing_key":
+        del cfg["hidden_size"]
+        (path / "config.json").write_text(json.dumps(cfg))
+    elif how == "wrong_shape":
+        cfg["intermediate_size"] = cfg["intermediate_size"] + 8
+        (path / "config.json").write_text(json.dumps(cfg))
+    elif how == "truncated":
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "missing_tensor":
+        from safetensors.torch import load_file, save_file
+        t = load_file(path / "model.safetensors")
+        del t["encoder.layers.1.mlp.down_proj.weight"]
+        save_file(t, path / "model.safetensors")
+    elif how == "no_weights":
+        (path / "model.safetensors").unlink()
+    elif how == "no_tokenizer":
+        (path / "tokenizer.json").unlink()
+    elif how == "bad_lora":
+        (path / "linear_spec_lora" / "adapter_config.json").write_text(json.dumps({"r": 4}))
+
+
+@pytest.mark.parametrize("how, words", [
+    ("no_config", ["config.json", "missing"]),
+    ("bad_json", ["config.json", "JSON"]),
+    ("missing_key", ["config.json", "hidden_size"]),
+    ("wrong_shape", ["shape", "encoder.layers.0.mlp.gate_proj.weight"]),
+    ("truncated", ["model.safetensors"]),
+    ("missing_tensor", ["encoder.layers.1.mlp.down_proj.weight", "missing"]),
+    ("no_weights", ["no weights"]),
+    ("no_tokenizer", ["tokenizer.json"]),
+    ("bad_lora", ["adapter_config.json", "lora_alpha"]),
+])
+def test_broken_checkpoint_clear_error(tmp_path, how, words):
+    path = write_tiny_checkpoint(tmp_path / "c", lora=True)
+    _break(path, how)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path, device="cpu")
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_yarn_config_and_query_scale():
+    raw = {"vocab_size": 200, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 1e6,
+           "rope_scaling": {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 16384,
+                            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                            "llama_4_scaling_beta": 0.1}}
+    cfg = ModelConfig.from_dict(raw)
+    assert cfg.rope_scaling == RopeScaling(mscale=1.0, mscale_all_dim=1.0)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    inv, mag = rope_inv_freq(cfg)
+    plain = 1.0 / (1e6 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+    assert mag == 1.0  # mscale == mscale_all_dim
+    assert torch.allclose(inv[0].double(), plain[0]) and torch.allclose(inv[-1].double(), plain[-1] / 16)
+    assert query_scale(cfg, torch.arange(10)) is None
+    s = query_scale(cfg, torch.tensor([0, 16383, 16384, 3 * 16384]))
+    assert torch.allclose(s, 1 + 0.1 * torch.log1p(torch.tensor([0.0, 0.0, 1.0, 3.0])))
+
+
+def test_yarn_model_runs_long_positions(tmp_path):
+    path = write_tiny_checkpoint(tmp_path / "y", rope_scaling=RopeScaling(original_max_position_embeddings=16))
+    m = load_checkpoint(path, device="cpu", dtype="float64").model
+    prompt = random_prompt(random.Random(0), m.cfg.vocab_size, 40)  # crosses 16 and 32 (query scale > 1)
+    p = DecodeParams(mode="spec", max_new_tokens=12, block_size=4)
+    assert generate(m, prompt, p).tokens == generate(m, prompt, DecodeParams(mode="ar", max_new_tokens=12)).tokens
+
+
+# -- decoders ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", [1, 2, 4, 7, 32])
+def test_greedy_spec_equals_ar(model64, block):
+    rng = random.Random(block)
+    for trial in range(6):
+        prompt = random_prompt(rng, model64.cfg.vocab_size, rng.choice([1, 2, 5, 17, 40]))
+        n = rng.choice([1, 3, 20, 45])
+        ar = generate(model64, prompt, DecodeParams(mode="ar", max_new_tokens=n))
+        sp = generate(model64, prompt, DecodeParams(mode="spec", max_new_tokens=n, block_size=block))
+        assert sp.tokens == ar.tokens, (trial, prompt)
+        assert sp.stop_reason == ar.stop_reason
+        assert sum(sp.accept_lengths) + 1 >= len(sp.tokens)
+        if block > 1 and len(sp.tokens) > 1:
+            assert all(1 <= a <= block for a in sp.accept_lengths)
+
+
+@pytest.mark.parametrize("block", [1, 4, 32])
+def test_greedy_spec_equals_ar_with_lora_drafter(lora_model64, block):
+    m = lora_model64
+    assert m.has_lora
+    rng = random.Random(100 + block)
+    for _ in range(4):
+        prompt = random_prompt(rng, m.cfg.vocab_size, rng.choice([3, 12, 30]))
+        ar = generate(m, prompt, DecodeParams(mode="ar", max_new_tokens=30))
+        sp = generate(m, prompt, DecodeParams(mode="spec", max_new_tokens=30, block_size=block))
+        assert sp.tokens == ar.tokens
+        assert sp.tokens == naive_generate(m, prompt, DecodeParams(mode="spec", max_new_tokens=30, block_size=block))
+
+
+@pytest.mark.parametrize("mode, block, threshold", [
+    ("ar", None, None), ("spec", 4, None), ("spec", 8, None),
+    ("diffusion", 4, 0.9), ("diffusion", 8, 0.2), ("diffusion", 5, 1.0),
+])
+def test_cached_decoders_match_naive_reference(model64, mode, block, threshold):
+    rng = random.Random(hash((mode, block)) & 0xFFFF)
+    for _ in range(3):
+        prompt = random_prompt(rng, model64.cfg.vocab_size, rng.choice([1, 6, 19]))
+        p = DecodeParams(mode=mode, max_new_tokens=rng.choice([5, 17]), block_size=block, threshold=threshold)
+        assert generate(model64, prompt, p).tokens == naive_generate(model64, prompt, p)
+
+
+def test_diffusion_rules(model64):
+    M = model64.cfg.mask_token_id
+    with torch.no_grad():  # make the mask id the model's favourite prediction everywhere
+        model64.head.weight[M] += 50 * model64.head.weight[5]
+        bias_rows = model64.head.weight[M].clone()
+    try:
+        rng = random.Random(7)
+        for block, thr in [(4, 0.9), (8, 1.0), (8, 0.0), (3, 0.5)]:
+            prompt = random_prompt(rng, model64.cfg.vocab_size, 9)
+            r = generate(model64, prompt, DecodeParams(mode="diffusion", max_new_tokens=24, block_size=block, threshold=thr))
+            assert M not in r.tokens
+            # at least one commit per step: never more steps than masks in a block
+            assert all(1 <= s <= block - 1 for s in r.denoise_steps)
+            if thr == 1.0:
+                assert all(s == block - 1 for s in r.denoise_steps[:-1])  # exactly one commit per step
+            if thr == 0.0:
+                assert all(s == 1 for s in r.denoise_steps)
+            assert r.nfe <= 1 + sum(r.denoise_steps) + len(r.denoise_steps)
+    finally:
+        with torch.no_grad():
+            model64.head.weight[M] -= 50 * model64.head.weight[5]
+    assert not torch.equal(bias_rows, model64.head.weight[M])
+
+
+def test_diffusion_block1_threshold1_equals_ar(model64):
+    rng = random.Random(11)
+    for _ in range(4):
+        prompt = random_prompt(rng, model64.cfg.vocab_size, rng.choice([2, 15]))
+        ar = generate(model64, prompt, DecodeParams(mode="ar", max_new_tokens=25))
+        df = generate(model64, prompt, DecodeParams(mode="diffusion", max_new_tokens=25, block_size=1, threshold=1.0))
+        assert df.tokens == ar.tokens and df.nfe == ar.nfe
+
+
+def test_eos_stop_callback_and_max_tokens(model64):
+    prompt = [0, 40, 41, 42]
+    ar = generate(model64, prompt, DecodeParams(mode="ar", max_new_tokens=30))
+    assert ar.stop_reason in ("length", "eos") and len(ar.tokens) <= 30
+    target = ar.tokens[5]
+    for mode in ("ar", "spec", "diffusion"):
+        r = generate(model64, prompt, DecodeParams(mode=mode, max_new_tokens=30, stop_token_ids=(target,), block_size=4))
+        assert target not in r.tokens and r.stop_reason in ("eos", "length")
+        if mode != "diffusion":
+            assert r.tokens == ar.tokens[:ar.tokens.index(target)]
+        cut = generate(model64, prompt, DecodeParams(mode=mode, max_new_tokens=30, block_size=4),
+                       stop=lambda toks: 3 if len(toks) >= 3 else None)
+        assert len(cut.tokens) == 3 and cut.stop_reason == "stop"
+        assert len(generate(model64, prompt, DecodeParams(mode=mode, max_new_tokens=7, block_size=4)).tokens) == 7
+        assert generate(model64, prompt, DecodeParams(mode=mode, max_new_tokens=0)).tokens == []
+
+
+class CountingModel:
+    """Wraps a model; sets an event right after the k-th forward."""
+
+    def __init__(self, model, k, event):
+        self.model, self.k, self.event, self.calls = model, k, event, 0
+
+    def install(self):
+        orig = self.model.forward
+
+        def fwd(*a, **kw):
+            self.calls += 1
+            out = orig(*a, **kw)
+            if self.calls == self.k:
+                self.event.set()
+            return out
+        self.model.forward = fwd
+        return self
+
+    def uninstall(self):
+        del self.model.forward
+
+
+@pytest.mark.parametrize("mode", ["ar", "spec", "diffusion"])
+def test_cancel_stops_within_one_forward(model64, mode):
+    for k in (1, 2, 5):
+        ev = threading.Event()
+        c = CountingModel(model64, k, ev).install()
+        try:
+            r = generate(model64, [0, 9, 10], DecodeParams(mode=mode, max_new_tokens=200, block_size=4, threshold=1.0),
+                         cancel=ev)
+        finally:
+            c.uninstall()
+        assert r.stop_reason == "cancelled" and c.calls == k and r.nfe == k
+
+
+@pytest.mark.parametrize("mode", ["ar", "spec", "diffusion"])
+def test_deadline_stops_within_one_forward(model64, mode):
+    orig = model64.forward
+    calls = []
+
+    def slow(*a, **kw):
+        calls.append(time.monotonic())
+        time.sleep(0.02)
+        return orig(*a, **kw)
+    model64.forward = slow
+    try:
+        t0 = time.monotonic()
+        r = generate(model64, [0, 9, 10], DecodeParams(mode=mode, max_new_tokens=500, block_size=4, threshold=1.0,
+                                                       deadline=t0 + 0.15))
+    finally:
+        del model64.forward
+    assert r.stop_reason == "deadline"
+    assert all(t < t0 + 0.15 for t in calls)  # no forward started after the deadline
+    assert time.monotonic() - t0 < 0.15 + 0.2
+
+
+def test_prefix_reuse(model64):
+    rng = random.Random(3)
+    prompt = random_prompt(rng, model64.cfg.vocab_size, 60)
+    cache = model64.new_cache(256)
+    first = generate(model64, prompt, DecodeParams(mode="spec", max_new_tokens=10, block_size=4), cache=cache)
+    assert first.prefill_tokens == 60 and first.reused_tokens == 0
+    edited = prompt + [50]
+    second = generate(model64, edited, DecodeParams(mode="spec", max_new_tokens=10, block_size=4), cache=cache)
+    assert second.reused_tokens == 60 and second.prefill_tokens == 1
+    fresh = generate(model64, edited, DecodeParams(mode="spec", max_new_tokens=10, block_size=4))
+    assert second.tokens == fresh.tokens
+    # an edit in the middle keeps the prefix before it
+    changed = prompt[:30] + [77] + prompt[31:]
+    third = generate(model64, changed, DecodeParams(mode="ar", max_new_tokens=5), cache=cache)
+    assert third.reused_tokens == 30
+    assert third.tokens == generate(model64, changed, DecodeParams(mode="ar", max_new_tokens=5)).tokens
+
+
+def test_sampling_is_seeded_and_near_zero_temperature_is_greedy(model64):
+    prompt = [0, 20, 21]
+    a = generate(model64, prompt, DecodeParams(mode="spec", max_new_tokens=20, temperature=1.0, seed=1, block_size=4))
+    b = generate(model64, prompt, DecodeParams(mode="spec", max_new_tokens=20, temperature=1.0, seed=1, block_size=4))
+    assert a.tokens == b.tokens
+    ar = generate(model64, prompt, DecodeParams(mode="ar", max_new_tokens=20))
+    cold = generate(model64, prompt, DecodeParams(mode="spec", max_new_tokens=20, temperature=1e-6, seed=2, block_size=4))
+    assert cold.tokens == ar.tokens
+
+
+def test_cli_generate_json(tiny_ckpt):
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "generate", "--model", str(tiny_ckpt), "--mode", "spec",
+                          "--block-size", "4", "--max-new-tokens", "12", "--json", "--prompt", "def add(a, b):"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    for key in ("text", "token_ids", "nfe", "tokens_per_forward", "elapsed_ms", "mode"):
+        assert key in obj
+    assert obj["mode"] == "spec" and len(obj["token_ids"]) <= 12 and obj["nfe"] >= 1
+
+
+def test_cli_bad_model_is_a_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "generate", "--model", str(tmp_path), "--prompt", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "config.json" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("block", [1, 2, 4, 6])
+def test_greedy_quadratic_spec_equals_ar(model64, lora_model64, block):
+    rng = random.Random(50 + block)
+    for m in (model64, lora_model64):
+        for _ in range(3):
+            prompt = random_prompt(rng, m.cfg.vocab_size, rng.choice([1, 4, 23]))
+            n = rng.choice([1, 9, 30])
+            ar = generate(m, prompt, DecodeParams(mode="ar", max_new_tokens=n))
+            q = generate(m, prompt, DecodeParams(mode="spec", spec_variant="quadratic", max_new_tokens=n, block_size=block))
+            assert q.tokens == ar.tokens
+            assert q.nfe == 1 + len(q.accept_lengths)  # one forward per step
+
+
+def test_quadratic_prefix_reuse_keeps_cache_consistent(model64):
+    prompt = random_prompt(random.Random(9), model64.cfg.vocab_size, 20)
+    cache = model64.new_cache(200)
+    p = DecodeParams(mode="spec", spec_variant="quadratic", max_new_tokens=12, block_size=4)
+    first = generate(model64, prompt, p, cache=cache)
+    cont = prompt + first.tokens[:5]
+    second = generate(model64, cont, p, cache=cache)
+    assert second.reused_tokens == len(cont) - 1
+    assert second.tokens == generate(model64, cont, DecodeParams(mode="ar", max_new_tokens=12)).tokens
