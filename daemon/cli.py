@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object with text and statistics")
     p.set_defaults(func=cmd_generate)
+
+    from daemon.commands import add_commands as add_daemon_commands
+    from lsp.command import add_commands as add_lsp_commands
+    add_daemon_commands(sub)
+    add_lsp_commands(sub)
+    from training.commands import add_commands as add_training_commands
+    add_training_commands(sub)
     return parser
 
 

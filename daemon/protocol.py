@@ -1,0 +1,274 @@
+"""The wire protocol between `tricode lsp` (or the CLI) and the daemon. Imports no torch.
+
+Frames: a 4-byte big-endian length, then one msgpack map. Every map has a "type"; requests carry a
+client-chosen integer "id" that the reply repeats. The first frame on a connection is `hello`, which
+must carry the same PROTOCOL_VERSION as the daemon's. The daemon answers every request exactly once:
+with its reply type, or with `error` (codes below). A frame over MAX_FRAME bytes, or one that is not a
+msgpack map with a known "type", gets an `error` with id -1 (or the frame's id when it can be read),
+and the connection stays open.
+
+    client -> daemon                           daemon -> client
+    hello {version, client}                    hello {version, pid, state}
+    complete {doc, prefix, suffix, ...}        result {text, mode, stats...} | error
+    generate {doc, prefix, suffix, ...}        result | error        (refactors: AR, lower priority)
+    abort {target}                             ok
+    feedback {event, doc, shown, accepted}     ok
+    document {uri, path, language, text|None}  ok                    (open/changed/closed documents)
+    status {}                                  status {...}
+    shutdown {}                                ok
+                                               progress {stage, fraction, message}  (no id, unsolicited)
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 8 * 1024 * 1024
+HEADER = struct.Struct(">I")
+
+# error codes
+SUPERSEDED = "superseded"      # a newer completion for the same document and client replaced it
+ABORTED = "aborted"            # the client asked for it to stop
+BAD_REQUEST = "bad_request"    # malformed, unknown type, bad field
+TOO_LARGE = "too_large"        # frame over MAX_FRAME
+NOT_READY = "not_ready"        # model still loading or failed to load
+VERSION = "version"            # protocol version mismatch
+INTERNAL = "internal"          # a bug on the daemon side; the daemon keeps running
+SHUTTING_DOWN = "shutting_down"
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, id: int = -1):
+        super().__init__(message)
+        self.code, self.message, self.id = code, message, id
+
+
+# -- messages ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello:
+    id: int = 0
+    version: int = PROTOCOL_VERSION
+    client: str = ""           # e.g. "lsp:nvim", "cli"
+    type: str = "hello"
+
+
+@dataclass(frozen=True)
+class Complete:
+    """An inline completion: the text between prefix and suffix of one document."""
+    id: int = 0
+    doc: str = ""              # document URI; with the connection, the key for supersede
+    prefix: str = ""           # text before the cursor (the LSP may clip it; the daemon fits it to its budget)
+    suffix: str = ""           # text after the cursor
+    path: str = ""             # file path, for context from the workspace and the FIM file header
+    language: str = "python"
+    mode: str = ""             # "" = the daemon's configured mode for this kind
+    max_tokens: int = 64
+    max_lines: int = 1         # stop after this many lines (1 = single-line completion)
+    deadline_ms: int = 0       # time budget from arrival; 0 = the configured default
+    stop: tuple[str, ...] = ()  # extra stop strings
+    temperature: float = 0.0
+    block_size: int = 0        # 0 = default
+    threshold: float = 0.0     # 0 = default
+    type: str = "complete"
+
+
+@dataclass(frozen=True)
+class Generate(Complete):
+    """A refactor: like Complete but AR by default, refactor priority, longer outputs."""
+    max_tokens: int = 256
+    max_lines: int = 0          # 0 = no line limit
+    type: str = "generate"
+
+
+@dataclass(frozen=True)
+class Abort:
+    id: int = 0
+    target: int = 0
+    type: str = "abort"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    id: int = 0
+    event: str = "accepted"    # accepted | rejected | partial
+    doc: str = ""
+    shown: int = 0             # characters shown
+    accepted: int = 0          # characters accepted
+    type: str = "feedback"
+
+
+@dataclass(frozen=True)
+class Document:
+    id: int = 0
+    uri: str = ""
+    path: str = ""
+    language: str = ""
+    text: str | None = None    # None: the document was closed
+    type: str = "document"
+
+
+@dataclass(frozen=True)
+class Status:
+    id: int = 0
+    type: str = "status"
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    id: int = 0
+    type: str = "shutdown"
+
+
+REQUESTS = {
+    "hello": Hello, "complete": Complete, "generate": Generate, "abort": Abort, "feedback": Feedback,
+    "document": Document, "status": Status, "shutdown": Shutdown}
+
+
+@dataclass(frozen=True)
+class Result:
+    id: int
+    text: str
+    mode: str
+    stop_reason: str = ""
+    tokens: int = 0
+    nfe: int = 0
+    tokens_per_forward: float = 0.0
+    accept_length: float = 0.0
+    prefill_tokens: int = 0
+    reused_tokens: int = 0
+    queue_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    post_ms: float = 0.0
+    total_ms: float = 0.0
+    type: str = "result"
+
+
+def decode_request(obj) -> object:
+    """A decoded msgpack object -> a request dataclass. Raises ProtocolError(BAD_REQUEST)."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_REQUEST, f"a frame must be a map, got {type(obj).__name__}")
+    rid = obj.get("id", -1)
+    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else -1
+    kind = obj.get("type")
+    cls = REQUESTS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(BAD_REQUEST, f"unknown message type {kind!r}; known: {', '.join(sorted(REQUESTS))}", rid)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in obj or f.name == "type":
+            continue
+        value = obj[f.name]
+        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if not _type_ok(value, want):
+            raise ProtocolError(BAD_REQUEST, f"{kind}.{f.name}: expected {want}, got {type(value).__name__}", rid)
+        kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+
+
+def _type_ok(value, want: str) -> bool:
+    if want == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if want == "str":
+        return isinstance(value, str)
+    if want == "str | None":
+        return value is None or isinstance(value, str)
+    if want.startswith("tuple[str"):
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return True
+
+
+def to_wire(msg) -> dict:
+    return asdict(msg) if hasattr(msg, "__dataclass_fields__") else dict(msg)
+
+
+def error(id: int, code: str, message: str) -> dict:
+    return {"type": "error", "id": id, "code": code, "message": message}
+
+
+def ok(id: int, **extra) -> dict:
+    return {"type": "ok", "id": id, **extra}
+
+
+def pack(msg) -> bytes:
+    body = msgpack.packb(to_wire(msg), use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(TOO_LARGE, f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return HEADER.pack(len(body)) + body
+
+
+def unpack_body(body: bytes):
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as e:
+        raise ProtocolError(BAD_REQUEST, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
+
+
+# -- framing over asyncio streams and blocking sockets ----------------------------------------------
+
+async def read_frame(reader: asyncio.StreamReader):
+    """Next decoded frame, or None at EOF. An oversized frame is skipped and raised as TOO_LARGE."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError:
+        return None
+    (n,) = HEADER.unpack(header)
+    if n > MAX_FRAME:
+        remaining = n
+        while remaining:
+            chunk = await reader.read(min(remaining, 1 << 16))
+            if not chunk:
+                return None
+            remaining -= len(chunk)
+        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        body = await reader.readexactly(n)
+    except asyncio.IncompleteReadError:
+        return None
+    return unpack_body(body)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket):
+    header = _recv_exact(sock, HEADER.size)
+    if header is None:
+        return None
+    (n,) = HEADER.unpack(header)
+    if n > MAX_FRAME:
+        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+    body = _recv_exact(sock, n)
+    return None if body is None else unpack_body(body)
+
+
+# -- where the daemon lives -------------------------------------------------------------------------
+
+def runtime_dir() -> Path:
+    """$XDG_RUNTIME_DIR/tricode, else a private directory under the temp dir (mode 0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return Path(base) / "tricode"
+    import tempfile
+    return Path(tempfile.gettempdir()) / f"tricode-{os.getuid()}"
+
+
+def socket_path() -> Path:
+    return Path(os.environ.get("TRICODE_SOCKET") or runtime_dir() / "daemon.sock")
