@@ -28,6 +28,8 @@ class Tokenizer:
         path = d / "tokenizer.json"
         try:
             self._tok = _HFTokenizer.from_file(str(path))
+            # text that happens to spell a special token ("<|endoftext|>" in a file) stays text
+            self._tok.encode_special_tokens = True
         except Exception as e:
             raise TokenizerError(f"{path}: cannot be loaded by the tokenizers library ({e})") from None
         try:

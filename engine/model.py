@@ -149,9 +149,10 @@ class NLDModel(nn.Module):
             cache.commit(input_ids[0].tolist())
         return logits
 
-    def forward_masked(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                       lora: bool = False) -> torch.Tensor:
-        """Cache-free forward with an explicit boolean mask [T, T] (True = may attend): training."""
+    def hidden_masked(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                      lora: bool = False) -> torch.Tensor:
+        """Cache-free pass with an explicit boolean mask [T, T] (True = may attend) -> final normed hidden
+        states. Training computes the head on the rows it scores; the reference decoders use all."""
         cos, sin = self.rope(positions)
         qscale = query_scale(self.cfg, positions)
 
@@ -161,4 +162,7 @@ class NLDModel(nn.Module):
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, qscale, attend, lora)
-        return self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps))
+        return F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps)
+
+    def forward_masked(self, input_ids, positions, mask, lora: bool = False) -> torch.Tensor:
+        return self.head(self.hidden_masked(input_ids, positions, mask, lora))

@@ -1,5 +1,69 @@
-"""CLI subcommands for the embedded model: train, eval."""
+"""CLI subcommands for the embedded model: `tricode train` and `tricode eval`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from training.fim import prepare_data
+    from training.train import TrainConfig, evaluate_loss, export, train
+    import numpy as np
+    import torch
+
+    cfg = TrainConfig()
+    overrides = {k: getattr(args, k) for k in ("preset", "steps", "batch", "micro_batch", "seq_len", "block", "lr",
+                                               "vocab_size", "seed") if getattr(args, k) is not None}
+    cfg = replace(cfg, compile=args.compile, **overrides)
+    data_dir = args.data_dir
+    if not (data_dir / "tokenizer.json").is_file() or not (data_dir / f"train_{cfg.seq_len}.npy").is_file():
+        print(f"preparing data in {data_dir} (corpus, split, tokenizer, packing)...", file=sys.stderr)
+        prepare_data(data_dir, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, seed=cfg.seed,
+                     log=lambda m: print(m, file=sys.stderr))
+    state = train(cfg, data_dir, args.work, device=args.device, minutes=args.minutes, resume=not args.fresh)
+    if state is None:
+        return 3  # stage budget reached; run again to continue
+    from engine.checkpoint import pick_device
+    from engine.model import NLDModel
+    device = pick_device(args.device)
+    st = torch.load(state, map_location=device, weights_only=False)
+    model = NLDModel(cfg.model_config()).to(device)
+    model.load_state_dict(st["model"])
+    held = data_dir / f"heldout_{cfg.seq_len}.npy"
+    losses = evaluate_loss(model, np.load(held), cfg, device) if held.is_file() else None
+    if losses:
+        print(f"held-out loss: AR {losses['ar']:.3f}, masked {losses['dlm_ce']:.3f}", file=sys.stderr)
+    out = export(state, data_dir, args.out, heldout_loss=losses)
+    print(f"checkpoint written to {out}", file=sys.stderr)
+    return 0
 
 
 def add_commands(sub) -> None:
-    pass
+    p = sub.add_parser("train", help="train the embedded tri-mode model (resumable; see docs/model_card.md)")
+    p.add_argument("--data-dir", type=Path, default=REPO / "data", help="corpus, tokenizer and packed rows")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "train", help="resume state")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "model", help="where the finished checkpoint goes")
+    p.add_argument("--preset", choices=("tiny", "small", "base"))
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--micro-batch", type=int, dest="micro_batch")
+    p.add_argument("--seq-len", type=int, dest="seq_len")
+    p.add_argument("--block", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--vocab-size", type=int, dest="vocab_size")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--minutes", type=float, help="stage budget: save and stop after this long (rerun to resume)")
+    p.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
+    p.set_defaults(func=cmd_train)
+    try:
+        from training.evaluate import add_eval_command
+    except ImportError:
+        return
+    add_eval_command(sub)

@@ -1,0 +1,209 @@
+"""`tricode train`: train the embedded tri-mode model on packed token rows, resumably.
+
+Knows the training loop (AdamW, warm-up + cosine, gradient clipping, bf16 autocast on CUDA), the model
+size presets, progress reporting and the resume state. The objective is objective.py's; the data
+(packed uint16 rows of token ids) is prepared by data.py. Exports an NLD-layout checkpoint at the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.checkpoint import pick_device, save_checkpoint
+from engine.config import ModelConfig
+from engine.model import NLDModel
+from training import objective
+
+# Sizes measured on the 2-core CPU (docs/model_card.md): forward cost is dominated by per-op
+# overhead up to ~25M parameters there, so the largest model under the 40 MB fp16 limit that keeps a
+# one-token forward fast wins.
+PRESETS = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16),
+    "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                  num_key_value_heads=2, head_dim=64),
+    "base": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
+                 num_key_value_heads=2, head_dim=64),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "small"
+    vocab_size: int = 8192
+    seq_len: int = 1024
+    block: int = 8
+    batch: int = 64
+    micro_batch: int = 8       # rows per forward; gradients accumulate to `batch` (math unchanged)
+    steps: int = 2000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    w_dlm: float = 0.3
+    w_ar: float = 1.0
+    seed: int = 0
+    grad_clip: float = 1.0
+    compile: bool = False
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=self.vocab_size, rope_theta=10000.0, rope_scaling=None,
+                           max_position_embeddings=max(4096, 2 * self.seq_len), mask_token_id=1,
+                           eos_token_id=0, bos_token_id=0, block_size=self.block, torch_dtype="float16",
+                           **PRESETS[self.preset])
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def batch_at(data: np.ndarray, cfg: TrainConfig, step: int, device) -> torch.Tensor:
+    """Rows for a step, a pure function of (seed, step) so that a resumed run sees the same data."""
+    idx = np.random.default_rng([cfg.seed, step]).integers(0, data.shape[0], cfg.batch)
+    rows = data[np.sort(idx), : cfg.seq_len].astype(np.int64)
+    return torch.from_numpy(rows).to(device, non_blocking=True)
+
+
+class Progress:
+    def __init__(self, total: int, start: int):
+        self.total, self.start, self.t0 = total, start, time.time()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, step: int, tokens: int, stats: dict) -> None:
+        now = time.time()
+        if not self.tty and now - self.last < 15 and step + 1 < self.total:
+            return
+        self.last = now
+        done = step + 1 - self.start
+        rate = tokens / max(now - self.t0, 1e-9)
+        eta = (self.total - step - 1) * (now - self.t0) / max(done, 1)
+        bar = "#" * int(30 * (step + 1) / self.total)
+        line = (f"[{bar:<30}] {step + 1}/{self.total} loss {stats['loss']:.3f} ar {stats['ar']:.3f} "
+                f"dlm {stats['dlm']:.3f} | {rate:,.0f} tok/s | ETA {eta / 60:.1f} min")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+
+def _save_state(path: Path, model, opt, step: int, cfg: TrainConfig, tokens: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": tokens,
+                "config": asdict(cfg)}, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def evaluate_loss(model, data: np.ndarray, cfg: TrainConfig, device, batches: int = 4) -> dict:
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(1234)
+    out = {"ar": 0.0, "dlm": 0.0, "dlm_ce": 0.0}
+    mask = objective.training_mask(cfg.seq_len, cfg.block, device)
+    for b in range(batches):
+        x0 = batch_at(data, replace(cfg, seed=10_000 + b), 0, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            _, stats = objective.loss(model, x0, mask_id=1, block=cfg.block, attn_mask=mask, generator=g)
+        for k in out:
+            out[k] += float(stats[k]) / batches
+    model.train()
+    return out
+
+
+def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes: float | None = None,
+          resume: bool = True, save_every_s: float = 300.0) -> Path | None:
+    """Run (or continue) training. Returns the state path when all steps are done, None if a stage
+    budget (`minutes`) ended it early; run again to continue."""
+    device = pick_device(device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = np.load(data_dir / f"train_{cfg.seq_len}.npy", mmap_mode="r")
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "train_state.pt"
+    model = NLDModel(cfg.model_config()).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                            fused=device.type == "cuda")
+    start, tokens = 0, 0
+    if not resume and state_path.is_file():
+        state_path.unlink()
+    if resume and state_path.is_file():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        runtime_only = ("micro_batch", "compile")
+        if {k: v for k, v in st["config"].items() if k not in runtime_only} != \
+                {k: v for k, v in asdict(cfg).items() if k not in runtime_only}:
+            raise SystemExit(f"{state_path} was written by a different training config; use --fresh to restart")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        start, tokens = st["step"], st["tokens"]
+        print(f"resuming at step {start}/{cfg.steps} ({tokens:,} tokens seen)", file=sys.stderr)
+    print(f"model: {model.cfg.num_parameters / 1e6:.1f}M parameters, {device}; data: {data.shape[0]:,} rows "
+          f"of {data.shape[1]} tokens", file=sys.stderr)
+    mask = objective.training_mask(cfg.seq_len, cfg.block, device)
+    micro = cfg.batch if device.type == "cuda" else cfg.micro_batch
+    if cfg.compile and device.type == "cuda":
+        # the cache-free masked pass has fixed shapes: compile it alone (the loss gathers masked rows)
+        model.hidden_masked = torch.compile(model.hidden_masked)
+    model.train()
+    progress = Progress(cfg.steps, start)
+    t_start = last_save = time.time()
+    g = torch.Generator(device=device)
+    for step in range(start, cfg.steps):
+        g.manual_seed(cfg.seed * 1_000_003 + step)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        x0 = batch_at(data, cfg, step, device)
+        opt.zero_grad(set_to_none=True)
+        parts = x0.split(micro)
+        for part in parts:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, stats = objective.loss(model, part, mask_id=1, block=cfg.block, w_dlm=cfg.w_dlm,
+                                             w_ar=cfg.w_ar, attn_mask=mask, generator=g)
+            (loss / len(parts)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        tokens += x0.numel()
+        if step % 10 == 0 or step + 1 == cfg.steps:
+            progress.update(step, tokens - start * x0.numel(), {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
+        now = time.time()
+        out_of_time = minutes is not None and now - t_start > minutes * 60
+        if now - last_save > save_every_s or out_of_time or step + 1 == cfg.steps:
+            _save_state(state_path, model, opt, step + 1, cfg, tokens)
+            last_save = now
+        if out_of_time and step + 1 < cfg.steps:
+            print(f"\nstage budget of {minutes} min reached at step {step + 1}/{cfg.steps}; "
+                  f"run the same command again to continue", file=sys.stderr)
+            return None
+    print("", file=sys.stderr)
+    return state_path
+
+
+def export(state_path: Path, data_dir: Path, out: Path, heldout_loss: dict | None = None) -> Path:
+    """Write the NLD-layout checkpoint (fp16) with the tokenizer and the held-out file list."""
+    st = torch.load(state_path, map_location="cpu", weights_only=False)
+    cfg = TrainConfig(**st["config"])
+    model = NLDModel(cfg.model_config())
+    model.load_state_dict(st["model"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, out, dtype=torch.float16)
+    shutil.copy(data_dir / "tokenizer.json", out / "tokenizer.json")
+    for name in ("heldout_files.txt",):
+        if (data_dir / name).is_file():
+            shutil.copy(data_dir / name, out / name)
+    info = {"train_config": asdict(cfg), "steps": st["step"], "tokens_seen": st["tokens"],
+            "parameters": cfg.model_config().num_parameters}
+    if heldout_loss:
+        info["heldout_loss"] = heldout_loss
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
