@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
     losses = evaluate_loss(model, np.load(held), cfg, device) if held.is_file() else None
     if losses:
         print(f"held-out loss: AR {losses['ar']:.3f}, masked {losses['dlm_ce']:.3f}", file=sys.stderr)
-    out = export(state, data_dir, args.out, heldout_loss=losses)
+    out = export(state, data_dir, args.out, heldout_loss=losses, shards=args.shards)
     print(f"checkpoint written to {out}", file=sys.stderr)
     return 0
 
@@ -60,6 +60,7 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--minutes", type=float, help="stage budget: save and stop after this long (rerun to resume)")
     p.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
+    p.add_argument("--shards", type=int, default=1, help="write the weights in this many safetensors shards")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
     p.set_defaults(func=cmd_train)
     try:
@@ -67,3 +68,16 @@ def add_commands(sub) -> None:
     except ImportError:
         return
     add_eval_command(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.commands train ...`: the training commands without the rest of the CLI
+    (for a GPU machine that has torch but not the editor-side dependencies)."""
+    parser = argparse.ArgumentParser(prog="python -m training.commands")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

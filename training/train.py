@@ -2,7 +2,7 @@
 
 Knows the training loop (AdamW, warm-up + cosine, gradient clipping, bf16 autocast on CUDA), the model
 size presets, progress reporting and the resume state. The objective is objective.py's; the data
-(packed uint16 rows of token ids) is prepared by data.py. Exports an NLD-layout checkpoint at the end.
+(packed uint16 rows of token ids) is prepared by fim.py. Exports an NLD-layout checkpoint at the end.
 """
 from __future__ import annotations
 
@@ -189,14 +189,14 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
     return state_path
 
 
-def export(state_path: Path, data_dir: Path, out: Path, heldout_loss: dict | None = None) -> Path:
+def export(state_path: Path, data_dir: Path, out: Path, heldout_loss: dict | None = None, shards: int = 1) -> Path:
     """Write the NLD-layout checkpoint (fp16) with the tokenizer and the held-out file list."""
     st = torch.load(state_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**st["config"])
     model = NLDModel(cfg.model_config())
     model.load_state_dict(st["model"])
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out, dtype=torch.float16)
+    save_checkpoint(model, out, dtype=torch.float16, shards=shards)
     shutil.copy(data_dir / "tokenizer.json", out / "tokenizer.json")
     for name in ("heldout_files.txt",):
         if (data_dir / name).is_file():
