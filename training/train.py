@@ -35,6 +35,9 @@ PRESETS = {
 }
 
 
+FIT_AT = 40  # with steps == 0, the step at which the schedule's length is fixed
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "small"
@@ -156,10 +159,17 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
         # the cache-free masked pass has fixed shapes: compile it alone (the loss gathers masked rows)
         model.hidden_masked = torch.compile(model.hidden_masked)
     model.train()
-    progress = Progress(cfg.steps, start)
+    # steps == 0: fit the schedule to the stage budget. The first steps are all warm-up, whose
+    # learning rate does not depend on the total, so the total can be fixed after timing them.
+    fit = cfg.steps == 0
+    if fit and (minutes is None or start or cfg.warmup < FIT_AT):
+        raise SystemExit(f"--steps 0 (fit to the time budget) needs --minutes, a fresh run and warmup >= {FIT_AT}")
+    total = 10**9 if fit else cfg.steps
+    progress = Progress(total, start)
     t_start = last_save = time.time()
     g = torch.Generator(device=device)
-    for step in range(start, cfg.steps):
+    step = start
+    while step < total:
         g.manual_seed(cfg.seed * 1_000_003 + step)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
@@ -174,17 +184,30 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         tokens += x0.numel()
-        if step % 10 == 0 or step + 1 == cfg.steps:
+        if step % 10 == 0 or step + 1 == total:
             progress.update(step, tokens - start * x0.numel(), {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
         now = time.time()
         out_of_time = minutes is not None and now - t_start > minutes * 60
-        if now - last_save > save_every_s or out_of_time or step + 1 == cfg.steps:
+        if now - last_save > save_every_s or out_of_time or step + 1 == total:
             _save_state(state_path, model, opt, step + 1, cfg, tokens)
             last_save = now
-        if out_of_time and step + 1 < cfg.steps:
-            print(f"\nstage budget of {minutes} min reached at step {step + 1}/{cfg.steps}; "
+        if out_of_time and step + 1 < total:
+            print(f"\nstage budget of {minutes} min reached at step {step + 1}/{total}; "
                   f"run the same command again to continue", file=sys.stderr)
             return None
+        step += 1
+        if fit and step in (10, FIT_AT):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step == 10:
+                t10 = time.time()
+            else:
+                per_step = (time.time() - t10) / (FIT_AT - 10)
+                total = step + max(1, int((minutes * 60 - (time.time() - t_start) - 30) / per_step))
+                cfg = replace(cfg, steps=total)
+                progress.total = total
+                print(f"\nfitting the schedule to {minutes} min: {per_step * 1e3:.0f} ms/step -> {total} steps",
+                      file=sys.stderr)
     print("", file=sys.stderr)
     return state_path
 

@@ -50,3 +50,23 @@ def require_triton_device(kernel, name: str, *tensors: torch.Tensor) -> None:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+MAX_VOCAB_CHUNKS = 128
+
+
+def vocab_split(B: int, T: int, V: int, device: torch.device, interp: bool, num_chunks: int | None):
+    """Tiling of the verify/unmask kernels: [BLOCK_T x BLOCK_V] tiles, the vocabulary cut into
+    `n_chunks` chunks of `tiles_per_chunk` tiles (one program each, so that a batch of one row still
+    spreads over the GPU), and BLOCK_C >= n_chunks for the final merge of the per-chunk partials."""
+    block_t = max(2, next_pow2(T))
+    budget = 1024 if interp else 8192  # elements of one tile
+    block_v = max(16, min(next_pow2(V), budget // block_t))
+    n_tiles = -(-V // block_v)
+    if num_chunks is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        num_chunks = max(1, -(-sms // B))
+    num_chunks = max(1, min(int(num_chunks), n_tiles, MAX_VOCAB_CHUNKS, max(1, 8192 // block_t)))
+    tiles_per_chunk = -(-n_tiles // num_chunks)
+    n_chunks = -(-n_tiles // tiles_per_chunk)
+    return block_t, block_v, n_chunks, tiles_per_chunk, max(2, next_pow2(n_chunks))

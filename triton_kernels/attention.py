@@ -34,6 +34,7 @@ scale folded in). What it knows beyond the textbook version:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -59,6 +60,12 @@ def _check_pattern(T: int, prefix_len: int, pattern: str, group: int) -> None:
     if pattern == "quadratic":
         require(int(group) >= 1, f"pattern 'quadratic' needs group >= 1, got group={group}")
         require(T % group == 0, f"pattern 'quadratic': T={T} is not a multiple of group={group}")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_mask(T: int, prefix_len: int, pattern: str, group: int, device: torch.device) -> torch.Tensor:
+    # The reference builds the same mask once per forward instead of once per layer; read-only.
+    return attention_mask(T, prefix_len, pattern, group, device=device)
 
 
 def attention_mask(T: int, prefix_len: int, pattern: str, group: int = 0, device=None) -> torch.Tensor:
@@ -123,9 +130,9 @@ def attention_reference(q, k, v, *, prefix_len: int, pattern: str, group: int = 
         if prefix_len == 0:
             is_causal = True  # square causal: SDPA's own (top-left aligned) mask is the rule
         else:
-            mask = attention_mask(T, prefix_len, pattern, group, device=q.device)
+            mask = _cached_mask(T, prefix_len, pattern, group, q.device)
     elif pattern == "quadratic":
-        mask = attention_mask(T, prefix_len, pattern, group, device=q.device)
+        mask = _cached_mask(T, prefix_len, pattern, group, q.device)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     if Hq != Hkv:
@@ -166,14 +173,14 @@ def _attn_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, t, tile_
     offs_d = tl.arange(0, HEAD_DIM)
     for tile in range(tile_lo, tile_hi):
         offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        kt_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]
+        k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
         v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
         if MASKED:
             in_range = offs_n < L
-            kt = tl.load(kt_ptrs, mask=in_range[None, :], other=0.0)
+            k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
         else:
-            kt = tl.load(kt_ptrs)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+            k = tl.load(k_ptrs)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
             # Prefix keys (j < 0) are always visible; new keys follow the pattern's index rule.
             j = offs_n[None, :] - P
@@ -341,16 +348,20 @@ def attention_triton(q, k, v, *, prefix_len: int, pattern: str, group: int = 0,
     G = Hq // Hkv
     R = T * G
     interp = interpreted(_attn_fwd_kernel)
+    # Tile defaults (H100/H200 oriented; see scripts/gpu_check.py for a sweep). fp32 operands use
+    # exact (ieee) dots, which need far more registers: small tiles there. The interpreter gets
+    # small tiles so that CPU tests stay fast and cover several tiles.
+    fp32 = q.dtype == torch.float32
     if block_m is None:
-        block_m = 16 if interp else min(128, max(16, next_pow2(R)))
+        block_m = 16 if interp else min(32 if fp32 else 128, max(16, next_pow2(R)))
     if block_n is None:
-        block_n = 16 if interp else 64
+        block_n = 16 if interp else (32 if fp32 else 64)
     require(block_m >= 16 and block_n >= 16 and block_m == next_pow2(block_m) and block_n == next_pow2(block_n),
             f"attention_triton: block sizes must be powers of two >= 16, got {block_m}, {block_n}")
     if num_warps is None:
-        num_warps = 8 if block_m >= 128 else 4
+        num_warps = 8 if (block_m >= 128 or fp32) else 4
     if num_stages is None:
-        num_stages = 3 if D <= 64 or block_m <= 64 else 2
+        num_stages = 3 if block_m <= 32 else 2
     n_m = triton.cdiv(R, block_m)
     max_tiles = triton.cdiv(L, block_n)
     if num_splits is None:

@@ -13,9 +13,11 @@ makes progress. Committed tokens are never re-masked (unmasked positions pass th
 Returns (new_tokens [B, T] int64, committed [B, T] bool, confidence [B, T] float32 with 0 at
 positions that were not masked).
 
-The Triton kernel runs one program per batch row: one sweep over the vocabulary in [T x BLOCK_V]
-tiles keeps a running max, its index and a rescaled sum of exponentials for every position, and the
-threshold and at-least-one rules then run on the T-vector in registers. One kernel, no second pass.
+The Triton kernel is one launch over (batch row, vocabulary chunk) programs, so that a batch of one
+row still spreads over the GPU: each program sweeps its chunk in [T x BLOCK_V] tiles keeping a
+running max, its index and a rescaled sum of exponentials for every position, and writes them as
+partials; the row's program that finishes last (an atomic ticket per row) merges them and applies the
+threshold and at-least-one rules on the T-vector in registers. One kernel, no second launch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_impl, interpreted, next_pow2, require, require_triton_device
+from ._common import check_impl, interpreted, require, require_triton_device, vocab_split
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -63,49 +65,70 @@ def unmask_step_reference(block_tokens, logits, *, mask_id: int, threshold: floa
 
 
 @triton.jit
-def _unmask_kernel(Tok, Logits, NewTok, Commit, Conf,
+def _unmask_kernel(Tok, Logits, NewTok, Commit, Conf, Pmax, Psum, Parg, Count,
                    stride_tb, stride_tt, stride_lb, stride_lt, stride_nb, stride_nt,
                    stride_cb, stride_ct, stride_fb, stride_ft,
-                   T, V, mask_id, threshold,
-                   BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr):
+                   T, V, mask_id, threshold, n_chunks, tiles_per_chunk,
+                   BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
     b = tl.program_id(0)
+    chunk = tl.program_id(1)
     offs_t = tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
-    tok = tl.load(Tok + b * stride_tb + offs_t * stride_tt, mask=t_ok, other=0)
-    masked = t_ok & (tok == mask_id)
 
+    # This program's share of the vocabulary: running max, its lowest index, and the sum of
+    # exp(x - max), for every position at once.
     m = tl.full([BLOCK_T], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK_T], tl.float32)
     arg = tl.zeros([BLOCK_T], tl.int32)
-    for v0 in range(0, V, BLOCK_V):
+    for i in range(0, tiles_per_chunk):
+        v0 = (chunk * tiles_per_chunk + i) * BLOCK_V
         offs_v = v0 + tl.arange(0, BLOCK_V)
         x = tl.load(Logits + b * stride_lb + offs_t[:, None] * stride_lt + offs_v[None, :],
                     mask=t_ok[:, None] & (offs_v < V)[None, :], other=float("-inf")).to(tl.float32)
         x = tl.where((offs_v == mask_id)[None, :], float("-inf"), x)  # the mask id is never a candidate
         tile_max, tile_arg = tl.max(x, 1, return_indices=True, return_indices_tie_break_left=True)
-        better = tile_max > m
-        arg = tl.where(better, tile_arg + v0, arg)
+        arg = tl.where(tile_max > m, tile_arg + v0, arg)
         m_new = tl.maximum(m, tile_max)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - m_use) + tl.sum(tl.exp(x - m_use[:, None]), 1)
         m = m_new
-    conf = tl.where(masked, 1.0 / tl.where(masked, s, 1.0), 0.0)
+    part = (b * n_chunks + chunk) * BLOCK_T + offs_t
+    tl.store(Pmax + part, m)
+    tl.store(Psum + part, s)
+    tl.store(Parg + part, arg)
 
-    commit = masked & (conf >= threshold)
-    # At least one commit per row that still has masks: the most confident one, lowest index on ties.
-    n_masked = tl.sum(masked.to(tl.int32), 0)
-    n_commit = tl.sum(commit.to(tl.int32), 0)
-    _, best = tl.max(tl.where(masked, conf, -1.0), 0, return_indices=True, return_indices_tie_break_left=True)
-    commit = commit | ((n_masked > 0) & (n_commit == 0) & (offs_t == best))
+    # The row's last chunk program to finish (atomic ticket, release/acquire) merges the partials.
+    tl.debug_barrier()
+    if tl.atomic_add(Count + b, 1, sem="acq_rel") == n_chunks - 1:
+        offs_c = tl.arange(0, BLOCK_C)
+        pp = (b * n_chunks + offs_c[:, None]) * BLOCK_T + offs_t[None, :]
+        c_ok = (offs_c < n_chunks)[:, None]
+        pm = tl.load(Pmax + pp, mask=c_ok, other=float("-inf"), cache_modifier=".cg")
+        ps = tl.load(Psum + pp, mask=c_ok, other=0.0, cache_modifier=".cg")
+        pa = tl.load(Parg + pp, mask=c_ok, other=0, cache_modifier=".cg")
+        m, win = tl.max(pm, 0, return_indices=True, return_indices_tie_break_left=True)  # first chunk wins ties
+        cand = tl.sum(tl.where(offs_c[:, None] == win[None, :], pa, 0), 0)
+        m_use = tl.where(m == float("-inf"), 0.0, m)
+        s = tl.sum(ps * tl.exp(pm - m_use[None, :]), 0)
 
-    new_tok = tl.where(commit, arg.to(tl.int64), tok)
-    tl.store(NewTok + b * stride_nb + offs_t * stride_nt, new_tok, mask=t_ok)
-    tl.store(Commit + b * stride_cb + offs_t * stride_ct, commit.to(tl.int8), mask=t_ok)
-    tl.store(Conf + b * stride_fb + offs_t * stride_ft, conf, mask=t_ok)
+        tok = tl.load(Tok + b * stride_tb + offs_t * stride_tt, mask=t_ok, other=0)
+        masked = t_ok & (tok == mask_id)
+        conf = tl.where(masked, 1.0 / tl.where(masked, s, 1.0), 0.0)  # p(argmax) = 1 / sum exp(x - max)
+        commit = masked & (conf >= threshold)
+        # At least one commit per row that still has masks: the most confident, lowest index on ties.
+        n_masked = tl.sum(masked.to(tl.int32), 0)
+        n_commit = tl.sum(commit.to(tl.int32), 0)
+        _, best = tl.max(tl.where(masked, conf, -1.0), 0, return_indices=True, return_indices_tie_break_left=True)
+        commit = commit | ((n_masked > 0) & (n_commit == 0) & (offs_t == best))
+
+        new_tok = tl.where(commit, cand.to(tl.int64), tok)
+        tl.store(NewTok + b * stride_nb + offs_t * stride_nt, new_tok, mask=t_ok)
+        tl.store(Commit + b * stride_cb + offs_t * stride_ct, commit.to(tl.int8), mask=t_ok)
+        tl.store(Conf + b * stride_fb + offs_t * stride_ft, conf, mask=t_ok)
 
 
 def unmask_step_triton(block_tokens, logits, *, mask_id: int, threshold: float,
-                       tokens_out=None, committed_out=None, confidence_out=None):
+                       tokens_out=None, committed_out=None, confidence_out=None, num_chunks=None):
     B, T, V = _check(block_tokens, logits, mask_id, "unmask_step_triton", _FLOATS)
     require(logits.stride(-1) == 1, "unmask_step_triton: logits must be contiguous in the vocab dim")
     require_triton_device(_unmask_kernel, "unmask_step", block_tokens, logits)
@@ -113,16 +136,20 @@ def unmask_step_triton(block_tokens, logits, *, mask_id: int, threshold: float,
     new_tok = _out(tokens_out, (B, T), torch.int64, dev, "tokens_out")
     commit = _out(committed_out, (B, T), torch.bool, dev, "committed_out")
     conf = _out(confidence_out, (B, T), torch.float32, dev, "confidence_out")
-    block_t = max(2, next_pow2(T))
-    budget = 1024 if interpreted(_unmask_kernel) else 8192
-    block_v = max(16, min(next_pow2(V), budget // block_t))
+    block_t, block_v, n_chunks, tpc, block_c = vocab_split(B, T, V, dev, interpreted(_unmask_kernel), num_chunks)
+    size = B * n_chunks * block_t
+    pmax = torch.empty(size, dtype=torch.float32, device=dev)
+    psum = torch.empty(size, dtype=torch.float32, device=dev)
+    parg = torch.empty(size, dtype=torch.int32, device=dev)
+    count = torch.zeros(B, dtype=torch.int32, device=dev)
     commit_i8 = commit.view(torch.int8)
-    _unmask_kernel[(B,)](block_tokens, logits, new_tok, commit_i8, conf,
-                         block_tokens.stride(0), block_tokens.stride(1), logits.stride(0), logits.stride(1),
-                         new_tok.stride(0), new_tok.stride(1), commit_i8.stride(0), commit_i8.stride(1),
-                         conf.stride(0), conf.stride(1),
-                         T, V, int(mask_id), float(threshold),
-                         BLOCK_T=block_t, BLOCK_V=block_v, num_warps=8)
+    _unmask_kernel[(B, n_chunks)](
+        block_tokens, logits, new_tok, commit_i8, conf, pmax, psum, parg, count,
+        block_tokens.stride(0), block_tokens.stride(1), logits.stride(0), logits.stride(1),
+        new_tok.stride(0), new_tok.stride(1), commit_i8.stride(0), commit_i8.stride(1),
+        conf.stride(0), conf.stride(1),
+        T, V, int(mask_id), float(threshold), n_chunks, tpc,
+        BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_C=block_c, num_warps=8)
     return new_tok, commit, conf
 
 

@@ -22,9 +22,11 @@ cumulative weight exceeds u * total). Without it the reference draws with `gener
 the accept test, torch.multinomial for the sample) and the Triton path draws the uniforms with
 torch.rand(generator=generator) and uses its inverse CDF.
 
-Each Triton kernel runs one program per batch row; the program sweeps the vocabulary in tiles of
-[all T positions x BLOCK_V] (argmax, or max and sum of exponentials), then does the accept walk on
-the T-vector in registers, and (sampling only) two more sweeps over the one row it samples from.
+Each Triton kernel is one launch over (batch row, vocabulary chunk) programs, so that a batch of
+one row still spreads over the GPU. Each program sweeps its chunk in [all T positions x BLOCK_V] tiles
+(argmax, or max and sum of exponentials) and writes its partials; the program of a row that finishes
+last (an atomic ticket per row) merges the partials, does the accept walk on the T-vector in
+registers and (sampling only) two more sweeps over the one logits row it samples from.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_impl, interpreted, next_pow2, require, require_triton_device
+from ._common import check_impl, interpreted, next_pow2, require, require_triton_device, vocab_split
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -135,14 +137,27 @@ def verify_sample_reference(block_tokens, target_logits, *, temperature, draft_p
 
 
 @triton.jit
-def _verify_greedy_kernel(Tok, Logits, Acc, Bonus, stride_tb, stride_tt, stride_lb, stride_lt, T, V,
-                          BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr):
+def _last_program(Count, b):
+    # Every chunk program of row b takes a ticket after writing its partials; the one that draws the
+    # last ticket knows all partials are written (release/acquire on the counter) and merges them.
+    tl.debug_barrier()
+    return tl.atomic_add(Count + b, 1, sem="acq_rel")
+
+
+@triton.jit
+def _verify_greedy_kernel(Tok, Logits, Acc, Bonus, Pmax, Parg, Count,
+                          stride_tb, stride_tt, stride_lb, stride_lt, T, V, n_chunks, tiles_per_chunk,
+                          BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
     b = tl.program_id(0)
+    chunk = tl.program_id(1)
     offs_t = tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
+
+    # This program's share of the vocabulary: running max and (lowest) argmax per position.
     best = tl.full([BLOCK_T], float("-inf"), tl.float32)
     best_i = tl.zeros([BLOCK_T], tl.int32)
-    for v0 in range(0, V, BLOCK_V):
+    for i in range(0, tiles_per_chunk):
+        v0 = (chunk * tiles_per_chunk + i) * BLOCK_V
         offs_v = v0 + tl.arange(0, BLOCK_V)
         x = tl.load(Logits + b * stride_lb + offs_t[:, None] * stride_lt + offs_v[None, :],
                     mask=t_ok[:, None] & (offs_v < V)[None, :], other=float("-inf")).to(tl.float32)
@@ -150,126 +165,152 @@ def _verify_greedy_kernel(Tok, Logits, Acc, Bonus, stride_tb, stride_tt, stride_
         better = tile_max > best  # strict: an earlier tile keeps a tie (lowest index wins)
         best_i = tl.where(better, tile_arg + v0, best_i)
         best = tl.where(better, tile_max, best)
-    # Lane i compares a[i] with draft i + 1; the first mismatch (or the last lane) is the count.
-    has_draft = offs_t < T - 1
-    d = tl.load(Tok + b * stride_tb + (offs_t + 1) * stride_tt, mask=has_draft, other=-1)
-    stop = (best_i.to(tl.int64) != d) | (~has_draft)
-    c = tl.min(tl.where(stop, offs_t, BLOCK_T), 0)
-    bonus = tl.sum(tl.where(offs_t == c, best_i, 0), 0)
-    tl.store(Acc + b, c.to(tl.int64))
-    tl.store(Bonus + b, bonus.to(tl.int64))
+    part = (b * n_chunks + chunk) * BLOCK_T + offs_t
+    tl.store(Pmax + part, best)
+    tl.store(Parg + part, best_i)
+
+    if _last_program(Count, b) == n_chunks - 1:
+        offs_c = tl.arange(0, BLOCK_C)
+        pp = (b * n_chunks + offs_c[:, None]) * BLOCK_T + offs_t[None, :]
+        c_ok = (offs_c < n_chunks)[:, None]
+        pmax = tl.load(Pmax + pp, mask=c_ok, other=float("-inf"), cache_modifier=".cg")
+        parg = tl.load(Parg + pp, mask=c_ok, other=0, cache_modifier=".cg")
+        _, win = tl.max(pmax, 0, return_indices=True, return_indices_tie_break_left=True)  # first chunk wins ties
+        a = tl.sum(tl.where(offs_c[:, None] == win[None, :], parg, 0), 0)
+        # Lane i compares a[i] with draft i + 1; the first mismatch (or the last lane) is the count.
+        has_draft = offs_t < T - 1
+        d = tl.load(Tok + b * stride_tb + (offs_t + 1) * stride_tt, mask=has_draft, other=-1)
+        stop = (a.to(tl.int64) != d) | (~has_draft)
+        c = tl.min(tl.where(stop, offs_t, BLOCK_T), 0)
+        bonus = tl.sum(tl.where(offs_t == c, a, 0), 0)
+        tl.store(Acc + b, c.to(tl.int64))
+        tl.store(Bonus + b, bonus.to(tl.int64))
 
 
 @triton.jit
-def _verify_sample_kernel(Tok, Logits, Qp, U, Acc, Next,
+def _verify_sample_kernel(Tok, Logits, Qp, U, Acc, Next, Pmax, Psum, Count,
                           stride_tb, stride_tt, stride_lb, stride_lt, stride_qb, stride_qt,
-                          stride_ub, stride_ut, T, V, inv_temp,
+                          stride_ub, stride_ut, T, V, inv_temp, n_chunks, tiles_per_chunk,
                           HAS_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
-                          BLOCK_V1: tl.constexpr):
+                          BLOCK_C: tl.constexpr, BLOCK_V1: tl.constexpr):
     b = tl.program_id(0)
+    chunk = tl.program_id(1)
     offs_t = tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
     l_row = Logits + b * stride_lb
 
-    # Sweep 1: max and sum of exp of logits / temperature, for every position at once.
+    # This program's share: max and sum of exp of logits / temperature, every position at once.
     m = tl.full([BLOCK_T], float("-inf"), tl.float32)
     z = tl.zeros([BLOCK_T], tl.float32)
-    for v0 in range(0, V, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V)
+    for i in range(0, tiles_per_chunk):
+        offs_v = (chunk * tiles_per_chunk + i) * BLOCK_V + tl.arange(0, BLOCK_V)
         x = tl.load(l_row + offs_t[:, None] * stride_lt + offs_v[None, :],
                     mask=t_ok[:, None] & (offs_v < V)[None, :], other=float("-inf")).to(tl.float32) * inv_temp
         m_new = tl.maximum(m, tl.max(x, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         z = z * tl.exp(m - m_use) + tl.sum(tl.exp(x - m_use[:, None]), 1)
         m = m_new
-    m = tl.where(t_ok, m, 0.0)
-    z = tl.where(t_ok, z, 1.0)
+    part = (b * n_chunks + chunk) * BLOCK_T + offs_t
+    tl.store(Pmax + part, m)
+    tl.store(Psum + part, z)
 
-    # Accept walk. Lane i holds draft i + 1, judged by p from logits row i.
-    has_draft = offs_t < T - 1
-    d = tl.load(Tok + b * stride_tb + (offs_t + 1) * stride_tt, mask=has_draft, other=0)
-    x_d = tl.load(l_row + offs_t * stride_lt + d, mask=has_draft, other=float("-inf")).to(tl.float32) * inv_temp
-    p_d = tl.exp(x_d - m) / z
-    if HAS_Q:
-        q_d = tl.load(Qp + b * stride_qb + (offs_t + 1) * stride_qt + d, mask=has_draft, other=1.0).to(tl.float32)
-    else:
-        q_d = tl.full([BLOCK_T], 1.0, tl.float32)
-    u = tl.load(U + b * stride_ub + offs_t * stride_ut, mask=has_draft, other=0.0).to(tl.float32)
-    stop = ~(u * q_d < p_d) | (~has_draft)  # u < min(1, p/q)  <=>  u*q < p  for u in [0, 1)
-    c = tl.min(tl.where(stop, offs_t, BLOCK_T), 0)
+    if _last_program(Count, b) == n_chunks - 1:
+        offs_c = tl.arange(0, BLOCK_C)
+        pp = (b * n_chunks + offs_c[:, None]) * BLOCK_T + offs_t[None, :]
+        c_ok = (offs_c < n_chunks)[:, None]
+        pm = tl.load(Pmax + pp, mask=c_ok, other=float("-inf"), cache_modifier=".cg")
+        pz = tl.load(Psum + pp, mask=c_ok, other=0.0, cache_modifier=".cg")
+        m = tl.max(pm, 0)
+        m = tl.where(t_ok, m, 0.0)
+        z = tl.sum(pz * tl.exp(pm - m[None, :]), 0)
+        z = tl.where(t_ok, z, 1.0)
 
-    # The emitted token is drawn from logits row c: the residual max(0, p - q_(c+1)) after a
-    # rejection, p itself after accepting every draft (or if the residual is all zero).
-    rejected = c < T - 1
-    m_c = tl.sum(tl.where(offs_t == c, m, 0.0), 0)
-    z_c = tl.sum(tl.where(offs_t == c, z, 0.0), 0)
-    nxt = tl.minimum(c + 1, T - 1)
-    d_rej = tl.load(Tok + b * stride_tb + nxt * stride_tt)
-    u_s = tl.load(U + b * stride_ub + (T - 1) * stride_ut).to(tl.float32)
-    c_row = l_row + c * stride_lt
-    q_row = Qp + b * stride_qb + nxt * stride_qt
-
-    w_res = 0.0
-    w_p = 0.0
-    for v0 in range(0, V, BLOCK_V1):
-        offs_v = v0 + tl.arange(0, BLOCK_V1)
-        v_ok = offs_v < V
-        p = tl.exp(tl.load(c_row + offs_v, mask=v_ok, other=float("-inf")).to(tl.float32) * inv_temp - m_c) / z_c
+        # Accept walk. Lane i holds draft i + 1, judged by p from logits row i.
+        has_draft = offs_t < T - 1
+        d = tl.load(Tok + b * stride_tb + (offs_t + 1) * stride_tt, mask=has_draft, other=0)
+        x_d = tl.load(l_row + offs_t * stride_lt + d, mask=has_draft, other=float("-inf")).to(tl.float32) * inv_temp
+        p_d = tl.exp(x_d - m) / z
         if HAS_Q:
-            q = tl.load(q_row + offs_v, mask=v_ok, other=0.0).to(tl.float32)
+            q_d = tl.load(Qp + b * stride_qb + (offs_t + 1) * stride_qt + d, mask=has_draft, other=1.0).to(tl.float32)
         else:
-            q = tl.where(offs_v == d_rej, 1.0, 0.0)
-        w_res += tl.sum(tl.maximum(p - q, 0.0), 0)
-        w_p += tl.sum(p, 0)
-    use_p = (~rejected) | (w_res <= 0.0)
-    target = u_s * tl.where(use_p, w_p, w_res)
+            q_d = tl.full([BLOCK_T], 1.0, tl.float32)
+        u = tl.load(U + b * stride_ub + offs_t * stride_ut, mask=has_draft, other=0.0).to(tl.float32)
+        stop = ~(u * q_d < p_d) | (~has_draft)  # u < min(1, p/q)  <=>  u*q < p  for u in [0, 1)
+        c = tl.min(tl.where(stop, offs_t, BLOCK_T), 0)
 
-    # Inverse CDF: the first v whose running weight exceeds the target, among v with weight > 0.
-    carry = 0.0
-    found = V
-    last_pos = -1
-    for v0 in range(0, V, BLOCK_V1):
-        offs_v = v0 + tl.arange(0, BLOCK_V1)
-        v_ok = offs_v < V
-        p = tl.exp(tl.load(c_row + offs_v, mask=v_ok, other=float("-inf")).to(tl.float32) * inv_temp - m_c) / z_c
-        if HAS_Q:
-            q = tl.load(q_row + offs_v, mask=v_ok, other=0.0).to(tl.float32)
-        else:
-            q = tl.where(offs_v == d_rej, 1.0, 0.0)
-        w = tl.where(use_p, p, tl.maximum(p - q, 0.0))
-        cum = tl.cumsum(w, 0) + carry
-        hit = (cum > target) & (w > 0.0)
-        found = tl.minimum(found, tl.min(tl.where(hit, offs_v, V), 0))
-        last_pos = tl.maximum(last_pos, tl.max(tl.where(w > 0.0, offs_v, -1), 0))
-        carry += tl.sum(w, 0)
-    token = tl.where(found < V, found, last_pos)
-    tl.store(Acc + b, c.to(tl.int64))
-    tl.store(Next + b, token.to(tl.int64))
+        # The emitted token is drawn from logits row c: the residual max(0, p - q_(c+1)) after a
+        # rejection, p itself after accepting every draft (or if the residual is all zero).
+        rejected = c < T - 1
+        m_c = tl.sum(tl.where(offs_t == c, m, 0.0), 0)
+        z_c = tl.sum(tl.where(offs_t == c, z, 0.0), 0)
+        nxt = tl.minimum(c + 1, T - 1)
+        d_rej = tl.load(Tok + b * stride_tb + nxt * stride_tt)
+        u_s = tl.load(U + b * stride_ub + (T - 1) * stride_ut).to(tl.float32)
+        c_row = l_row + c * stride_lt
+        q_row = Qp + b * stride_qb + nxt * stride_qt
+
+        w_res = 0.0
+        w_p = 0.0
+        for v0 in range(0, V, BLOCK_V1):
+            offs_v = v0 + tl.arange(0, BLOCK_V1)
+            v_ok = offs_v < V
+            p = tl.exp(tl.load(c_row + offs_v, mask=v_ok, other=float("-inf")).to(tl.float32) * inv_temp - m_c) / z_c
+            if HAS_Q:
+                q = tl.load(q_row + offs_v, mask=v_ok, other=0.0).to(tl.float32)
+            else:
+                q = tl.where(offs_v == d_rej, 1.0, 0.0)
+            w_res += tl.sum(tl.maximum(p - q, 0.0), 0)
+            w_p += tl.sum(p, 0)
+        use_p = (~rejected) | (w_res <= 0.0)
+        target = u_s * tl.where(use_p, w_p, w_res)
+
+        # Inverse CDF: the first v whose running weight exceeds the target, among v with weight > 0.
+        carry = 0.0
+        found = V
+        last_pos = -1
+        for v0 in range(0, V, BLOCK_V1):
+            offs_v = v0 + tl.arange(0, BLOCK_V1)
+            v_ok = offs_v < V
+            p = tl.exp(tl.load(c_row + offs_v, mask=v_ok, other=float("-inf")).to(tl.float32) * inv_temp - m_c) / z_c
+            if HAS_Q:
+                q = tl.load(q_row + offs_v, mask=v_ok, other=0.0).to(tl.float32)
+            else:
+                q = tl.where(offs_v == d_rej, 1.0, 0.0)
+            w = tl.where(use_p, p, tl.maximum(p - q, 0.0))
+            cum = tl.cumsum(w, 0) + carry
+            hit = (cum > target) & (w > 0.0)
+            found = tl.minimum(found, tl.min(tl.where(hit, offs_v, V), 0))
+            last_pos = tl.maximum(last_pos, tl.max(tl.where(w > 0.0, offs_v, -1), 0))
+            carry += tl.sum(w, 0)
+        token = tl.where(found < V, found, last_pos)
+        tl.store(Acc + b, c.to(tl.int64))
+        tl.store(Next + b, token.to(tl.int64))
 
 
-def _vocab_tiles(T: int, V: int, interp: bool):
-    block_t = max(2, next_pow2(T))
-    budget = 1024 if interp else 8192  # elements of one [BLOCK_T, BLOCK_V] tile
-    block_v = max(16, min(next_pow2(V), budget // block_t))
-    block_v1 = max(16, min(next_pow2(V), 1024 if interp else 4096))
-    return block_t, block_v, block_v1
+def _scratch(B, n_chunks, block_t, device, *dtypes):
+    """Per-chunk partials and the zeroed ticket counters of one launch."""
+    parts = [torch.empty(B * n_chunks * block_t, dtype=dt, device=device) for dt in dtypes]
+    return parts + [torch.zeros(B, dtype=torch.int32, device=device)]
 
 
-def verify_greedy_triton(block_tokens, logits, *, accepted_out=None, bonus_out=None):
+def verify_greedy_triton(block_tokens, logits, *, accepted_out=None, bonus_out=None, num_chunks=None):
     B, T, V = _check_block(block_tokens, logits, "verify_greedy_triton", _FLOATS)
     require(logits.stride(-1) == 1, "verify_greedy_triton: logits must be contiguous in the vocab dim")
     require_triton_device(_verify_greedy_kernel, "verify_greedy", block_tokens, logits)
     acc = _out_vec(accepted_out, B, logits.device, "accepted_out")
     bonus = _out_vec(bonus_out, B, logits.device, "bonus_out")
-    block_t, block_v, _ = _vocab_tiles(T, V, interpreted(_verify_greedy_kernel))
-    _verify_greedy_kernel[(B,)](block_tokens, logits, acc, bonus,
-                                block_tokens.stride(0), block_tokens.stride(1), logits.stride(0), logits.stride(1),
-                                T, V, BLOCK_T=block_t, BLOCK_V=block_v, num_warps=8)
+    block_t, block_v, n_chunks, tpc, block_c = vocab_split(B, T, V, logits.device,
+                                                           interpreted(_verify_greedy_kernel), num_chunks)
+    pmax, parg, count = _scratch(B, n_chunks, block_t, logits.device, torch.float32, torch.int32)
+    _verify_greedy_kernel[(B, n_chunks)](
+        block_tokens, logits, acc, bonus, pmax, parg, count,
+        block_tokens.stride(0), block_tokens.stride(1), logits.stride(0), logits.stride(1),
+        T, V, n_chunks, tpc, BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_C=block_c, num_warps=8)
     return acc, bonus
 
 
 def verify_sample_triton(block_tokens, target_logits, *, temperature, draft_probs=None, uniforms=None,
-                         generator=None, accepted_out=None, token_out=None):
+                         generator=None, accepted_out=None, token_out=None, num_chunks=None):
     B, T, V = _check_sample_args(block_tokens, target_logits, temperature, draft_probs, uniforms,
                                  "verify_sample_triton")
     require(target_logits.dtype in _FLOATS, f"verify_sample_triton: logits dtype {target_logits.dtype} not in {_FLOATS}")
@@ -278,20 +319,24 @@ def verify_sample_triton(block_tokens, target_logits, *, temperature, draft_prob
         require(draft_probs.dtype in _FLOATS, f"verify_sample_triton: draft_probs dtype {draft_probs.dtype} not in {_FLOATS}")
         require(draft_probs.stride(-1) == 1, "verify_sample_triton: draft_probs must be contiguous in the vocab dim")
     require_triton_device(_verify_sample_kernel, "verify_sample", block_tokens, target_logits)
+    dev = target_logits.device
     if uniforms is None:
-        uniforms = torch.rand(B, T, generator=generator, device=target_logits.device)
+        uniforms = torch.rand(B, T, generator=generator, device=dev)
     uniforms = uniforms.float()
-    acc = _out_vec(accepted_out, B, target_logits.device, "accepted_out")
-    token = _out_vec(token_out, B, target_logits.device, "token_out")
+    acc = _out_vec(accepted_out, B, dev, "accepted_out")
+    token = _out_vec(token_out, B, dev, "token_out")
     qp = draft_probs if draft_probs is not None else target_logits
-    block_t, block_v, block_v1 = _vocab_tiles(T, V, interpreted(_verify_sample_kernel))
-    _verify_sample_kernel[(B,)](block_tokens, target_logits, qp, uniforms, acc, token,
-                                block_tokens.stride(0), block_tokens.stride(1),
-                                target_logits.stride(0), target_logits.stride(1),
-                                qp.stride(0), qp.stride(1), uniforms.stride(0), uniforms.stride(1),
-                                T, V, 1.0 / float(temperature),
-                                HAS_Q=draft_probs is not None, BLOCK_T=block_t, BLOCK_V=block_v,
-                                BLOCK_V1=block_v1, num_warps=8)
+    interp = interpreted(_verify_sample_kernel)
+    block_t, block_v, n_chunks, tpc, block_c = vocab_split(B, T, V, dev, interp, num_chunks)
+    block_v1 = max(16, min(next_pow2(V), 1024 if interp else 4096))
+    pmax, psum, count = _scratch(B, n_chunks, block_t, dev, torch.float32, torch.float32)
+    _verify_sample_kernel[(B, n_chunks)](
+        block_tokens, target_logits, qp, uniforms, acc, token, pmax, psum, count,
+        block_tokens.stride(0), block_tokens.stride(1), target_logits.stride(0), target_logits.stride(1),
+        qp.stride(0), qp.stride(1), uniforms.stride(0), uniforms.stride(1),
+        T, V, 1.0 / float(temperature), n_chunks, tpc,
+        HAS_Q=draft_probs is not None, BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_C=block_c,
+        BLOCK_V1=block_v1, num_warps=8)
     return acc, token
 
 

@@ -1,0 +1,461 @@
+"""GPU check of triton_kernels (and of the engine at the real 8B shape) on one CUDA GPU.
+
+Run from the repository root with the repo importable (scripts/gpu_check.sh does both):
+
+    PYTHONPATH=. python scripts/gpu_check.py [--out docs/gpu_check.md]
+
+Needs only torch and triton (no network, installs nothing); pytest is used when present. Parts:
+
+1. correctness: `pytest -m gpu tests/test_kernels.py`, or, without pytest (or if pytest cannot
+   collect the tests there), the same checks called directly (triton_kernels.testing).
+2. attention kernel vs torch scaled_dot_product_attention with the same mask, at the 8B attention
+   shape (Hq 32, Hkv 8, D 128, bf16, batch 1, a 4096-token prefix): median time over CUDA events
+   (L2 flushed before each run), K/V bytes per second, useful TFLOP/s (visible query-key pairs only);
+   then a short sweep of tile configurations, so that the defaults can be tuned from one run; and the
+   verify/unmask kernels vs their torch references at V = 131072.
+3. the whole model with random weights (engine.model.NLDModel, bf16): causal forwards of 1, 8, 16, 32
+   tokens after a 4096-token prefill, a block (draft) pass and a quadratic step, AR tokens/s and
+   self-speculation tokens/s at an assumed acceptance of 7 drafts per 32-token block.
+
+Each part is guarded: a failure is printed and recorded, and the report still prints. The whole run
+stays within a time budget (--budget-s, default 450 s), skipping what no longer fits. The markdown
+report is printed last and written to --out.
+
+`--cpu-smoke` runs the same plumbing on CPU at toy shapes under TRITON_INTERPRET=1 (no timings worth
+reading; part 1 skipped), to check the script itself on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib.util
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+SMOKE = "--cpu-smoke" in sys.argv
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton_kernels defines its kernels
+else:
+    os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels only: the interpreter would crawl here
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import triton  # noqa: E402
+
+from triton_kernels.attention import attention_mask, attention_triton  # noqa: E402
+from triton_kernels import testing as kt  # noqa: E402
+
+DEV = "cpu" if SMOKE else "cuda"
+HQ, HKV, D, PREFIX, VOCAB, BLOCK = (4, 2, 16, 40, 512, 4) if SMOKE else (32, 8, 128, 4096, 131072, 32)
+GROUP = BLOCK + 1  # quadratic: BLOCK groups [d_i, M x BLOCK]
+ATTN_DTYPE = torch.float32 if SMOKE else torch.bfloat16
+ATTN_CASES = [("causal", 1, 0), ("causal", 8, 0), ("causal", 16, 0), ("causal", BLOCK, 0), ("block", BLOCK, 0),
+              ("quadratic", GROUP * BLOCK, GROUP)]
+START = time.time()
+
+
+def elapsed() -> float:
+    return time.time() - START
+
+
+def log(msg: str) -> None:
+    print(f"[{elapsed():6.1f}s] {msg}", flush=True)
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def free() -> None:
+    gc.collect()
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------
+
+_L2_FLUSH = None
+
+
+def bench_ms(fn, *, warmup: int = 5, iters: int = 25, flush: bool = True, after=None) -> float:
+    """Median milliseconds of fn() over CUDA events; the L2 is overwritten before each timed run
+    (so K/V come from HBM, as they do inside a real forward); after() runs outside the timing."""
+    if DEV != "cuda":
+        return _bench_ms_cpu(fn, warmup=min(warmup, 1), iters=min(iters, 3), after=after)
+    global _L2_FLUSH
+    if flush and _L2_FLUSH is None:
+        _L2_FLUSH = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    for _ in range(warmup):
+        fn()
+        if after:
+            after()
+    torch.cuda.synchronize()
+    events = []
+    for _ in range(iters):
+        if flush:
+            _L2_FLUSH.zero_()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        if after:
+            after()
+        events.append((s, e))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)
+
+
+def _bench_ms_cpu(fn, *, warmup, iters, after):
+    times = []
+    for i in range(warmup + iters):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+        if after:
+            after()
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------------
+# Part 1: correctness
+# --------------------------------------------------------------------------------------------------
+
+
+def part_tests(timeout_s: float) -> list[list[str]]:
+    rows = []
+    if importlib.util.find_spec("pytest") is not None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_kernels.py", "-q", "-rf",
+               "-p", "no:cacheprovider"]
+        t0 = time.time()
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+            out = r.stdout + r.stderr
+        except subprocess.TimeoutExpired as e:
+            out = f"{e.stdout or ''}\nTIMEOUT after {timeout_s:.0f}s"
+            r = None
+        print(out[-6000:], flush=True)
+        lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+        summary = next((ln.strip("= ") for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln)), "")
+        collected = summary and "error" not in summary
+        if r is not None and collected:
+            failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in lines if ln.startswith("FAILED ")]
+            rows.append(["pytest -m gpu tests/test_kernels.py", "PASS" if r.returncode == 0 else "FAIL",
+                         f"{summary} ({time.time() - t0:.0f}s)" + (f"; failed: {', '.join(failed)}" if failed else "")])
+            return rows
+        rows.append(["pytest -m gpu", "n/a", f"pytest could not run the tests ({summary or 'no summary'}); "
+                                              "running the checks directly"])
+    else:
+        rows.append(["pytest", "n/a", "not installed; running the checks directly"])
+    t0 = time.time()
+    res = kt.run_gpu_checks(log=log)
+    n_fail = sum(not ok for _, ok, _ in res)
+    rows.append(["GPU checks (direct)", "PASS" if n_fail == 0 else "FAIL",
+                 f"{len(res) - n_fail}/{len(res)} passed ({time.time() - t0:.0f}s)"
+                 + "".join(f"; FAILED {name}: {detail[:200]}" for name, ok, detail in res if not ok)])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Part 2: kernels vs torch
+# --------------------------------------------------------------------------------------------------
+
+
+def _sdpa(q, k, v, mask, gqa: bool):
+    if gqa:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _attn_inputs(T, seed=0):
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    q = torch.randn(1, HQ, T, D, generator=gen, device=DEV).to(ATTN_DTYPE)
+    k, v = kt.kv_cache_view(1, HKV, PREFIX + T, D, ATTN_DTYPE, torch.device(DEV), gen)
+    return q, k, v
+
+
+def part_attention(sweep_until: float) -> tuple[list[list[str]], list[list[str]]]:
+    rows, sweep_rows = [], []
+    for pattern, T, group in ATTN_CASES:
+        name = f"{pattern} T={T}" + (f" (group {group})" if group else "")
+        try:
+            q, k, v = _attn_inputs(T)
+            L = PREFIX + T
+            dense = attention_mask(T, PREFIX, pattern, group, device=DEV)
+            pairs = int(dense.sum())
+            mask = None if pattern == "block" or (pattern == "causal" and T == 1) else dense
+            out = torch.empty_like(q)
+            kv_bytes = 2 * HKV * L * D * q.element_size()
+            io_bytes = kv_bytes + 2 * q.numel() * q.element_size()
+            flops = 4 * HQ * pairs * D
+
+            def run_triton(**cfg):
+                return attention_triton(q, k, v, prefix_len=PREFIX, pattern=pattern, group=group, out=out, **cfg)
+
+            t_tri = bench_ms(run_triton)
+            sdpa_times = {}
+            for label, gqa, kk, vv in (("gqa", True, k, v), ("expanded kv", False, None, None)):
+                try:
+                    if not gqa:
+                        kk = k.repeat_interleave(HQ // HKV, dim=1)
+                        vv = v.repeat_interleave(HQ // HKV, dim=1)
+                    sdpa_times[label] = bench_ms(lambda: _sdpa(q, kk, vv, mask, gqa))
+                except Exception as e:  # noqa: BLE001
+                    log(f"sdpa ({label}) failed for {name}: {type(e).__name__}: {e}")
+            best_label, t_sdpa = min(sdpa_times.items(), key=lambda kv_: kv_[1]) if sdpa_times else ("-", float("nan"))
+            rows.append([name, f"{t_tri * 1e3:.1f}", f"{io_bytes / t_tri / 1e9:.2f}", f"{flops / t_tri / 1e9:.1f}",
+                         f"{t_sdpa * 1e3:.1f} ({best_label})", f"{t_sdpa / t_tri:.2f}x"])
+            log(f"attention {name}: triton {t_tri * 1e3:.1f} us, sdpa {sdpa_times}")
+            if time.time() < sweep_until:
+                sweep_rows.append(_sweep(name, T, run_triton, t_tri, sweep_until))
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append([name, "FAILED", f"{type(e).__name__}: {str(e)[:120]}", "", "", ""])
+        free()
+    return rows, sweep_rows
+
+
+def _sweep(name, T, run_triton, t_default, until) -> list[str]:
+    """A handful of tile configurations around the default; reports the best one found."""
+    R = T * (HQ // HKV)
+    top = max(16, min(128, triton.next_power_of_2(R)))
+    configs = []
+    for bm in (16, 32, 64, 128):
+        if bm > top:
+            continue
+        for bn in (64, 128):
+            for stages in (2, 3):
+                configs.append(dict(block_m=bm, block_n=bn, num_warps=8 if bm >= 128 else 4, num_stages=stages))
+    if R <= 128:
+        for splits in (1, 8, 16, 32, 64):
+            configs.append(dict(num_splits=splits))
+    best, best_cfg, tried = t_default, "default", 0
+    for cfg in configs:
+        if time.time() > until:
+            break
+        try:
+            t = bench_ms(lambda: run_triton(**cfg), warmup=3, iters=15)
+        except Exception as e:  # noqa: BLE001 - e.g. out of shared memory
+            log(f"sweep {name} {cfg}: {type(e).__name__}: {str(e)[:100]}")
+            continue
+        tried += 1
+        if t < best:
+            best, best_cfg = t, ", ".join(f"{k_}={v_}" for k_, v_ in cfg.items())
+    log(f"sweep {name}: best {best * 1e3:.1f} us ({best_cfg}) of {tried} configs")
+    return [name, f"{t_default * 1e3:.1f}", f"{best * 1e3:.1f}", best_cfg, str(tried)]
+
+
+def part_small_kernels() -> list[list[str]]:
+    from triton_kernels.unmask import unmask_step_reference, unmask_step_triton
+    from triton_kernels.verify import (verify_greedy_reference, verify_greedy_triton, verify_sample_reference,
+                                       verify_sample_triton)
+
+    rows = []
+    V, T = VOCAB, BLOCK
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    logits = torch.randn(1, T, V, generator=gen, device=DEV).to(ATTN_DTYPE)
+    tokens = logits.argmax(-1)
+    tokens = torch.cat([tokens[:, :1], tokens[:, :-1]], 1)
+    u = torch.rand(1, T, generator=gen, device=DEV)
+    masked = tokens.clone()
+    masked[:, 1:] = 100
+    cases = [
+        ("verify_greedy", lambda: verify_greedy_triton(tokens, logits), lambda: verify_greedy_reference(tokens, logits)),
+        ("verify_sample", lambda: verify_sample_triton(tokens, logits, temperature=0.8, uniforms=u),
+         lambda: verify_sample_reference(tokens, logits, temperature=0.8, uniforms=u)),
+        ("unmask_step", lambda: unmask_step_triton(masked, logits, mask_id=100, threshold=0.9),
+         lambda: unmask_step_reference(masked, logits, mask_id=100, threshold=0.9)),
+    ]
+    nbytes = logits.numel() * logits.element_size()
+    for name, tri, ref in cases:
+        try:
+            t_tri = bench_ms(tri)
+            t_ref = bench_ms(ref)
+            rows.append([f"{name} (B=1, T={T}, V={V})", f"{t_tri * 1e3:.1f}", f"{nbytes / t_tri / 1e9:.2f}",
+                         f"{t_ref * 1e3:.1f}", f"{t_ref / t_tri:.2f}x"])
+            log(f"{name}: triton {t_tri * 1e3:.1f} us, torch {t_ref * 1e3:.1f} us")
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append([name, "FAILED", f"{type(e).__name__}: {str(e)[:120]}", "", ""])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Part 3: the model
+# --------------------------------------------------------------------------------------------------
+
+
+def part_model(deadline: float) -> list[list[str]]:
+    from engine.config import ModelConfig
+    from engine.model import NLDModel
+
+    rows = []
+    if SMOKE:
+        cfg = ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D)
+    else:
+        cfg = ModelConfig(vocab_size=131072, hidden_size=4096, intermediate_size=14336, num_hidden_layers=34,
+                          num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+    t0 = time.time()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(ATTN_DTYPE)
+    try:
+        with torch.device(DEV):
+            model = NLDModel(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model built: {n_params / 1e9:.2f}B parameters in {time.time() - t0:.0f}s; "
+        f"kernels: {getattr(model, 'kernel_impl', '?')}")
+    rows.append([f"model (random weights, {str(ATTN_DTYPE).replace('torch.', '')})", f"{n_params / 1e9:.2f}B params", f"built in {time.time() - t0:.0f}s"])
+
+    gen = torch.Generator(device=DEV).manual_seed(0)
+
+    def ids(T):
+        return torch.randint(0, cfg.vocab_size, (1, T), generator=gen, device=DEV)
+
+    with torch.inference_mode():
+        cache = model.new_cache(PREFIX + GROUP * BLOCK + 64, batch=1)
+        prompt = ids(PREFIX)
+        sync()
+        t0 = time.time()
+        model(prompt, cache, pattern="causal", write=True)
+        sync()
+        rows.append([f"prefill {PREFIX} tokens (first call, incl. compile)", f"{(time.time() - t0) * 1e3:.0f}", ""])
+        assert cache.length == PREFIX, cache.length
+        crop = lambda: cache.crop(PREFIX)  # noqa: E731
+        times = {}
+        plan = [("causal", T, True, 0) for T in (1, 8, 16, BLOCK)] + [("block", BLOCK, False, 0),
+                                                                      ("quadratic", GROUP * BLOCK, False, GROUP)]
+        for pattern, T, write, group in plan:
+            if time.time() > deadline:
+                rows.append([f"{pattern} T={T}", "skipped (time budget)", ""])
+                continue
+            x = ids(T)
+            ms = bench_ms(lambda: model(x, cache, pattern=pattern, write=write, group=group),
+                          warmup=3, iters=10, flush=False, after=crop)
+            assert cache.length == PREFIX, cache.length
+            times[(pattern, T)] = ms
+            label = f"{pattern} forward, T={T}" + (f" (group {group})" if group else "") + \
+                    (", write" if write else ", no write")
+            rows.append([label, f"{ms:.2f}", f"{T / ms * 1e3:.0f} tok/s processed"])
+            log(f"model {label}: {ms:.2f} ms")
+        if ("causal", 1) in times:
+            rows.append(["AR decode (1-token forwards)", f"{times[('causal', 1)]:.2f} per token",
+                         f"{1e3 / times[('causal', 1)]:.1f} tok/s"])
+        if ("block", BLOCK) in times and ("causal", BLOCK) in times:
+            step = times[("block", BLOCK)] + times[("causal", BLOCK)]
+            rows.append([f"spec, linear: draft (block {BLOCK}) + verify (causal {BLOCK}), 7+1 tokens/step",
+                         f"{step:.2f} per step", f"{8e3 / step:.1f} tok/s (assumed acceptance 7/32)"])
+        if ("quadratic", GROUP * BLOCK) in times:
+            step = times[("quadratic", GROUP * BLOCK)]
+            rows.append([f"spec, quadratic: one {BLOCK}x{GROUP} forward per step, 7+1 tokens/step",
+                         f"{step:.2f} per step", f"{8e3 / step:.1f} tok/s (assumed acceptance 7/32)"])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="docs/gpu_check.md", help="where to write the markdown report")
+    ap.add_argument("--budget-s", type=float, default=450.0, help="overall time budget in seconds")
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--cpu-smoke", action="store_true", help="toy shapes on CPU under the interpreter (script check)")
+    args = ap.parse_args()
+
+    if SMOKE:
+        args.skip_tests = True
+        gpu_name = "CPU smoke run (TRITON_INTERPRET=1, toy shapes; timings meaningless)"
+    elif not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; nothing to do (--cpu-smoke checks the script on CPU)", file=sys.stderr)
+        return 2
+    else:
+        props = torch.cuda.get_device_properties(0)
+        gpu_name = f"{props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)"
+    head = (f"# GPU check: triton_kernels\n\n{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+            f"{gpu_name}, torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}")
+    budget_end = START + args.budget_s
+    sections = []
+
+    def section(title, fn, header, *fargs):
+        try:
+            rows = fn(*fargs)
+        except Exception as e:  # noqa: BLE001 - every part reports, none stops the run
+            traceback.print_exc()
+            rows = [[title, "FAILED", f"{type(e).__name__}: {str(e)[:300]}"] + [""] * (len(header) - 3)]
+        sections.append(f"## {title}\n\n" + table(header, rows))
+        free()
+
+    if not args.skip_tests:
+        section("1. Correctness (GPU tests)", part_tests, ["check", "result", "detail"],
+                max(60.0, min(240.0, budget_end - time.time() - 200)))
+    sweep_rows = []
+
+    def attn():
+        nonlocal sweep_rows
+        r, s = part_attention(0 if args.no_sweep else min(budget_end - 150, time.time() + 150))
+        sweep_rows = s
+        return r
+
+    section(f"2. Attention kernel vs torch SDPA (bf16, B=1, Hq {HQ}, Hkv {HKV}, D {D}, prefix {PREFIX})", attn,
+            ["case", "triton us", "triton TB/s (K/V+Q/O bytes)", "triton TFLOP/s (visible pairs)",
+             "SDPA us (best variant)", "speedup"])
+    if sweep_rows:
+        sections.append("### Tile sweep (triton)\n\n" + table(["case", "default us", "best us", "best config", "configs"],
+                                                               sweep_rows))
+    section("2b. Verify / unmask kernels vs torch references", part_small_kernels,
+            ["op", "triton us", "logits TB/s", "torch us", "speedup"])
+    if not args.skip_model:
+        if budget_end - time.time() > 60:
+            section("3. Whole model, 8B shape, random weights (engine.model.NLDModel, bf16, batch 1, "
+                    f"{PREFIX}-token prefix)", part_model, ["what", "ms", "throughput"], budget_end - 10)
+        else:
+            sections.append("## 3. Whole model\n\nskipped: time budget spent")
+    report = head + "\n\n" + "\n\n".join(sections) + f"\n\nTotal wall time {elapsed():.0f}s.\n"
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = ROOT / out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        written = f"(written to {out})"
+    except OSError as e:
+        written = f"(could not write {out}: {e})"
+    print("\n" + report + "\n" + written, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
