@@ -42,6 +42,7 @@ NOT_READY = "not_ready"        # model still loading or failed to load
 VERSION = "version"            # protocol version mismatch
 INTERNAL = "internal"          # a bug on the daemon side; the daemon keeps running
 SHUTTING_DOWN = "shutting_down"
+FORBIDDEN = "forbidden"        # a peer of another user, or a TCP client without the right token
 
 
 class ProtocolError(Exception):
@@ -57,6 +58,7 @@ class Hello:
     id: int = 0
     version: int = PROTOCOL_VERSION
     client: str = ""           # e.g. "lsp:nvim", "cli"
+    token: str = ""            # only on the optional TCP listener: the content of <runtime dir>/tcp_token
     type: str = "hello"
 
 
@@ -149,6 +151,9 @@ class Result:
     decode_ms: float = 0.0
     post_ms: float = 0.0
     total_ms: float = 0.0
+    prompt_tokens: int = 0     # length of the prompt the daemon built (context + suffix + prefix)
+    context_ms: float = 0.0    # building that prompt (workspace context, tokenization)
+    context_files: tuple[str, ...] = ()   # the extra-context files in the prompt, as labelled there
     type: str = "result"
 
 

@@ -1,0 +1,154 @@
+"""The daemon's settings: one TOML file, `$XDG_CONFIG_HOME/tricode/config.toml` (flat keys, all
+optional; tables such as `[lsp]` belong to other parts of tricode and are ignored here).
+
+    model = "~/models/nld-8b"     # checkpoint directory; "" = the embedded model
+    device = "auto"               # auto | cpu | cuda | cuda:1 ...
+    inline_mode = "spec"          # ar | diffusion | spec
+    deadline_ms = 1000
+
+Where the model comes from, first match wins: `--model` on `tricode daemon start|run`, the
+TRICODE_MODEL environment variable, `model` in this file, the embedded model. The daemon watches the
+file and applies a change between requests (a new model, device or dtype reloads the model).
+A key with a bad value is reported (log and `status`) and its default used instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+MODES = ("ar", "diffusion", "spec")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "tricode"
+
+
+def config_path() -> Path:
+    return config_home() / "config.toml"
+
+
+def state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tricode"
+
+
+def log_path() -> Path:
+    return state_home() / "daemon.log"
+
+
+@dataclass(frozen=True)
+class Config:
+    # the model
+    model: str = ""                    # "" = TRICODE_MODEL, else the embedded model
+    device: str = "auto"
+    dtype: str = "auto"
+    cpu_threads: int = 0               # torch threads on a CPU device; 0 = torch's default (all cores)
+    # decoding, per request kind (a request may override the mode)
+    inline_mode: str = "spec"
+    refactor_mode: str = "ar"
+    spec_variant: str = "linear"       # linear | quadratic
+    block_size: int = 0                # 0 = the engine's default for the device
+    threshold: float = 0.0             # diffusion commit threshold; 0 = the engine's default
+    # budgets
+    context_tokens: int = 1024         # prompt budget of an inline completion
+    refactor_context_tokens: int = 2048
+    deadline_ms: int = 1000            # default time budget of an inline completion
+    refactor_deadline_ms: int = 60000
+    max_tokens: int = 256              # cap on an inline completion's max_tokens
+    refactor_max_tokens: int = 1024
+    # workspace context
+    extra_context: bool = True         # other files (open documents, recent edits, imports) in the prompt
+    max_file_kb: int = 512             # files larger than this are never read for context
+    cache_slots: int = 4               # KV caches kept for prefix reuse (one per recent document)
+    # process
+    idle_exit_minutes: float = 0.0     # exit after this long without connections or requests; 0 = never
+    log_level: str = "info"
+    tcp_port: int = 0                  # 0 = no TCP listener; else 127.0.0.1:port, with a token
+
+    def replace(self, **kw) -> "Config":
+        return dataclasses.replace(self, **kw)
+
+    def engine_key(self) -> tuple:
+        """Settings whose change needs a model reload."""
+        return (self.model, self.device, self.dtype)
+
+
+_CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("linear", "quadratic"),
+            "log_level": LOG_LEVELS}
+_MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
+            "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
+            "cache_slots": 1, "idle_exit_minutes": 0, "tcp_port": 0}
+
+
+def _check(name: str, want: str, value):
+    if want == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"{name} = {value!r}: choose one of {', '.join(_CHOICES[name])}")
+        return value
+    if want == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false")
+        return value
+    if want == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer")
+    elif want == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number")
+        value = float(value)
+    if name in _MINIMUM and value < _MINIMUM[name]:
+        raise ValueError(f"{name} = {value}: must be >= {_MINIMUM[name]}")
+    if name == "threshold" and not 0.0 <= value <= 1.0:
+        raise ValueError("threshold must be within [0, 1]")
+    if name == "tcp_port" and value > 65535:
+        raise ValueError("tcp_port must be <= 65535")
+    return value
+
+
+def parse(data: dict) -> tuple[Config, list[str]]:
+    """A TOML mapping -> (Config, problems). Bad keys keep their defaults and are listed."""
+    problems: list[str] = []
+    kw = {}
+    types = {f.name: f.type for f in fields(Config)}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            continue  # a table for another component ([lsp] ...)
+        if key not in types:
+            problems.append(f"unknown key {key!r} (ignored)")
+            continue
+        try:
+            kw[key] = _check(key, types[key], value)
+        except ValueError as e:
+            problems.append(f"{e} (using the default {getattr(Config, key)!r})")
+    return Config(**kw), problems
+
+
+def load(path: Path | None = None) -> tuple[Config, list[str]]:
+    """Read the config file (missing file: defaults, no problem)."""
+    path = path or config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config(), []
+    except OSError as e:
+        return Config(), [f"{path}: cannot be read ({e})"]
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return Config(), [f"{path}: not valid TOML ({e}); using the defaults"]
+    cfg, problems = parse(data)
+    return cfg, [f"{path}: {p}" for p in problems]
+
+
+def resolve_model(cfg: Config, override: str | Path | None = None) -> Path | None:
+    """The checkpoint directory to serve: --model, then TRICODE_MODEL, then the config, then embedded."""
+    for candidate in (override, os.environ.get("TRICODE_MODEL"), cfg.model):
+        if candidate:
+            return Path(candidate).expanduser()
+    from daemon.cli import default_model
+    return default_model()

@@ -1,0 +1,577 @@
+"""The engine thread and its queue.
+
+One thread owns the model and the device and runs one decode at a time; the asyncio side (server.py)
+submits jobs and delivers replies. Rules:
+
+- Two priorities: inline completions (`complete`) before refactors (`generate`). Within a priority,
+  connections take turns (round-robin), so one busy editor cannot starve another.
+- Refactors run in slices of SLICE_TOKENS tokens; between slices, a waiting job of the same or a
+  higher priority goes first and the refactor is requeued (resuming costs a one-token prefill: its
+  KV cache keeps everything it has produced). Inline completions run in one go; they are short and
+  have a deadline.
+- Supersede: a new `complete` for the same (connection, document) answers the older one SUPERSEDED at
+  once and sets its cancel flag (the decode stops before its next forward). `abort` does the same
+  with ABORTED. A job whose connection closed is cancelled silently.
+- Deadline: per job (deadline_ms, else the configured default for its kind); when it passes the
+  decode stops and the reply holds what is finished, cut at the last complete line.
+- KV cache pool: a few caches, one per recent (kind, document), least recently used reused; the
+  engine reuses the common prefix of the cache's tokens and the new prompt, so consecutive
+  completions in one document prefill only what changed.
+- No batching: every decode is batch 1, self-speculation included (serialised). The queue holds
+  at most a few jobs in practice (supersede drops stale completions), and a batched decoder would
+  need batched KV caches of different prompt lengths in the engine.
+
+Replies are produced exactly once, on the event loop thread (`Scheduler.reply`), whatever races
+between the engine finishing, an abort, a supersede and a closed connection.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from daemon import protocol
+from daemon.config import Config, resolve_model
+from daemon.context import PromptBuilder, Workspace, finish_text, protect_special_tokens, text_cut
+
+log = logging.getLogger("tricode.daemon")
+
+PRIO_INLINE, PRIO_REFACTOR = 0, 1
+SLICE_TOKENS = 32
+VALID_MODES = ("", "ar", "diffusion", "spec")
+
+
+@dataclass(eq=False)
+class Job:
+    conn: object                      # server.Connection: .id, .send(frame), .closed
+    msg: protocol.Complete
+    kind: str                         # complete | generate
+    priority: int
+    mode: str
+    max_tokens: int
+    deadline: float | None            # time.monotonic()
+    arrived: float                    # time.perf_counter()
+    cancel: threading.Event = field(default_factory=threading.Event)
+    replied: bool = False
+    started: float | None = None
+    prompt: object = None             # context.Prompt once built
+    tokens: list = field(default_factory=list)
+    nfe: int = 0
+    accept_lengths: list = field(default_factory=list)
+    prefill_tokens: int = 0
+    reused_tokens: int = 0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    context_ms: float = 0.0
+    slices: int = 0
+    engine_key: tuple | None = None   # the model the tokens so far came from
+
+    @property
+    def id(self) -> int:
+        return self.msg.id
+
+    @property
+    def cache_key(self) -> tuple:
+        return (self.kind, self.msg.doc or self.msg.path or f"conn{self.conn.id}")
+
+
+class CachePool:
+    """KV caches keyed by (kind, document), least recently used evicted (its buffers reused)."""
+
+    def __init__(self, model, slots: int):
+        self.model, self.slots = model, slots
+        self.entries: OrderedDict[tuple, object] = OrderedDict()
+
+    def get(self, key, need: int, pinned=()):
+        cache = self.entries.pop(key, None)
+        if cache is None and len(self.entries) >= self.slots:
+            victim = next((k for k in self.entries if k not in pinned), next(iter(self.entries)))
+            cache = self.entries.pop(victim)
+            cache.crop(0)
+        if cache is None or cache.max_len < need:
+            size = max(need, 512)
+            size = -(-size // 256) * 256
+            cache = None                 # drop the old buffers before allocating the new ones
+            cache = self.model.new_cache(size)
+        self.entries[key] = cache
+        return cache
+
+    def bytes(self) -> int:
+        return sum(c.k.numel() * c.k.element_size() * 2 for c in self.entries.values())
+
+
+class Stats:
+    def __init__(self):
+        self.served = 0                 # results returned
+        self.by_kind = {"complete": 0, "generate": 0}
+        self.tokens = 0
+        self.nfe = 0
+        self.accept_sum = 0
+        self.accept_n = 0
+        self.prefill_tokens = 0
+        self.reused_tokens = 0
+        self.superseded = 0
+        self.aborted = 0
+        self.deadline = 0
+        self.errors: dict[str, int] = {}
+        self.refused_peers = 0
+        self.feedback = {"accepted": 0, "rejected": 0, "partial": 0, "shown_chars": 0, "accepted_chars": 0}
+        self.last_result: dict = {}
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class Scheduler:
+    """The queue (shared with the engine thread under `cond`) and the reply bookkeeping (loop thread)."""
+
+    def __init__(self, loop, stats: Stats):
+        self.loop = loop
+        self.stats = stats
+        self.cond = threading.Condition()
+        self.queues: dict[int, OrderedDict[int, deque]] = {PRIO_INLINE: OrderedDict(), PRIO_REFACTOR: OrderedDict()}
+        self.running: Job | None = None
+        self.stopping = False
+        # loop-thread registries
+        self.jobs: dict[tuple[int, int], Job] = {}
+        self.latest: dict[tuple[int, str], Job] = {}
+
+    # -- loop thread ----------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        key = (job.conn.id, job.id)
+        old = self.jobs.get(key)
+        if old is not None:  # a client reusing a live id: the older one is replaced
+            self.cancel(old, protocol.SUPERSEDED, f"request {job.id} was sent again")
+        self.jobs[key] = job
+        if job.kind == "complete" and (job.msg.doc or job.msg.path):
+            dkey = (job.conn.id, job.msg.doc or job.msg.path)
+            older = self.latest.get(dkey)
+            if older is not None and not older.replied:
+                self.stats.superseded += 1
+                self.cancel(older, protocol.SUPERSEDED, f"superseded by request {job.id}")
+            self.latest[dkey] = job
+        with self.cond:
+            q = self.queues[job.priority]
+            q.setdefault(job.conn.id, deque()).append(job)
+            self.cond.notify_all()
+
+    def cancel(self, job: Job, code: str, message: str) -> None:
+        """Answer `job` with an error now and stop its decode before the next forward."""
+        job.cancel.set()
+        self.reply(job, protocol.error(job.id, code, message))
+        self._unqueue(job)
+
+    def abort(self, conn, target: int) -> bool:
+        job = self.jobs.get((conn.id, target))
+        if job is None or job.replied:
+            return False
+        self.stats.aborted += 1
+        self.cancel(job, protocol.ABORTED, f"request {target} was aborted")
+        return True
+
+    def drop_connection(self, conn) -> None:
+        for key, job in list(self.jobs.items()):
+            if key[0] == conn.id:
+                job.replied = True
+                job.cancel.set()
+                self._unqueue(job)
+                self.jobs.pop(key, None)
+        for dkey in [k for k in self.latest if k[0] == conn.id]:
+            del self.latest[dkey]
+
+    def reply(self, job: Job, frame: dict) -> None:
+        """Send the one reply of `job` (later calls do nothing). Loop thread only."""
+        if job.replied:
+            return
+        job.replied = True
+        self.jobs.pop((job.conn.id, job.id), None)
+        dkey = (job.conn.id, job.msg.doc or job.msg.path)
+        if self.latest.get(dkey) is job:
+            del self.latest[dkey]
+        if frame.get("type") == "error":
+            self.stats.error(frame.get("code", "?"))
+        job.conn.send(frame)
+
+    def reply_threadsafe(self, job: Job, frame: dict) -> None:
+        self.loop.call_soon_threadsafe(self.reply, job, frame)
+
+    def shutdown(self) -> None:
+        """Answer every queued and running job SHUTTING_DOWN and wake the engine so it exits."""
+        for job in list(self.jobs.values()):
+            self.cancel(job, protocol.SHUTTING_DOWN, "the daemon is shutting down")
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def _unqueue(self, job: Job) -> None:
+        with self.cond:
+            q = self.queues[job.priority]
+            dq = q.get(job.conn.id)
+            if dq is not None:
+                try:
+                    dq.remove(job)
+                except ValueError:
+                    pass
+                if not dq:
+                    del q[job.conn.id]
+
+    # -- either thread --------------------------------------------------------------------------
+
+    def queue_length(self) -> int:
+        with self.cond:
+            return sum(len(dq) for q in self.queues.values() for dq in q.values())
+
+    def waiting(self, priority: int) -> bool:
+        """Is a job of `priority` or a more urgent one queued?"""
+        with self.cond:
+            return any(self.queues[p] for p in self.queues if p <= priority)
+
+    # -- engine thread --------------------------------------------------------------------------
+
+    def pop(self, timeout: float) -> Job | None:
+        with self.cond:
+            end = time.monotonic() + timeout
+            while not self.stopping:
+                for p in sorted(self.queues):
+                    q = self.queues[p]
+                    while q:
+                        cid, dq = next(iter(q.items()))
+                        job = dq.popleft()
+                        if dq:
+                            q.move_to_end(cid)      # round-robin: this connection goes last
+                        else:
+                            del q[cid]
+                        if not job.cancel.is_set():
+                            self.running = job
+                            return job
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+            return None
+
+    def requeue(self, job: Job) -> None:
+        """Put a sliced job back: first of its connection's jobs, its connection last in the round."""
+        with self.cond:
+            self.running = None
+            if job.cancel.is_set():
+                return
+            q = self.queues[job.priority]
+            dq = q.setdefault(job.conn.id, deque())
+            dq.appendleft(job)
+            q.move_to_end(job.conn.id)
+            self.cond.notify_all()
+
+    def pinned_keys(self) -> set:
+        with self.cond:
+            return {j.cache_key for q in self.queues.values() for dq in q.values() for j in dq if j.slices}
+
+
+class Engine(threading.Thread):
+    """The engine thread: loads the model, then serves the scheduler's jobs one at a time."""
+
+    def __init__(self, sched: Scheduler, workspace: Workspace, cfg: Config, model_override=None,
+                 on_progress: Callable[[str, float, str], None] | None = None):
+        super().__init__(name="tricode-engine", daemon=True)
+        self.sched, self.workspace, self.cfg = sched, workspace, cfg
+        self.model_override = model_override
+        self.on_progress = on_progress or (lambda *a: None)
+        self.state = "loading"
+        self.error = ""
+        self.progress = 0.0
+        self.stage = "starting"
+        self.model_path: Path | None = None
+        self.loaded_key: tuple | None = None
+        self.ck = None
+        self.tok = None
+        self.builder = None
+        self.pool: CachePool | None = None
+        self.device = ""
+        self.dtype = ""
+        self.lora = False
+        self.load_ms = 0.0
+        self._reload = threading.Event()
+        self._reload.set()
+
+    # -- configuration (loop thread) ---------------------------------------------------------------
+
+    def wanted_key(self, cfg: Config) -> tuple:
+        path = resolve_model(cfg, self.model_override)
+        return (str(path) if path else None, cfg.device, cfg.dtype)
+
+    def set_config(self, cfg: Config) -> bool:
+        """Apply a new config; True when it needs a model reload (done between jobs)."""
+        reload = self.wanted_key(cfg) != self.wanted_key(self.cfg) or (self.state == "error"
+                                                                        and cfg != self.cfg)
+        self.cfg = cfg
+        if reload:
+            self._reload.set()
+            with self.sched.cond:
+                self.sched.cond.notify_all()
+        return reload
+
+    # -- the thread --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            if self._reload.is_set():
+                self._reload.clear()
+                self._load()
+            job = self.sched.pop(timeout=0.5)
+            if job is None:
+                if self.sched.stopping:
+                    return
+                continue
+            try:
+                self._serve(job)
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the engine thread
+                log.exception("request %s failed", job.id)
+                self.sched.running = None
+                self.sched.reply_threadsafe(job, protocol.error(job.id, protocol.INTERNAL,
+                                                                f"{type(e).__name__}: {e}"))
+
+    def _progress(self, stage: str, fraction: float, message: str) -> None:
+        self.stage, self.progress = message, fraction
+        log.info("%s (%.0f%%)", message, fraction * 100)
+        try:
+            self.on_progress(stage, fraction, message)
+        except Exception:  # noqa: BLE001
+            log.exception("progress callback")
+
+    def _unload(self) -> None:
+        self.ck = self.tok = self.builder = self.pool = None
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _load(self) -> None:
+        cfg = self.cfg
+        key = self.wanted_key(cfg)
+        self.state, self.error = "loading", ""
+        self._unload()
+        path = resolve_model(cfg, self.model_override)
+        self.model_path = path
+        if path is None:
+            self._fail("no model: the embedded model is not installed; set `model = \"DIR\"` in "
+                       f"{__import__('daemon.config').config.config_path()}, TRICODE_MODEL, or pass --model DIR")
+            return
+        t0 = time.perf_counter()
+        self._progress("loading", 0.02, f"loading {path}")
+        try:
+            self._progress("loading", 0.05, "importing torch")
+            import torch  # noqa: F401
+            self._threads(cfg)
+
+            from daemon.tokenizer import Tokenizer, TokenizerError
+            from engine.checkpoint import CheckpointError, load_checkpoint
+            from engine.generate import DecodeParams, generate
+        except Exception as e:  # noqa: BLE001
+            self._fail(f"cannot import the engine: {type(e).__name__}: {e}")
+            return
+        weights = sum(f.stat().st_size for f in path.rglob("*.safetensors")) if path.is_dir() else 0
+        self._progress("loading", 0.1, f"reading {weights / 2**20:.0f} MiB of weights from {path}")
+        done = threading.Event()
+
+        def heartbeat():  # an estimate while load_checkpoint runs (it has no progress hook)
+            expect = max(1.0, weights / 400e6)
+            t = time.perf_counter()
+            while not done.wait(0.5):
+                frac = 0.1 + 0.7 * min((time.perf_counter() - t) / expect, 0.97)
+                self._progress("loading", round(frac, 3), f"reading weights from {path.name}")
+
+        hb = threading.Thread(target=heartbeat, daemon=True)
+        hb.start()
+        try:
+            ck = load_checkpoint(path, device=cfg.device, dtype=cfg.dtype)
+            tok = Tokenizer(path)
+        except (CheckpointError, TokenizerError, OSError, ValueError, RuntimeError) as e:
+            done.set()
+            self._fail(str(e))
+            return
+        finally:
+            done.set()
+        protect_special_tokens(tok)
+        self._progress("loading", 0.85, "warming up")
+        try:
+            prompt = [tok.bos_id] + tok.encode("def f(x):\n    return x\n")
+            for mode in dict.fromkeys((cfg.inline_mode, cfg.refactor_mode)):
+                generate(ck.model, prompt, DecodeParams(mode=mode, max_new_tokens=4,
+                                                        spec_variant=cfg.spec_variant))
+        except Exception as e:  # noqa: BLE001 - e.g. CUDA out of memory
+            self._fail(f"warm-up failed: {type(e).__name__}: {e}")
+            return
+        self.ck, self.tok = ck, tok
+        self.builder = PromptBuilder(tok)
+        self.pool = CachePool(ck.model, cfg.cache_slots)
+        self.device, self.dtype = str(ck.device), str(ck.dtype).removeprefix("torch.")
+        self.lora = bool(getattr(ck.model, "has_lora", False))
+        self.loaded_key = key
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        self.state = "ready"
+        self._progress("ready", 1.0, f"ready: {path.name} on {self.device} ({self.dtype}) "
+                                     f"in {self.load_ms / 1e3:.1f} s")
+
+    def _threads(self, cfg: Config) -> None:
+        if cfg.cpu_threads:
+            import torch
+            if torch.get_num_threads() != cfg.cpu_threads:
+                torch.set_num_threads(cfg.cpu_threads)
+                log.info("torch uses %d CPU thread(s)", cfg.cpu_threads)
+
+    def _fail(self, message: str) -> None:
+        self.state, self.error = "error", message
+        log.error("model load failed: %s", message)
+        self._progress("error", 1.0, message)
+
+    # -- one job -----------------------------------------------------------------------------------
+
+    def _serve(self, job: Job) -> None:
+        from engine.generate import DecodeParams, default_block_size, generate
+
+        if self.state != "ready":
+            self.sched.running = None
+            self.sched.reply_threadsafe(job, protocol.error(
+                job.id, protocol.NOT_READY, f"the model is {self.state}: {self.error or self.stage}"))
+            return
+        cfg, msg, tok = self.cfg, job.msg, self.tok
+        model = self.ck.model
+        self._threads(cfg)
+        if job.slices and job.engine_key != self.loaded_key:
+            # a sliced job resumed after a model reload: its tokens belong to the old model; start over
+            job.prompt, job.tokens, job.nfe, job.accept_lengths, job.slices = None, [], 0, [], 0
+            job.prefill_ms = job.decode_ms = 0.0
+        job.engine_key = self.loaded_key
+        if job.prompt is None:
+            job.started = time.perf_counter()
+            budget = cfg.context_tokens if job.kind == "complete" else cfg.refactor_context_tokens
+            extra = []
+            if cfg.extra_context:
+                try:
+                    extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
+                except Exception:  # noqa: BLE001 - context is a bonus, never a failure
+                    log.exception("extra context for %s", msg.path)
+            job.prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra)
+            job.context_ms = (time.perf_counter() - job.started) * 1e3
+        stops = tuple(msg.stop)
+        block = msg.block_size or cfg.block_size or None
+        threshold = msg.threshold or cfg.threshold or None
+        while True:
+            n = job.max_tokens - len(job.tokens)
+            if job.kind == "generate":
+                n = min(n, SLICE_TOKENS)
+            params = DecodeParams(mode=job.mode, max_new_tokens=n, block_size=block, threshold=threshold,
+                                  temperature=max(msg.temperature, 0.0), deadline=job.deadline,
+                                  spec_variant=cfg.spec_variant)
+            ids = job.prompt.ids + job.tokens
+            b = block or default_block_size(model)
+            scratch = b * (b + 1) if cfg.spec_variant == "quadratic" else b
+            need = len(job.prompt.ids) + job.max_tokens + scratch + 2
+            cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
+            base = list(job.tokens)
+
+            def stop(tokens, base=base):
+                full = base + tokens
+                if text_cut(tok.decode(full), msg.max_lines, stops) is None:
+                    return None
+                lo, hi = len(base) + 1, len(full)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if text_cut(tok.decode(full[:mid]), msg.max_lines, stops) is not None:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                return lo - len(base)
+
+            res = generate(model, ids, params, cache=cache, cancel=job.cancel,
+                           stop=stop if (msg.max_lines > 0 or stops) else None)
+            if job.slices == 0:
+                job.prefill_tokens, job.reused_tokens = res.prefill_tokens, res.reused_tokens
+            job.slices += 1
+            job.tokens += res.tokens
+            job.nfe += res.nfe
+            job.accept_lengths += res.accept_lengths
+            job.prefill_ms += res.prefill_ms
+            job.decode_ms += max(res.elapsed_ms - res.prefill_ms, 0.0)
+            if res.stop_reason == "cancelled":
+                self.sched.running = None
+                return  # already answered (aborted, superseded, connection closed, shutdown)
+            more = (job.kind == "generate" and res.stop_reason == "length"
+                    and len(job.tokens) < job.max_tokens)
+            if not more:
+                self._finish(job, res.stop_reason, stops)
+                return
+            if self.sched.waiting(job.priority):
+                self.sched.requeue(job)
+                return
+
+    def _finish(self, job: Job, stop_reason: str, stops) -> None:
+        t0 = time.perf_counter()
+        raw = self.tok.decode(job.tokens)
+        text = finish_text(raw, stop_reason, job.msg.max_lines, stops)
+        post_ms = (time.perf_counter() - t0) * 1e3
+        st = self.sched.stats
+        st.tokens += len(job.tokens)
+        st.nfe += job.nfe
+        st.accept_sum += sum(job.accept_lengths)
+        st.accept_n += len(job.accept_lengths)
+        st.prefill_tokens += job.prefill_tokens
+        st.reused_tokens += job.reused_tokens
+        if stop_reason == "deadline":
+            st.deadline += 1
+        now = time.perf_counter()
+        result = protocol.Result(
+            id=job.id, text=text, mode=job.mode, stop_reason=stop_reason, tokens=len(job.tokens),
+            nfe=job.nfe, tokens_per_forward=round(len(job.tokens) / job.nfe, 4) if job.nfe else 0.0,
+            accept_length=round(sum(job.accept_lengths) / len(job.accept_lengths), 4) if job.accept_lengths else 0.0,
+            prefill_tokens=job.prefill_tokens, reused_tokens=job.reused_tokens,
+            queue_ms=round(((job.started or now) - job.arrived) * 1e3, 3),
+            prefill_ms=round(job.prefill_ms, 3), decode_ms=round(job.decode_ms, 3), post_ms=round(post_ms, 3),
+            total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=len(job.prompt.ids),
+            context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files))
+        frame = protocol.to_wire(result)
+        st.last_result = {k: frame[k] for k in ("mode", "stop_reason", "tokens", "nfe", "tokens_per_forward",
+                                                "prefill_tokens", "reused_tokens", "prefill_ms", "total_ms")}
+        with self.sched.cond:
+            self.sched.running = None
+
+        def deliver():
+            if not job.replied:
+                st.served += 1
+                st.by_kind[job.kind] = st.by_kind.get(job.kind, 0) + 1
+            self.sched.reply(job, frame)
+
+        self.sched.loop.call_soon_threadsafe(deliver)
+
+    # -- status (any thread) -----------------------------------------------------------------------
+
+    def memory(self) -> dict:
+        out = {}
+        try:
+            with open("/proc/self/statm") as f:
+                import os
+                out["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+        if self.ck is not None:
+            try:
+                out["model_bytes"] = sum(p.numel() * p.element_size() for p in self.ck.model.parameters())
+            except Exception:  # noqa: BLE001
+                pass
+            if self.device.startswith("cuda"):
+                import torch
+                out["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.ck.device))
+                out["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved(self.ck.device))
+        pool = self.pool
+        if pool is not None:
+            out["kv_cache_bytes"] = pool.bytes()
+        return out

@@ -1,0 +1,673 @@
+"""The daemon process: a Unix socket server (asyncio) in front of the engine thread (scheduler.py).
+
+Files (per user; TRICODE_SOCKET moves the socket, and the lock with it):
+    <runtime dir>/daemon.sock        the socket, mode 0600, in a 0700 directory; every peer's uid is
+                                     checked with SO_PEERCRED and other users are refused
+    <runtime dir>/daemon.sock.lock   flock()ed while the daemon lives; holds its pid. After a kill -9
+                                     the kernel drops the lock; the next daemon takes it over and
+                                     replaces the stale socket
+    <runtime dir>/tcp_token          only with `tcp_port` set: the token a TCP client sends in hello
+    $XDG_STATE_HOME/tricode/daemon.log (rotated), feedback.json (accept/reject counters)
+    $XDG_CONFIG_HOME/tricode/config.toml (watched; see config.py)
+
+The socket is up before the model loads: a client can connect at once, gets `state: loading` in
+hello and unsolicited `progress` frames ({type: progress, stage: loading|ready|error, fraction,
+message}) until the model is ready. Requests for the model before then get NOT_READY.
+
+Nothing a client sends can stop the daemon: bad frames get an error reply (counted in `status`),
+the connection stays open; an exception in a handler is logged and answered INTERNAL.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import hmac
+import itertools
+import json
+import logging
+import logging.handlers
+import os
+import secrets
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+from daemon import config as config_mod
+from daemon import protocol
+from daemon.context import Workspace
+from daemon.scheduler import PRIO_INLINE, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats
+
+log = logging.getLogger("tricode.daemon")
+
+NOT_COUNTED = (protocol.SUPERSEDED, protocol.ABORTED, protocol.SHUTTING_DOWN)
+
+
+# -- runtime files ------------------------------------------------------------------------------------
+
+def lock_path(sock: Path | None = None) -> Path:
+    sock = sock or protocol.socket_path()
+    return sock.with_name(sock.name + ".lock")
+
+
+def token_path(sock: Path | None = None) -> Path:
+    sock = sock or protocol.socket_path()
+    return sock.with_name("tcp_token")
+
+
+def lock_holder(sock: Path | None = None) -> int | None:
+    """The pid of the daemon holding the lock, or None when no daemon holds it."""
+    path = lock_path(sock)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.read(fd, 64).decode().strip() or 0) or -1
+            except ValueError:
+                return -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class AlreadyRunning(Exception):
+    def __init__(self, pid):
+        super().__init__(f"a tricode daemon is already running (pid {pid})")
+        self.pid = pid
+
+
+def acquire_lock(sock: Path) -> int:
+    """Take the per-user lock (a stale one left by a killed daemon is simply taken over)."""
+    path = lock_path(sock)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            pid = int(os.read(fd, 64).decode().strip() or 0)
+        except ValueError:
+            pid = -1
+        os.close(fd)
+        raise AlreadyRunning(pid) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def prepare_runtime_dir(sock: Path) -> None:
+    d = sock.parent
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = d.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{d} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
+                              f"refusing to put the daemon's socket there")
+    if d == protocol.runtime_dir() and st.st_mode & 0o077:
+        os.chmod(d, 0o700)
+
+
+def bind_socket(sock_path: Path) -> socket.socket:
+    try:
+        if sock_path.is_socket() or sock_path.exists():
+            sock_path.unlink()          # stale: we hold the lock, so no live daemon owns it
+            log.info("removed a stale socket %s", sock_path)
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        s.bind(str(sock_path))
+    finally:
+        os.umask(old)
+    os.chmod(sock_path, 0o600)
+    s.listen(64)
+    s.setblocking(False)
+    return s
+
+
+def peer_credentials(writer) -> tuple[int, int, int] | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return struct.unpack("3i", raw)     # pid, uid, gid
+
+
+def setup_logging(level: str, foreground: bool) -> Path:
+    path = config_mod.log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    if not foreground:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 * 2**20, backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return path
+
+
+# -- connections ----------------------------------------------------------------------------------------
+
+class Connection:
+    _ids = itertools.count(1)
+
+    def __init__(self, writer: asyncio.StreamWriter, tcp: bool = False, peer=None):
+        self.id = next(self._ids)
+        self.writer = writer
+        self.tcp = tcp
+        self.peer = peer
+        self.client = ""
+        self.hello = False
+        self.closed = False
+
+    def send(self, frame: dict) -> None:
+        if self.closed or self.writer.is_closing():
+            return
+        try:
+            data = protocol.pack(frame)
+        except protocol.ProtocolError as e:
+            data = protocol.pack(protocol.error(frame.get("id", -1), protocol.INTERNAL, f"reply not sent: {e.message}"))
+        except Exception as e:  # noqa: BLE001 - e.g. a value msgpack cannot encode
+            data = protocol.pack(protocol.error(frame.get("id", -1), protocol.INTERNAL, f"reply not sent: {e}"))
+        try:
+            self.writer.write(data)
+        except (OSError, RuntimeError):
+            self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.writer.close()
+        except (OSError, RuntimeError):
+            pass
+
+
+async def _linger_close(reader, writer, limit: int = 1 << 16, timeout: float = 1.0) -> None:
+    """Close after the last reply reached the peer: half-close, then swallow a little of what it
+    still sends (closing with unread input would reset the connection and lose the reply)."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        end = time.monotonic() + timeout
+        seen = 0
+        while seen < limit:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            chunk = await asyncio.wait_for(reader.read(limit), left)
+            if not chunk:
+                break
+            seen += len(chunk)
+    except (asyncio.TimeoutError, OSError, RuntimeError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except (OSError, RuntimeError):
+            pass
+
+
+# -- the daemon -----------------------------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, model_override: str | Path | None = None, foreground: bool = True):
+        self.model_override = str(model_override) if model_override else None
+        self.foreground = foreground
+        self.sock_path = protocol.socket_path()
+        self.cfg, self.config_problems = config_mod.load()
+        self.config_stamp = self._config_stamp()
+        self.config_loaded_at = time.time()
+        self.started = time.time()
+        self.conns: dict[int, Connection] = {}
+        self.stopping = False
+        self.stop_reason = ""
+        self.last_activity = time.monotonic()
+        self.tcp_server = None
+        self.tcp_token = ""
+        self.feedback_dirty = False
+
+    # entry point
+    def run(self) -> int:
+        log_file = setup_logging(self.cfg.log_level, self.foreground)
+        for p in self.config_problems:
+            log.warning("config: %s", p)
+        try:
+            prepare_runtime_dir(self.sock_path)
+            self.lock_fd = acquire_lock(self.sock_path)
+        except AlreadyRunning as e:
+            print(f"tricode: {e}; socket {self.sock_path}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"tricode: cannot set up {self.sock_path.parent}: {e}", file=sys.stderr)
+            log.error("cannot set up %s: %s", self.sock_path.parent, e)
+            return 2
+        log.info("tricode daemon %d starting: socket %s, log %s", os.getpid(), self.sock_path, log_file)
+        try:
+            asyncio.run(self._main())
+        finally:
+            self._cleanup_files()
+        log.info("tricode daemon %d stopped (%s)", os.getpid(), self.stop_reason or "exit")
+        return 0
+
+    def _cleanup_files(self) -> None:
+        try:
+            st = self.sock_path.stat()
+            if getattr(self, "sock_ino", None) == st.st_ino:
+                self.sock_path.unlink()
+        except OSError:
+            pass
+        try:
+            if self.tcp_token:
+                token_path(self.sock_path).unlink()
+        except OSError:
+            pass
+        fd = getattr(self, "lock_fd", None)
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)
+                os.close(fd)
+            except OSError:
+                pass
+            self.lock_fd = None
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self._stopped = asyncio.Event()
+        self.stats = Stats()
+        self._load_feedback()
+        self.sched = Scheduler(loop, self.stats)
+        self.observer = self._start_observer()
+        self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer)
+        self.engine = Engine(self.sched, self.workspace, self.cfg, self.model_override, self._on_progress)
+        sock = bind_socket(self.sock_path)
+        self.sock_ino = self.sock_path.stat().st_ino
+        self.server = await asyncio.start_unix_server(self._handle_unix, sock=sock, limit=2**20)
+        if self.cfg.tcp_port:
+            await self._start_tcp(self.cfg.tcp_port)
+        for sig, why in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            loop.add_signal_handler(sig, self.request_stop, why)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_config, True)
+        self.engine.start()
+        housekeeping = loop.create_task(self._housekeeping())
+        log.info("listening on %s", self.sock_path)
+        await self._stopped.wait()
+        housekeeping.cancel()
+        await self._shutdown()
+
+    def request_stop(self, why: str = "") -> None:
+        if not self.stopping:
+            self.stop_reason = why
+            log.info("stopping: %s", why)
+            self.stopping = True
+            self._stopped.set()
+
+    async def _shutdown(self) -> None:
+        self.server.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+        self.sched.shutdown()
+        await self.loop.run_in_executor(None, self.engine.join, 10.0)
+        if self.engine.is_alive():
+            log.warning("the engine thread did not stop within 10 s; exiting anyway")
+        for conn in list(self.conns.values()):
+            conn.close()
+        await asyncio.sleep(0.05)  # let the transports flush the last replies
+        self._save_feedback()
+        try:
+            self.workspace.close()
+            if self.observer is not None:
+                self.observer.stop()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- watching the config ------------------------------------------------------------------------
+
+    def _start_observer(self):
+        try:
+            from watchdog.observers import Observer
+            from watchdog.events import FileSystemEventHandler
+        except ImportError:
+            log.warning("watchdog is not installed: no config or workspace watching")
+            return None
+        observer = Observer()
+        observer.daemon = True
+        home = config_mod.config_home()
+        daemon = self
+
+        class ConfigHandler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                paths = [event.src_path, getattr(event, "dest_path", "")]
+                if any(os.fsdecode(p).endswith("config.toml") for p in paths if p):
+                    daemon.loop.call_soon_threadsafe(daemon.reload_config)
+
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            observer.schedule(ConfigHandler(), str(home), recursive=False)
+            observer.start()
+        except Exception as e:  # noqa: BLE001 - inotify limits: the housekeeping poll still works
+            log.warning("cannot watch %s (%s); polling it instead", home, e)
+            try:
+                observer.start()
+            except Exception:  # noqa: BLE001
+                return None
+        return observer
+
+    def _config_stamp(self):
+        try:
+            st = config_mod.config_path().stat()
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return None
+
+    def reload_config(self, force: bool = False) -> None:
+        stamp = self._config_stamp()
+        if stamp == self.config_stamp and not force:
+            return
+        self.config_stamp = stamp
+        cfg, problems = config_mod.load()
+        old = self.cfg
+        self.cfg, self.config_problems = cfg, problems
+        self.config_loaded_at = time.time()
+        for p in problems:
+            log.warning("config: %s", p)
+        if cfg == old:
+            return
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        self.workspace.max_file_bytes = cfg.max_file_kb * 1024
+        pool = self.engine.pool
+        if pool is not None:
+            pool.slots = cfg.cache_slots
+        reload = self.engine.set_config(cfg)
+        changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(old, f.name)]
+        log.info("config reloaded: %s changed%s", ", ".join(changed), "; reloading the model" if reload else "")
+        if cfg.tcp_port != old.tcp_port:
+            self.loop.create_task(self._restart_tcp(cfg.tcp_port))
+
+    # -- optional TCP listener ----------------------------------------------------------------------
+
+    async def _start_tcp(self, port: int) -> None:
+        self.tcp_token = secrets.token_hex(24)
+        path = token_path(self.sock_path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.tcp_token + "\n")
+        try:
+            self.tcp_server = await asyncio.start_server(
+                lambda r, w: self._handle(r, w, tcp=True), host="127.0.0.1", port=port, limit=2**20)
+            log.info("TCP listener on 127.0.0.1:%d (token in %s)", port, path)
+        except OSError as e:
+            log.error("cannot listen on 127.0.0.1:%d: %s", port, e)
+            self.tcp_server = None
+
+    async def _restart_tcp(self, port: int) -> None:
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            self.tcp_server = None
+        if port:
+            await self._start_tcp(port)
+
+    # -- housekeeping -------------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            try:
+                if tick % 2 == 0:
+                    self.reload_config()        # the poll behind the watchdog
+                if self.feedback_dirty and tick % 5 == 0:
+                    self._save_feedback()
+                idle = self.cfg.idle_exit_minutes
+                if (idle > 0 and not self.conns and self.sched.running is None and not self.sched.queue_length()
+                        and time.monotonic() - self.last_activity > idle * 60):
+                    self.request_stop(f"idle for {idle} min")
+            except Exception:  # noqa: BLE001
+                log.exception("housekeeping")
+
+    def _on_progress(self, stage: str, fraction: float, message: str) -> None:
+        frame = {"type": "progress", "stage": stage, "fraction": fraction, "message": message}
+        self.loop.call_soon_threadsafe(self._broadcast, frame)
+
+    def _broadcast(self, frame: dict) -> None:
+        for conn in list(self.conns.values()):
+            if conn.hello:
+                conn.send(frame)
+
+    # -- feedback counters --------------------------------------------------------------------------
+
+    def _feedback_file(self) -> Path:
+        return config_mod.state_home() / "feedback.json"
+
+    def _load_feedback(self) -> None:
+        try:
+            data = json.loads(self._feedback_file().read_text())
+            for k in self.stats.feedback:
+                if isinstance(data.get(k), int):
+                    self.stats.feedback[k] = data[k]
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _save_feedback(self) -> None:
+        if not self.feedback_dirty:
+            return
+        self.feedback_dirty = False
+        try:
+            path = self._feedback_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.stats.feedback))
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("cannot save feedback counters: %s", e)
+
+    # -- connections --------------------------------------------------------------------------------
+
+    async def _handle_unix(self, reader, writer) -> None:
+        await self._handle(reader, writer, tcp=False)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tcp: bool) -> None:
+        peer = None
+        if not tcp:
+            peer = peer_credentials(writer)
+            if peer is None or peer[1] != os.getuid():
+                self.stats.refused_peers += 1
+                self.stats.error(protocol.FORBIDDEN)
+                log.warning("refused a connection from uid %s (pid %s)", peer and peer[1], peer and peer[0])
+                conn = Connection(writer)
+                conn.send(protocol.error(-1, protocol.FORBIDDEN, "this daemon serves its own user only"))
+                await _linger_close(reader, writer)
+                return
+        conn = Connection(writer, tcp=tcp, peer=peer)
+        self.conns[conn.id] = conn
+        self.last_activity = time.monotonic()
+        try:
+            while not conn.closed:
+                try:
+                    frame = await protocol.read_frame(reader)
+                except protocol.ProtocolError as e:
+                    self._bad(conn, e)
+                    continue
+                except (ConnectionError, OSError):
+                    break
+                if frame is None:
+                    break
+                self.last_activity = time.monotonic()
+                try:
+                    msg = protocol.decode_request(frame)
+                except protocol.ProtocolError as e:
+                    self._bad(conn, e)
+                    continue
+                try:
+                    self._dispatch(conn, msg)
+                except Exception as e:  # noqa: BLE001 - never die from input
+                    log.exception("handling %s", msg.type)
+                    self.stats.error(protocol.INTERNAL)
+                    conn.send(protocol.error(msg.id, protocol.INTERNAL, f"{type(e).__name__}: {e}"))
+                transport = writer.transport
+                if transport is not None and transport.get_write_buffer_size() > 2**20:
+                    try:
+                        await writer.drain()
+                    except (ConnectionError, OSError):
+                        break
+        except asyncio.CancelledError:
+            pass
+        finally:
+            conn.closed = True
+            self.sched.drop_connection(conn)
+            self.workspace.drop_owner(conn.id)
+            self.conns.pop(conn.id, None)
+            self.last_activity = time.monotonic()
+            try:
+                writer.close()
+            except (OSError, RuntimeError):
+                pass
+
+    def _bad(self, conn: Connection, e: protocol.ProtocolError) -> None:
+        self.stats.error(e.code)
+        log.info("connection %d: %s: %s", conn.id, e.code, e.message)
+        conn.send(protocol.error(e.id, e.code, e.message))
+
+    def _dispatch(self, conn: Connection, msg) -> None:
+        kind = msg.type
+        if kind == "hello":
+            if msg.version != protocol.PROTOCOL_VERSION:
+                self.stats.error(protocol.VERSION)
+                conn.send(protocol.error(msg.id, protocol.VERSION,
+                                         f"protocol version {msg.version} is not supported: this daemon speaks "
+                                         f"version {protocol.PROTOCOL_VERSION} (restart it: tricode daemon restart)"))
+                conn.close()
+                return
+            if conn.tcp and not (self.tcp_token and hmac.compare_digest(msg.token, self.tcp_token)):
+                self.stats.refused_peers += 1
+                self.stats.error(protocol.FORBIDDEN)
+                conn.send(protocol.error(msg.id, protocol.FORBIDDEN, "wrong or missing token"))
+                conn.close()
+                return
+            conn.hello, conn.client = True, msg.client
+            e = self.engine
+            conn.send({"type": "hello", "id": msg.id, "version": protocol.PROTOCOL_VERSION, "pid": os.getpid(),
+                       "state": e.state, "model": str(e.model_path or ""), "device": e.device,
+                       "progress": e.progress, "message": e.error or e.stage})
+            return
+        if not conn.hello:
+            self._bad(conn, protocol.ProtocolError(protocol.BAD_REQUEST, "the first frame must be hello", msg.id))
+            if conn.tcp:
+                conn.close()
+            return
+        if kind in ("complete", "generate"):
+            self._submit(conn, msg)
+        elif kind == "abort":
+            self.sched.abort(conn, msg.target)
+            conn.send(protocol.ok(msg.id))
+        elif kind == "feedback":
+            if msg.event not in ("accepted", "rejected", "partial"):
+                self._bad(conn, protocol.ProtocolError(
+                    protocol.BAD_REQUEST, f"feedback.event {msg.event!r}: accepted, rejected or partial", msg.id))
+                return
+            fb = self.stats.feedback
+            fb[msg.event] += 1
+            fb["shown_chars"] += max(msg.shown, 0)
+            fb["accepted_chars"] += max(min(msg.accepted, msg.shown) if msg.shown else msg.accepted, 0)
+            self.feedback_dirty = True
+            conn.send(protocol.ok(msg.id))
+        elif kind == "document":
+            self.workspace.set_document(msg.uri, msg.path, msg.language, msg.text, owner=conn.id)
+            conn.send(protocol.ok(msg.id))
+        elif kind == "status":
+            conn.send(self.status(msg.id))
+        elif kind == "shutdown":
+            conn.send(protocol.ok(msg.id))
+            self.request_stop(f"shutdown requested by {conn.client or 'a client'}")
+
+    def _submit(self, conn: Connection, msg) -> None:
+        if self.stopping:
+            conn.send(protocol.error(msg.id, protocol.SHUTTING_DOWN, "the daemon is shutting down"))
+            return
+        e = self.engine
+        if e.state != "ready":
+            self.stats.error(protocol.NOT_READY)
+            detail = e.error if e.state == "error" else f"{e.stage} ({e.progress:.0%})"
+            conn.send(protocol.error(msg.id, protocol.NOT_READY, f"the model is {e.state}: {detail}"))
+            return
+        problem = None
+        if msg.mode not in VALID_MODES:
+            problem = f"{msg.type}.mode {msg.mode!r}: choose ar, diffusion or spec (or '' for the default)"
+        elif min(msg.max_tokens, msg.max_lines, msg.deadline_ms, msg.block_size) < 0:
+            problem = "max_tokens, max_lines, deadline_ms and block_size must be >= 0"
+        elif not 0.0 <= msg.threshold <= 1.0 or msg.temperature < 0:
+            problem = "threshold must be within [0, 1] and temperature >= 0"
+        if problem:
+            self._bad(conn, protocol.ProtocolError(protocol.BAD_REQUEST, problem, msg.id))
+            return
+        cfg = self.cfg
+        inline = msg.type == "complete"
+        cap = cfg.max_tokens if inline else cfg.refactor_max_tokens
+        max_tokens = min(msg.max_tokens or (64 if inline else 256), cap)
+        deadline_ms = msg.deadline_ms or (cfg.deadline_ms if inline else cfg.refactor_deadline_ms)
+        now = time.perf_counter()
+        job = Job(conn=conn, msg=msg, kind=msg.type, priority=PRIO_INLINE if inline else PRIO_REFACTOR,
+                  mode=msg.mode or (cfg.inline_mode if inline else cfg.refactor_mode), max_tokens=max_tokens,
+                  deadline=time.monotonic() + deadline_ms / 1e3 if deadline_ms > 0 else None, arrived=now)
+        self.sched.submit(job)
+
+    # -- status -------------------------------------------------------------------------------------
+
+    def status(self, rid: int = 0) -> dict:
+        e, st, cfg = self.engine, self.stats, self.cfg
+        fb = st.feedback
+        decided = fb["accepted"] + fb["rejected"] + fb["partial"]
+        running = self.sched.running
+        errors = sum(n for code, n in st.errors.items() if code not in NOT_COUNTED)
+        return {
+            "type": "status", "id": rid,
+            "version": protocol.PROTOCOL_VERSION, "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "state": e.state, "error": e.error, "progress": round(e.progress, 3), "stage": e.stage,
+            "model": str(e.model_path or ""), "model_name": e.model_path.name if e.model_path else "",
+            "device": e.device, "dtype": e.dtype, "lora": e.lora, "load_ms": round(e.load_ms, 1),
+            "memory": e.memory(),
+            "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": cfg.spec_variant},
+            "deadline_ms": cfg.deadline_ms,
+            "queue_length": self.sched.queue_length(),
+            "running": None if running is None else {
+                "id": running.id, "client": running.conn.client, "connection": running.conn.id,
+                "kind": running.kind, "doc": running.msg.doc, "tokens": len(running.tokens)},
+            "connections": len(self.conns),
+            "clients": sorted({c.client for c in self.conns.values() if c.client}),
+            "requests_served": st.served, "served_by_kind": dict(st.by_kind),
+            "tokens_generated": st.tokens, "forwards": st.nfe,
+            "mean_tokens_per_forward": round(st.tokens / st.nfe, 4) if st.nfe else 0.0,
+            "mean_accept_length": round(st.accept_sum / st.accept_n, 4) if st.accept_n else 0.0,
+            "prefill_tokens": st.prefill_tokens, "reused_tokens": st.reused_tokens,
+            "prefix_reuse": round(st.reused_tokens / (st.reused_tokens + st.prefill_tokens), 4)
+            if st.reused_tokens + st.prefill_tokens else 0.0,
+            "superseded": st.superseded, "aborted": st.aborted, "deadline_stops": st.deadline,
+            "feedback": dict(fb),
+            "acceptance_rate": round((fb["accepted"] + fb["partial"]) / decided, 4) if decided else None,
+            "errors": errors, "errors_by_code": dict(st.errors), "refused_peers": st.refused_peers,
+            "config": {"path": str(config_mod.config_path()), "problems": list(self.config_problems),
+                       "loaded_at": self.config_loaded_at, "values": dataclasses.asdict(cfg)},
+            "socket": str(self.sock_path), "log": str(config_mod.log_path()),
+            "tcp": f"127.0.0.1:{cfg.tcp_port}" if self.tcp_server is not None else "",
+            "workspace": {"open_documents": len(self.workspace.docs), "recent_files": len(self.workspace.recent),
+                          "roots": [str(r) for r in self.workspace.roots]},
+            "last_result": dict(st.last_result),
+        }
+
+
+def run(model: str | Path | None = None, foreground: bool = True) -> int:
+    return Daemon(model, foreground).run()

@@ -1,0 +1,686 @@
+"""The daemon end to end: real `python -m daemon.cli daemon run` processes on the tiny checkpoint,
+real sockets, no mocks. One daemon serves the module; the lifecycle test starts its own."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from daemon import protocol
+from daemon.client import DaemonClient, DaemonUnavailable, call
+from daemon.protocol import Complete, Document, Feedback, Generate, Hello, Status
+from tests.tiny_checkpoint import write_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+# with the tiny checkpoint (seed 0), AR runs this prompt for thousands of tokens without an EOS
+LONG = dict(prefix="for i in range(10):\n    print(i)\n", suffix="\n", max_tokens=4000, max_lines=0, mode="ar",
+            deadline_ms=60000)
+# CPU, one torch thread: the tiny model is overhead-bound and the test machine's cores are shared
+# (test_daemon_on_cuda covers the GPU)
+BASE_CONFIG = ('max_tokens = 4000\nrefactor_max_tokens = 4000\nlog_level = "debug"\ncpu_threads = 1\n'
+               'device = "cpu"\n')
+
+
+def arun(coro, timeout: float = 60.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def make_env(base: Path) -> dict:
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(base / "run"), XDG_CONFIG_HOME=str(base / "cfg"),
+               XDG_STATE_HOME=str(base / "state"))
+    for k in ("TRICODE_SOCKET", "TRICODE_MODEL"):
+        env.pop(k, None)
+    return env
+
+
+def wait_ready(sock: Path, timeout: float = 90.0, proc=None) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the daemon exited with {proc.returncode}")
+        try:
+            st = call(Status(), socket_path=sock, timeout=5)[0]
+            if st["state"] == "ready":
+                return st
+            assert st["state"] != "error", st["error"]
+        except (DaemonUnavailable, OSError, asyncio.TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the daemon did not become ready")
+
+
+class D:
+    def __init__(self, base: Path, ckpt: Path):
+        self.base, self.ckpt = base, ckpt
+        self.env = make_env(base)
+        self.sock = base / "run" / "tricode" / "daemon.sock"
+        self.config = base / "cfg" / "tricode" / "config.toml"
+        self.proc = None
+
+    def status(self) -> dict:
+        return call(Status(), socket_path=self.sock, timeout=10)[0]
+
+    def cli(self, *args, timeout=120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+
+    async def client(self, name="test") -> DaemonClient:
+        c = DaemonClient(self.sock, client_name=name, autostart=False)
+        await c.connect()
+        return c
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    base = Path(tempfile.mkdtemp(prefix="tcd", dir="/tmp"))   # short: a socket path has a 107-byte limit
+    d = D(base, write_tiny_checkpoint(base / "ck"))
+    d.config.parent.mkdir(parents=True)
+    d.config.write_text(BASE_CONFIG)
+    err = open(base / "daemon.err", "wb")
+    d.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(d.ckpt)],
+                              env=d.env, cwd=REPO, stdout=err, stderr=err)
+    try:
+        wait_ready(d.sock, proc=d.proc)
+        yield d
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(10)
+        err.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def raw_connect(sock: Path, hello: bool = True) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(15)
+    s.connect(str(sock))
+    if hello:
+        s.sendall(protocol.pack(Hello(id=1, client="raw")))
+        assert protocol.recv_frame(s)["type"] == "hello"
+    return s
+
+
+def send_body(s: socket.socket, body: bytes) -> dict:
+    s.sendall(protocol.HEADER.pack(len(body)) + body)
+    return protocol.recv_frame(s)
+
+
+async def wait_running(c: DaemonClient, client: str, rid: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = (await c.request(Status()))["running"]
+        if r and r["client"] == client and r["id"] == rid:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"request {rid} of {client} never ran")
+
+
+# -- protocol --------------------------------------------------------------------------------------------
+
+def test_status_fields(daemon):
+    replies = call(Feedback(event="accepted", doc="d", shown=10, accepted=10),
+                   Feedback(event="rejected", doc="d", shown=5), Status(), socket_path=daemon.sock)
+    assert [r["type"] for r in replies] == ["ok", "ok", "status"]
+    st = replies[-1]
+    for key in ("state", "model", "device", "dtype", "memory", "modes", "queue_length", "requests_served",
+                "mean_tokens_per_forward", "acceptance_rate", "errors", "progress", "pid", "version", "lora",
+                "feedback", "config", "prefix_reuse", "running", "connections", "mean_accept_length"):
+        assert key in st, key
+    assert st["state"] == "ready" and st["progress"] == 1.0 and st["model"] == str(daemon.ckpt)
+    assert st["device"] == "cpu" and st["dtype"] == "float32" and st["memory"]["rss_bytes"] > 0
+    assert st["modes"] == {"inline": "spec", "refactor": "ar", "spec_variant": "linear"}
+    assert st["acceptance_rate"] == 0.5 and st["feedback"]["accepted_chars"] == 10
+    assert st["config"]["values"]["max_tokens"] == 4000 and st["version"] == protocol.PROTOCOL_VERSION
+
+
+def test_hello_version_mismatch_is_rejected(daemon, monkeypatch):
+    s = raw_connect(daemon.sock, hello=False)
+    s.sendall(protocol.pack({"type": "hello", "id": 3, "version": 999, "client": "future"}))
+    reply = protocol.recv_frame(s)
+    assert reply["type"] == "error" and reply["code"] == protocol.VERSION and reply["id"] == 3
+    assert protocol.recv_frame(s) is None          # the daemon closed that connection
+    s.close()
+    import daemon.client as client_mod
+    from daemon.client import DaemonVersionMismatch
+    monkeypatch.setattr(client_mod, "Hello", lambda client: Hello(client=client, version=999))
+
+    async def go():
+        with pytest.raises(DaemonVersionMismatch, match="version 999"):
+            await DaemonClient(daemon.sock, autostart=False).connect()
+    arun(go())
+
+
+def test_malformed_frames_get_errors_and_are_counted(daemon):
+    before = daemon.status()["errors"]
+    s = raw_connect(daemon.sock, hello=False)
+    r = send_body(s, msgpack.packb({"type": "status", "id": 4}))
+    assert (r["type"], r["code"], r["id"]) == ("error", protocol.BAD_REQUEST, 4)        # hello first
+    s.sendall(protocol.pack(Hello(id=5)))
+    assert protocol.recv_frame(s)["type"] == "hello"
+    cases = [
+        (b"\xc1\xff\x00 not msgpack", -1),                                          # garbage bytes
+        (msgpack.packb([1, 2, 3]), -1),                                              # not a map
+        (msgpack.packb({"type": "frobnicate", "id": 7}), 7),                        # unknown type
+        (msgpack.packb({"type": "complete", "id": 8, "max_tokens": "many"}), 8),    # wrong field type
+        (msgpack.packb({"type": "complete", "id": 9, "mode": "turbo"}), 9),         # bad value
+        (msgpack.packb({"type": "feedback", "id": 10, "event": "loved"}), 10),
+    ]
+    for body, rid in cases:
+        r = send_body(s, body)
+        assert (r["type"], r["code"], r["id"]) == ("error", protocol.BAD_REQUEST, rid), (body, r)
+    r = send_body(s, msgpack.packb({"type": "status", "id": 11}))
+    assert r["type"] == "status" and r["errors"] == before + 1 + len(cases)
+    s.close()
+    assert daemon.proc.poll() is None
+
+
+def test_oversized_frame(daemon):
+    s = raw_connect(daemon.sock)
+    n = protocol.MAX_FRAME + 1
+    s.sendall(protocol.HEADER.pack(n))
+    chunk = b"\0" * (1 << 20)
+    left = n
+    while left:
+        left -= s.send(chunk[:min(left, len(chunk))])
+    r = protocol.recv_frame(s)
+    assert (r["type"], r["code"], r["id"]) == ("error", protocol.TOO_LARGE, -1)
+    r = send_body(s, msgpack.packb({"type": "status", "id": 12}))     # the connection still works
+    assert r["type"] == "status" and r["errors_by_code"][protocol.TOO_LARGE] >= 1
+    s.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_other_user_is_refused(daemon):
+    nobody = pwd.getpwnam("nobody")
+    code = f"""
+import os, socket, struct, sys
+os.setgid({nobody.pw_gid}); os.setuid({nobody.pw_uid})
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(10)
+try:
+    s.connect({str(daemon.sock)!r})
+except PermissionError:
+    print("EACCES"); sys.exit(0)
+s.sendall(bytes.fromhex({protocol.pack(Hello(id=1)).hex()!r}))
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(data.hex())
+"""
+
+    def as_nobody():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    # 1. the socket's directory (0700) and mode (0600) keep other users out
+    assert (daemon.sock.parent.stat().st_mode & 0o777) == 0o700
+    assert (daemon.sock.stat().st_mode & 0o777) == 0o600
+    assert as_nobody() == "EACCES"
+    # 2. with the permissions opened up, the peer-credential check still refuses them
+    dirs = [daemon.base, daemon.sock.parent]
+    modes = [(p, p.stat().st_mode & 0o777) for p in dirs + [daemon.sock]]
+    before = daemon.status()["refused_peers"]
+    try:
+        for p in dirs:
+            os.chmod(p, 0o711)
+        os.chmod(daemon.sock, 0o666)
+        out = as_nobody()
+    finally:
+        for p, m in modes:
+            os.chmod(p, m)
+    data = bytes.fromhex(out)
+    reply = msgpack.unpackb(data[4:])
+    assert reply["type"] == "error" and reply["code"] == protocol.FORBIDDEN
+    assert daemon.status()["refused_peers"] == before + 1
+
+
+# -- scheduling ------------------------------------------------------------------------------------------
+
+def test_several_clients_at_once(daemon):
+    async def one(name: str, mode: str):
+        c = await daemon.client(name)
+        futs = [c.submit(Complete(doc=f"{name}-{i}", prefix=f"def f{i}(x):\n    return ", suffix="\n",
+                                  max_tokens=12, max_lines=0, mode=mode, deadline_ms=30000)) for i in range(3)]
+        replies = [(rid, await f) for rid, f in futs]
+        await c.close()
+        return replies
+
+    async def go():
+        return await asyncio.gather(*(one(f"c{k}", mode) for k, mode in enumerate(["ar", "spec", "ar", "diffusion"])))
+
+    results = arun(go())
+    for replies in results:
+        for rid, r in replies:
+            assert r["type"] == "result" and r["id"] == rid and r["tokens"] > 0, r
+    # greedy self-speculation produces exactly the AR text
+    assert [r["text"] for _, r in results[0]] == [r["text"] for _, r in results[1]]
+    assert results[1][0][1]["mode"] == "spec" and results[3][0][1]["mode"] == "diffusion"
+
+
+def test_supersede(daemon):
+    async def go():
+        c, watch = await daemon.client("sup"), await daemon.client("watch")
+        old_id, old = c.submit(Complete(doc="file:///x.py", **LONG))
+        await wait_running(watch, "sup", old_id)
+        t0 = time.perf_counter()
+        new_id, new = c.submit(Complete(doc="file:///x.py", prefix="x = ", suffix="\n", max_tokens=4,
+                                        deadline_ms=30000))
+        r_old = await old
+        superseded_after = time.perf_counter() - t0
+        r_new = await new
+        # a completion for another document of the same client does not supersede the running one
+        other_id, other = c.submit(Complete(doc="file:///y.py", **LONG))
+        await wait_running(watch, "sup", other_id)
+        _, third = c.submit(Complete(doc="file:///z.py", prefix="y = ", suffix="\n", max_tokens=4))
+        await asyncio.sleep(0.2)
+        assert not other.done()
+        await c.abort(other_id)
+        r_other = await other
+        r_third = await third
+        st = await watch.request(Status())
+        await c.close()
+        await watch.close()
+        return r_old, superseded_after, r_new, r_third, r_other, st
+
+    r_old, after, r_new, r_third, r_other, st = arun(go())
+    assert r_old["type"] == "error" and r_old["code"] == protocol.SUPERSEDED, r_old
+    assert after < 1.0, after                      # answered at once, not when the decode ends
+    assert r_new["type"] == "result" and r_third["type"] == "result"
+    assert r_other["code"] == protocol.ABORTED and st["superseded"] >= 1
+
+
+def test_abort_stops_the_decode(daemon):
+    async def go():
+        c, watch = await daemon.client("abort"), await daemon.client("watch")
+        rid, fut = c.submit(Generate(doc="g", **LONG))
+        await wait_running(watch, "abort", rid)
+        t0 = time.perf_counter()
+        await c.abort(rid)
+        r = await fut
+        replied = time.perf_counter() - t0
+        end = time.monotonic() + 5
+        while (await watch.request(Status()))["running"] is not None and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        idle = time.perf_counter() - t0
+        r2 = await c.request(Complete(doc="g2", prefix="a = ", suffix="\n", max_tokens=4))
+        await c.close()
+        await watch.close()
+        return r, replied, idle, r2
+
+    r, replied, idle, r2 = arun(go())
+    assert r["type"] == "error" and r["code"] == protocol.ABORTED
+    assert replied < 1.0 and idle < 2.0, (replied, idle)
+    assert r2["type"] == "result"
+
+
+def test_deadline_returns_finished_lines_in_time(daemon):
+    async def go():
+        c = await daemon.client("deadline")
+        t0 = time.perf_counter()
+        r = await c.request(Complete(doc="dl", **dict(LONG, deadline_ms=300)))
+        await c.close()
+        return r, time.perf_counter() - t0
+
+    r, took = arun(go())
+    assert r["type"] == "result" and r["stop_reason"] == "deadline", r
+    assert 0 < r["tokens"] < 4000 and took < 2.5, (r["tokens"], took)
+    assert not r["text"].endswith("\n") and daemon.status()["deadline_stops"] >= 1
+
+
+def test_priority_fairness_and_slicing(daemon):
+    """Refactors run in 32-token slices and connections take turns: B's one job, sent after A's
+    three, finishes before A's third (first come first served would finish it last). An inline
+    completion goes before the refactors. A sliced refactor produces exactly the unsliced AR text."""
+    async def go():
+        a, b, c = await daemon.client("A"), await daemon.client("B"), await daemon.client("C")
+        order = []
+        jobs = {f"A{i}": a.submit(Generate(doc=f"a{i}", **dict(LONG, max_tokens=64))) for i in range(3)}
+        await wait_running(c, "A", jobs["A0"][0])
+        jobs["B0"] = b.submit(Generate(doc="b0", **dict(LONG, max_tokens=128)))
+        jobs["C0"] = c.submit(Complete(doc="c0", prefix="z = ", suffix="\n", max_tokens=4))
+        for name, (_, fut) in jobs.items():
+            fut.add_done_callback(lambda f, name=name: order.append(name))
+        replies = {name: await fut for name, (_, fut) in jobs.items()}
+        plain = await c.request(Complete(doc="c1", **dict(LONG, max_tokens=64)))
+        for x in (a, b, c):
+            await x.close()
+        return order, replies, plain
+
+    order, replies, plain = arun(go())
+    assert order[0] == "C0" and order.index("B0") < order.index("A2"), order
+    assert all(r["type"] == "result" for r in replies.values()), replies
+    assert replies["A0"]["tokens"] == 64 and replies["B0"]["tokens"] == 128
+    assert replies["A0"]["text"] == plain["text"] and replies["B0"]["text"].startswith(plain["text"])
+
+
+# -- context ---------------------------------------------------------------------------------------------
+
+def test_prefix_reuse_after_one_keystroke(daemon):
+    lines = []
+    for i in range(60):
+        lines.append(f"def handler_{i}(request, value={i}):\n    return request.process(value) + {i}\n")
+    prefix = "".join(lines) + "\ndef main():\n    res"
+    suffix = "\n\nif __name__ == '__main__':\n    main()\n"
+
+    async def go():
+        c = await daemon.client("reuse")
+        msg = dict(doc="file:///reuse.py", suffix=suffix, max_tokens=8, max_lines=1, deadline_ms=30000)
+        first = await c.request(Complete(prefix=prefix, **msg))
+        second = await c.request(Complete(prefix=prefix + "u", **msg))
+        await c.close()
+        return first, second
+
+    first, second = arun(go())
+    print(f"\nprefix reuse: first prefill {first['prefill_tokens']} tokens in {first['prefill_ms']:.2f} ms "
+          f"(reused {first['reused_tokens']}); after one keystroke {second['prefill_tokens']} tokens in "
+          f"{second['prefill_ms']:.2f} ms (reused {second['reused_tokens']}); prompt {second['prompt_tokens']}")
+    assert first["prompt_tokens"] > 500 and first["prefill_tokens"] >= first["prompt_tokens"] - 1
+    assert second["prefill_tokens"] <= 8 and second["reused_tokens"] >= second["prompt_tokens"] - 8
+    assert daemon.status()["reused_tokens"] >= second["reused_tokens"]
+
+
+def test_context_from_documents_imports_and_saves(daemon, tmp_path):
+    ws = daemon.base / "ws"
+    (ws / ".git").mkdir(parents=True)
+    (ws / ".gitignore").write_text("secret.py\n")
+    (ws / "pkg").mkdir()
+    (ws / "pkg" / "util.py").write_text("def helper(x):\n    return x * 2\n")
+    main = ws / "main.py"
+    main.write_text("from pkg import util\n\nprint(util.helper(3))\n")
+
+    async def go():
+        c = await daemon.client("ctx")
+        for name, text in (("other.py", "OTHER = 1\n"), ("secret.py", "TOKEN = 'x'\n")):
+            await c.request(Document(uri=(ws / name).as_uri(), path=str(ws / name), language="python", text=text))
+        req = dict(doc=main.as_uri(), path=str(main), prefix="from pkg import util\n\nprint(util.",
+                   suffix="\n", max_tokens=4)
+        r1 = await c.request(Complete(**req))
+        (ws / "saved.py").write_text("SAVED = True\n")
+        end = time.monotonic() + 5
+        while True:
+            r2 = await c.request(Complete(**req))
+            if "saved.py" in r2["context_files"] or time.monotonic() > end:
+                break
+            await asyncio.sleep(0.1)
+        await c.request(Document(uri=(ws / "other.py").as_uri(), path=str(ws / "other.py"), text=None))
+        r3 = await c.request(Complete(**req))
+        await c.close()
+        return r1, r2, r3
+
+    r1, r2, r3 = arun(go())
+    assert r1["context_files"] == ["pkg/util.py", "other.py"], r1
+    assert r2["context_files"] == ["pkg/util.py", "other.py", "saved.py"], r2
+    assert r3["context_files"] == ["pkg/util.py", "saved.py"], r3
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+
+def test_tricode_complete_cli(daemon):
+    f = daemon.base / "sample.py"
+    f.write_text("def square(x):\n    return \n\nprint(square(3))\n")
+    out = daemon.cli("complete", "--file", str(f), "--line", "1", "--character", "11", "--json", "--max-tokens", "6")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["type"] == "result" and r["tokens"] > 0 and r["mode"] == "spec"
+    out2 = daemon.cli("complete", "--file", str(f), "--line", "1", "--character", "11", "--max-tokens", "6",
+                      "--mode", "ar", "--json")
+    r2 = json.loads(out2.stdout)
+    assert r2["text"] == r["text"], (r, r2)
+    out = daemon.cli("daemon", "status")
+    assert out.returncode == 0 and "state        ready" in out.stdout and "served" in out.stdout
+
+
+def test_demo(daemon):
+    out = daemon.cli("demo")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "one keystroke later" in out.stdout and "tricode lsp" in out.stdout and "Neovim" in out.stdout
+
+
+def test_demo_without_a_model_says_so(tmp_path):
+    from daemon.cli import default_model
+    if default_model() is not None:
+        pytest.skip("the embedded model is installed")
+    base = Path(tempfile.mkdtemp(prefix="tcn", dir="/tmp"))
+    try:
+        out = D(base, base / "none").cli("demo", timeout=60)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert out.returncode == 2 and "embedded model is not installed" in out.stderr, out.stderr
+
+
+def test_config_reload(daemon):
+    import secrets as _s
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def until(pred, what, timeout=10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            st = daemon.status()
+            if pred(st):
+                return st
+            time.sleep(0.1)
+        raise AssertionError(f"the daemon did not pick up {what}: {st['config']}")
+
+    async def inflight():
+        c = await daemon.client("reload")
+        rid, fut = c.submit(Generate(doc="rl", **dict(LONG, max_tokens=300)))
+        await wait_running(c, "reload", rid)
+        daemon.config.write_text(BASE_CONFIG + f'deadline_ms = 777\ninline_mode = "ar"\ntcp_port = {port}\n')
+        r = await fut
+        await c.close()
+        return r
+
+    try:
+        r = arun(inflight())
+        assert r["type"] == "result" and r["tokens"] > 0           # not dropped by the reload
+        st = until(lambda s: s["config"]["values"]["deadline_ms"] == 777 and s["tcp"], "deadline_ms")
+        assert st["modes"]["inline"] == "ar" and st["deadline_ms"] == 777 and st["state"] == "ready"
+        r = call(Complete(doc="r", prefix="x = ", suffix="\n", max_tokens=4), socket_path=daemon.sock)[0]
+        assert r["mode"] == "ar"
+        # the optional TCP listener: loopback, token required
+        token = (daemon.sock.parent / "tcp_token").read_text().strip()
+        assert (daemon.sock.parent / "tcp_token").stat().st_mode & 0o777 == 0o600
+        for tok, want in ((_s.token_hex(8), "error"), (token, "hello")):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(protocol.pack(Hello(id=1, token=tok)))
+                assert protocol.recv_frame(s)["type"] == want
+        # a bad value: reported, the default used, the daemon keeps serving
+        daemon.config.write_text(BASE_CONFIG + 'refactor_mode = "fast"\n')
+        st = until(lambda s: s["config"]["problems"], "the bad value")
+        assert "refactor_mode" in st["config"]["problems"][0] and st["modes"]["refactor"] == "ar"
+    finally:
+        daemon.config.write_text(BASE_CONFIG)
+    until(lambda s: not s["config"]["problems"] and s["modes"]["inline"] == "spec" and not s["tcp"], "the restore")
+
+
+# -- process lifecycle -----------------------------------------------------------------------------------
+
+def test_lifecycle_start_reload_model_kill9_restart_stop(tmp_path):
+    base = Path(tempfile.mkdtemp(prefix="tcl", dir="/tmp"))
+    try:
+        d = D(base, write_tiny_checkpoint(base / "ck1"))
+        ck2 = write_tiny_checkpoint(base / "ck2", seed=1)
+        d.config.parent.mkdir(parents=True)
+        d.config.write_text(f'model = "{d.ckpt}"\n' + BASE_CONFIG)       # the model comes from the config
+        out = d.cli("daemon", "start")
+        assert out.returncode == 0 and "ready" in out.stdout, out.stdout + out.stderr
+        out = d.cli("daemon", "start")
+        assert out.returncode == 0 and "already running" in out.stdout
+        st = d.status()
+        pid = st["pid"]
+        assert st["model"] == str(d.ckpt) and (d.sock.parent.stat().st_mode & 0o777) == 0o700
+        lock = d.sock.with_name("daemon.sock.lock")
+        assert lock.read_text().strip() == str(pid)
+
+        # a model change in the config reloads the model between requests
+        d.config.write_text(f'model = "{ck2}"\n' + BASE_CONFIG)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            st = d.status()
+            if st["model"] == str(ck2) and st["state"] == "ready":
+                break
+            time.sleep(0.1)
+        assert st["model"] == str(ck2) and st["state"] == "ready" and st["pid"] == pid
+
+        # kill -9 with a request in flight: the pending future fails, it does not hang
+        async def killed():
+            c = await d.client("k9")
+            rid, fut = c.submit(Generate(doc="k", **LONG))
+            await wait_running(c, "k9", rid)
+            os.kill(pid, signal.SIGKILL)
+            t0 = time.perf_counter()
+            with pytest.raises(DaemonUnavailable):
+                await fut
+            took = time.perf_counter() - t0
+            assert not c.connected
+            with pytest.raises(DaemonUnavailable):
+                c.submit(Status())
+            return took
+
+        assert arun(killed()) < 2.0
+        end = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < end:
+            time.sleep(0.05)
+        assert d.sock.exists() and lock.exists()           # stale files left behind by the kill
+
+        # a client that finds no daemon starts one (as the LSP does); stale socket and lock are taken
+        # over; the client sees the load progress
+        async def autostart():
+            frames = []
+            ready = asyncio.Event()
+
+            def progress(frame):
+                frames.append(frame)
+                if frame["stage"] == "ready":
+                    ready.set()
+
+            c = DaemonClient(d.sock, client_name="auto", autostart=True, start_timeout=60, on_progress=progress)
+            hello = await c.connect()
+            if hello["state"] != "ready":
+                await asyncio.wait_for(ready.wait(), 60)
+                assert frames and all(f["type"] == "progress" and 0 <= f["fraction"] <= 1 for f in frames)
+            await c.close()
+            return hello
+
+        env_backup = dict(os.environ)
+        os.environ.update({k: v for k, v in d.env.items() if k.startswith("XDG_")})
+        try:
+            hello = arun(autostart(), timeout=90)
+        finally:
+            os.environ.clear()
+            os.environ.update(env_backup)
+        assert hello["pid"] != pid
+        st = wait_ready(d.sock)
+        assert st["pid"] == hello["pid"] and lock.read_text().strip() == str(hello["pid"])
+
+        # idle exit (off by default): with no connection for idle_exit_minutes the daemon goes away
+        d.config.write_text(f'model = "{ck2}"\nidle_exit_minutes = 0.02\n' + BASE_CONFIG)
+        new_pid = hello["pid"]
+        end = time.monotonic() + 20
+        while os.path.exists(f"/proc/{new_pid}") and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{new_pid}") and not d.sock.exists()
+        assert "stopped (idle for 0.02 min)" in (base / "state" / "tricode" / "daemon.log").read_text()
+
+        d.config.write_text(f'model = "{ck2}"\n' + BASE_CONFIG)
+        out = d.cli("daemon", "start")
+        assert out.returncode == 0 and "ready" in out.stdout, out.stdout + out.stderr
+        out = d.cli("daemon", "stop")
+        assert out.returncode == 0 and "stopped" in out.stdout, out.stdout + out.stderr
+        assert not d.sock.exists()
+        out = d.cli("daemon", "status")
+        assert out.returncode == 3 and "not running" in out.stdout
+    finally:
+        d2 = D(base, base / "ck1")
+        pid = None
+        try:
+            pid = int(d2.sock.with_name("daemon.sock.lock").read_text().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        if pid and os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_sigterm_clean_shutdown(daemon):
+    """Last on the module daemon: SIGTERM answers what is in flight and removes the socket."""
+    async def go():
+        c = await daemon.client("term")
+        rid, fut = c.submit(Generate(doc="t", **LONG))
+        await wait_running(c, "term", rid)
+        daemon.proc.send_signal(signal.SIGTERM)
+        r = await fut
+        await c.close()
+        return r
+
+    r = arun(go())
+    assert r["type"] == "error" and r["code"] == protocol.SHUTTING_DOWN
+    assert daemon.proc.wait(20) == 0
+    assert not daemon.sock.exists()
+    log = (daemon.base / "state" / "tricode" / "daemon.log").read_text()
+    assert "stopped (SIGTERM)" in log
+
+
+@pytest.mark.gpu
+def test_daemon_on_cuda():
+    """The daemon on the GPU: default dtype (bf16), Triton kernels in every mode, CUDA memory in status."""
+    base = Path(tempfile.mkdtemp(prefix="tcg", dir="/tmp"))
+    d = D(base, write_tiny_checkpoint(base / "ck"))
+    d.config.parent.mkdir(parents=True)
+    d.config.write_text(BASE_CONFIG.replace('device = "cpu"', 'device = "cuda"'))
+    d.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(d.ckpt)],
+                              env=d.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        st = wait_ready(d.sock, proc=d.proc)
+        assert st["device"].startswith("cuda") and st["dtype"] == "bfloat16"
+        assert st["memory"]["cuda_allocated_bytes"] > 0
+        long_prefix = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(40)) + "def g(y):\n    "
+
+        async def go():
+            c = await d.client("gpu")
+            out = {}
+            for mode in ("ar", "spec", "diffusion"):
+                for k in range(2):   # the second one reuses the prompt's KV cache
+                    out[mode, k] = await c.request(Complete(doc=f"{mode}.py", prefix=long_prefix + "r" * k,
+                                                            suffix="\n", max_tokens=32, max_lines=0, mode=mode,
+                                                            deadline_ms=30000))
+            await c.close()
+            return out
+
+        out = arun(go())
+        for (mode, k), r in out.items():
+            assert r["type"] == "result" and r["tokens"] > 0 and r["mode"] == mode, r
+            print(f"\ncuda {mode} #{k}: {r['tokens']} tokens, {r['nfe']} forwards, prefill {r['prefill_tokens']} "
+                  f"tokens {r['prefill_ms']:.1f} ms (reused {r['reused_tokens']}), decode {r['decode_ms']:.1f} ms, "
+                  f"total {r['total_ms']:.1f} ms")
+            if k:
+                assert r["prefill_tokens"] <= 8
+        d.config.write_text(BASE_CONFIG.replace('device = "cpu"', 'device = "cuda"') + 'spec_variant = "quadratic"\n')
+        end = time.monotonic() + 10
+        while d.status()["modes"]["spec_variant"] != "quadratic" and time.monotonic() < end:
+            time.sleep(0.1)
+        r = call(Complete(doc="q.py", prefix=long_prefix, suffix="\n", max_tokens=32, max_lines=0, mode="spec",
+                          deadline_ms=30000), socket_path=d.sock)[0]
+        assert r["type"] == "result" and r["tokens"] > 0, r
+        print(f"cuda spec quadratic: {r['tokens']} tokens, {r['nfe']} forwards, total {r['total_ms']:.1f} ms")
+    finally:
+        d.proc.terminate()
+        d.proc.wait(30)
+        shutil.rmtree(base, ignore_errors=True)
