@@ -27,6 +27,16 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
 
 
+def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
+    """The prompt as fill-in-the-middle (suffix first, as the model was trained) when the tokenizer
+    has FIM tokens: the model then continues exactly at the end of the text, whatever token boundary
+    that is. Without FIM tokens: BOS + the prefix."""
+    if not tok.has_fim:
+        return [tok.bos_id] + tok.encode(prefix)
+    return ([tok.bos_id, tok.fim["suffix"]] + tok.encode(suffix or "") + [tok.fim["prefix"]] + tok.encode(prefix)
+            + [tok.fim["middle"]])
+
+
 def cmd_generate(args) -> int:
     import time
 
@@ -57,7 +67,7 @@ def cmd_generate(args) -> int:
     except (CheckpointError, TokenizerError, ValueError) as e:
         print(f"tricode: {e}", file=sys.stderr)
         return 2
-    ids = [tok.bos_id] + tok.encode(prompt)
+    ids = prompt_ids(tok, prompt, args.suffix)
     res = generate(ckpt.model, ids, params)
     text = tok.decode(res.tokens)
     if args.json:
@@ -84,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
     src.add_argument("--prompt-file", type=Path)
+    p.add_argument("--suffix", help="text after the gap (fill-in-the-middle); default: none")
     p.add_argument("--json", action="store_true", help="print one JSON object with text and statistics")
     p.set_defaults(func=cmd_generate)
 

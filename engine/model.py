@@ -6,7 +6,9 @@ One set of weights, three ways to attend (DESIGN.md §2-3), selected by `pattern
   "quadratic"  groups [d_i, M x B]: d tokens causal over d tokens, masks of group i see d_0..d_i and
                their own group (one-forward self-speculation)
 `write` says whether this pass's K/V stay in the cache (see kv_cache.py). Nothing is reloaded
-between modes. The optional o_proj LoRA (the drafter adapter) is applied only when asked (`lora=True`).
+between modes. The optional o_proj LoRA (the drafter adapter) is applied only when asked: `lora=True`
+for a whole draft pass, or a boolean row mask [T] when draft and verify rows share one forward
+(quadratic self-speculation, drafter training).
 
 q/k/v and gate/up are held fused (one matmul each) for speed; checkpoint.py maps the Hugging Face
 tensor names onto them.
@@ -51,7 +53,7 @@ class Layer(nn.Module):
         self.gate_up = nn.Linear(h, 2 * cfg.intermediate_size, bias=False)
         self.down = nn.Linear(cfg.intermediate_size, h, bias=False)
 
-    def forward(self, x, cos, sin, qscale, attend, lora: bool):
+    def forward(self, x, cos, sin, qscale, attend, lora):
         """attend(q [B,Hq,T,D], k [B,Hkv,T,D], v) -> [B,Hq,T,D]: where the K/V go and which mask applies."""
         B, T, _ = x.shape
         hn = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
@@ -62,8 +64,11 @@ class Layer(nn.Module):
         a = attend(q, rotate(k, cos, sin).transpose(1, 2), v.transpose(1, 2))
         a = a.transpose(1, 2).reshape(B, T, -1)
         out = self.o(a)
-        if lora and self.o_lora is not None:
-            out = out + self.o_lora(a)
+        if self.o_lora is not None:
+            if isinstance(lora, torch.Tensor):
+                out = out + self.o_lora(a) * lora.view(1, -1, 1).to(out.dtype)
+            elif lora:
+                out = out + self.o_lora(a)
         x = x + out
         hn = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps)
         gate, up = self.gate_up(hn).chunk(2, dim=-1)
@@ -120,7 +125,7 @@ class NLDModel(nn.Module):
         return cos, sin
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache, *, pattern: str = "causal", write: bool = True,
-                positions: torch.Tensor | None = None, group: int = 0, lora: bool = False,
+                positions: torch.Tensor | None = None, group: int = 0, lora: bool | torch.Tensor = False,
                 last_only: bool = False) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only).
 
@@ -150,7 +155,7 @@ class NLDModel(nn.Module):
         return logits
 
     def hidden_masked(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                      lora: bool = False) -> torch.Tensor:
+                      lora: bool | torch.Tensor = False) -> torch.Tensor:
         """Cache-free pass with an explicit boolean mask [T, T] (True = may attend) -> final normed hidden
         states. Training computes the head on the rows it scores; the reference decoders use all."""
         cos, sin = self.rope(positions)

@@ -33,7 +33,9 @@ def decode_quadratic(run, cache: KVCache, seed: int, block: int) -> None:
             positions += [L + i] + list(range(L + i + 1, L + i + 1 + block))
         if run.interrupted():
             return
-        logits = run.forward(ids, cache, pattern="quadratic", group=W, write=False,
+        # the drafter LoRA acts on the mask rows only; the d rows are the verifier (LoRA off)
+        draft_rows = torch.tensor([i % W != 0 for i in range(len(ids))], device=run.device)
+        logits = run.forward(ids, cache, pattern="quadratic", group=W, write=False, lora=draft_rows,
                              positions=torch.tensor(positions, device=run.device))
         verify_logits = logits[0::W][None]  # the d rows: a[0..n-1]
         x = torch.tensor([ds], device=run.device)

@@ -86,3 +86,24 @@ def test_resume_is_exact(tmp_path):
     b = torch.load(resumed, weights_only=False)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_drafter_lora_trains_only_the_adapter_and_keeps_spec_exact(tmp_path):
+    data = synthetic_data(tmp_path)
+    base_cfg = TrainConfig(**{**CFG.__dict__, "steps": 30})
+    base = export(train(base_cfg, data, tmp_path / "work", device="cpu"), data, tmp_path / "base")
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 20, "drafter_rank": 4, "init": str(base), "w_ar": 0.0,
+                         "w_dlm": 1.0, "lr": 3e-3})
+    out = export(train(cfg, data, tmp_path / "dwork", device="cpu"), data, tmp_path / "drafted")
+    assert (out / "linear_spec_lora" / "adapter_model.safetensors").is_file()
+    from safetensors.torch import load_file
+    a, b = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the base weights are frozen
+    ck = load_checkpoint(out, device="cpu")
+    assert ck.model.has_lora and float(ck.model.layers[0].o_lora.B.abs().sum()) > 0
+    row = np.load(data / "train_64.npy")[5].tolist()
+    prompt = [0] + row[:13]
+    ar = generate(ck.model, prompt, DecodeParams(mode="ar", max_new_tokens=20))
+    for variant in ("linear", "quadratic"):
+        sp = generate(ck.model, prompt, DecodeParams(mode="spec", spec_variant=variant, max_new_tokens=20, block_size=4))
+        assert sp.tokens == ar.tokens

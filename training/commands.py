@@ -18,7 +18,10 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig()
     overrides = {k: getattr(args, k) for k in ("preset", "steps", "batch", "micro_batch", "seq_len", "block", "lr",
-                                               "vocab_size", "seed") if getattr(args, k) is not None}
+                                               "vocab_size", "seed", "warmup", "w_dlm", "w_ar", "drafter_rank")
+                 if getattr(args, k) is not None}
+    if args.init is not None:
+        overrides["init"] = str(args.init)
     cfg = replace(cfg, compile=args.compile, **overrides)
     data_dir = args.data_dir
     if not (data_dir / "tokenizer.json").is_file() or not (data_dir / f"train_{cfg.seq_len}.npy").is_file():
@@ -29,10 +32,10 @@ def cmd_train(args) -> int:
     if state is None:
         return 3  # stage budget reached; run again to continue
     from engine.checkpoint import pick_device
-    from engine.model import NLDModel
     device = pick_device(args.device)
     st = torch.load(state, map_location=device, weights_only=False)
-    model = NLDModel(cfg.model_config()).to(device)
+    from training.train import build_model
+    model = build_model(cfg, device)
     model.load_state_dict(st["model"])
     held = data_dir / f"heldout_{cfg.seq_len}.npy"
     losses = evaluate_loss(model, np.load(held), cfg, device) if held.is_file() else None
@@ -55,6 +58,12 @@ def add_commands(sub) -> None:
     p.add_argument("--seq-len", type=int, dest="seq_len")
     p.add_argument("--block", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--w-dlm", type=float, dest="w_dlm")
+    p.add_argument("--w-ar", type=float, dest="w_ar")
+    p.add_argument("--drafter-rank", type=int, dest="drafter_rank",
+                   help="train only an o_proj LoRA drafter of this rank on top of --init")
+    p.add_argument("--init", type=Path, help="checkpoint to start from (drafter training)")
     p.add_argument("--vocab-size", type=int, dest="vocab_size")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto")

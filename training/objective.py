@@ -30,11 +30,15 @@ def training_mask(L: int, block: int, device=None) -> torch.Tensor:
     return torch.cat([top, bottom], dim=0)
 
 
-def noise(x0: torch.Tensor, mask_id: int, block: int, generator: torch.Generator | None = None):
-    """x_t, the boolean mask of masked positions, and p per sequence."""
+def noise(x0: torch.Tensor, mask_id: int, block: int, generator: torch.Generator | None = None,
+          p_fixed: float | None = None):
+    """x_t, the boolean mask of masked positions, and p per sequence (p_fixed: the same p for all)."""
     B, L = x0.shape
-    t = torch.rand(B, 1, device=x0.device, generator=generator)
-    p = (1 - EPS) * t + EPS
+    if p_fixed is None:
+        t = torch.rand(B, 1, device=x0.device, generator=generator)
+        p = (1 - EPS) * t + EPS
+    else:
+        p = torch.full((B, 1), p_fixed, device=x0.device)
     masked = torch.rand(B, L, device=x0.device, generator=generator) < p
     masked[:, ::block] = False  # block openers stay clean (see module docstring)
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
@@ -42,17 +46,27 @@ def noise(x0: torch.Tensor, mask_id: int, block: int, generator: torch.Generator
 
 
 def loss(model, x0: torch.Tensor, *, mask_id: int, block: int, w_dlm: float = 0.3, w_ar: float = 1.0,
-         attn_mask: torch.Tensor | None = None, generator: torch.Generator | None = None):
-    """Returns (total loss, {"ar": ..., "dlm": ...}) for a batch of clean sequences x0 [B, L]."""
+         attn_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+         drafter: bool = False):
+    """Returns (total loss, {"ar": ..., "dlm": ...}) for a batch of clean sequences x0 [B, L].
+
+    drafter=True trains the o_proj LoRA for self-speculative drafts: the LoRA acts on the noisy rows
+    only (the clean rows stand for the verify passes that fill the cache, LoRA off), and every
+    non-opener token of a block is masked, which is exactly what a draft pass sees.
+    """
     B, L = x0.shape
-    xt, masked, p = noise(x0, mask_id, block, generator)
+    xt, masked, p = noise(x0, mask_id, block, generator, p_fixed=1.0 if drafter else None)
     if attn_mask is None:
         attn_mask = training_mask(L, block, x0.device)
     pos = torch.arange(L, device=x0.device).repeat(2)
-    h = model.hidden_masked(torch.cat([xt, x0], dim=1), pos, attn_mask)
-    # AR: clean position i predicts x0[i+1]
-    ar_logits = model.head(h[:, L:-1])
-    ar = F.cross_entropy(ar_logits.flatten(0, 1).float(), x0[:, 1:].flatten())
+    lora_rows = (torch.arange(2 * L, device=x0.device) < L) if drafter else False
+    h = model.hidden_masked(torch.cat([xt, x0], dim=1), pos, attn_mask, lora=lora_rows)
+    # AR: clean position i predicts x0[i+1] (skipped when it has no weight: the drafter's case)
+    if w_ar:
+        ar_logits = model.head(h[:, L:-1])
+        ar = F.cross_entropy(ar_logits.flatten(0, 1).float(), x0[:, 1:].flatten())
+    else:
+        ar = h.new_zeros((), dtype=torch.float32)
     # diffusion: the head only on masked rows; each weighted 1/p, normalised by the token count
     rows = masked.nonzero(as_tuple=True)
     dlm_logits = model.head(h[:, :L][rows])

@@ -56,12 +56,33 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float = 1.0
     compile: bool = False
+    # drafter_rank > 0: train only an o_proj LoRA drafter (linear_spec_lora/) on top of the frozen
+    # checkpoint `init`, with the draft-pass objective (objective.loss(drafter=True)).
+    drafter_rank: int = 0
+    drafter_alpha: float = 0.0
+    init: str = ""
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(vocab_size=self.vocab_size, rope_theta=10000.0, rope_scaling=None,
                            max_position_embeddings=max(4096, 2 * self.seq_len), mask_token_id=1,
                            eos_token_id=0, bos_token_id=0, block_size=self.block, torch_dtype="float16",
                            **PRESETS[self.preset])
+
+
+def build_model(cfg: TrainConfig, device) -> NLDModel:
+    """A fresh model, or (drafter training) the frozen `init` checkpoint plus a trainable LoRA."""
+    if not cfg.drafter_rank:
+        return NLDModel(cfg.model_config()).to(device)
+    from engine.checkpoint import load_checkpoint
+    model = load_checkpoint(cfg.init, device=device, dtype=torch.float32, lora=False).model
+    model.add_lora(cfg.drafter_rank, cfg.drafter_alpha or 2.0 * cfg.drafter_rank)
+    with torch.no_grad():
+        for layer in model.layers:  # B = 0: training starts from the plain model's drafts
+            torch.nn.init.normal_(layer.o_lora.A, std=layer.o_lora.A.shape[1] ** -0.5)
+    for name, p in model.named_parameters():
+        p.requires_grad_("o_lora" in name)
+    model.train()
+    return model
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -114,7 +135,8 @@ def evaluate_loss(model, data: np.ndarray, cfg: TrainConfig, device, batches: in
     for b in range(batches):
         x0 = batch_at(data, replace(cfg, seed=10_000 + b), 0, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            _, stats = objective.loss(model, x0, mask_id=1, block=cfg.block, attn_mask=mask, generator=g)
+            _, stats = objective.loss(model, x0, mask_id=1, block=cfg.block, attn_mask=mask, generator=g,
+                                      drafter=cfg.drafter_rank > 0)
         for k in out:
             out[k] += float(stats[k]) / batches
     model.train()
@@ -132,9 +154,10 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
     data = np.load(data_dir / f"train_{cfg.seq_len}.npy", mmap_mode="r")
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "train_state.pt"
-    model = NLDModel(cfg.model_config()).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    model = build_model(cfg, device)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.dim() >= 2]
+    no_decay = [p for n, p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
                             fused=device.type == "cuda")
@@ -179,9 +202,10 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
         for part in parts:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, stats = objective.loss(model, part, mask_id=1, block=cfg.block, w_dlm=cfg.w_dlm,
-                                             w_ar=cfg.w_ar, attn_mask=mask, generator=g)
+                                             w_ar=cfg.w_ar, attn_mask=mask, generator=g,
+                                             drafter=cfg.drafter_rank > 0)
             (loss / len(parts)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
         opt.step()
         tokens += x0.numel()
         if step % 10 == 0 or step + 1 == total:
@@ -216,7 +240,7 @@ def export(state_path: Path, data_dir: Path, out: Path, heldout_loss: dict | Non
     """Write the NLD-layout checkpoint (fp16) with the tokenizer and the held-out file list."""
     st = torch.load(state_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**st["config"])
-    model = NLDModel(cfg.model_config())
+    model = build_model(cfg, "cpu")
     model.load_state_dict(st["model"])
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, out, dtype=torch.float16, shards=shards)
