@@ -30,6 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemon.gitignore import GitIgnore
+
 log = logging.getLogger(__name__)
 
 CLIP_STEP = 16            # lines: the prefix's left clip point moves in steps of this many lines
@@ -50,132 +52,6 @@ ROOT_MARKERS = (".git", ".hg", "pyproject.toml", "setup.py", "setup.cfg")
 ALWAYS_IGNORED = (".git/", ".hg/", "__pycache__/", "node_modules/", ".venv/", "venv/", ".tox/",
                   ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/", "*.pyc", "*.pyo",
                   "*.so", "*.o", "*.a", "*.dll", "*.dylib", "*.class", "*.swp", "*~")
-
-
-# -- .gitignore ----------------------------------------------------------------------------------------
-
-def _glob_to_regex(pat: str) -> str:
-    out, i, n = [], 0, len(pat)
-    while i < n:
-        c = pat[i]
-        if c == "*":
-            if pat[i:i + 3] == "**/":
-                out.append("(?:.*/)?")
-                i += 3
-                continue
-            if pat[i:i + 2] == "**":
-                out.append(".*")
-                i += 2
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = pat.find("]", i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pat[i + 1:j]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = j
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pat[i]))
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-@dataclass
-class _Rule:
-    base: str          # directory (posix, relative to the root, "" = root) the .gitignore lives in
-    regex: re.Pattern
-    negate: bool
-    dir_only: bool
-
-
-class GitIgnore:
-    """A small .gitignore matcher: comments, negation, dir-only `x/`, anchored `/x` and `a/b`,
-    `*`, `?`, `[...]`, `**`. Reads the root's .gitignore, .git/info/exclude and nested .gitignore files
-    as directories are visited (`load_dir`)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.rules: list[_Rule] = []
-        self._loaded: set[str] = set()
-        self._add_lines("", ALWAYS_IGNORED)
-        try:
-            self._add_lines("", (root / ".git" / "info" / "exclude").read_text(errors="replace").splitlines())
-        except OSError:
-            pass
-        self.load_dir(root)
-
-    def load_dir(self, d: Path) -> None:
-        try:
-            rel = d.relative_to(self.root).as_posix()
-        except ValueError:
-            return
-        rel = "" if rel == "." else rel
-        if rel in self._loaded:
-            return
-        self._loaded.add(rel)
-        try:
-            text = (d / ".gitignore").read_text(errors="replace")
-        except OSError:
-            return
-        self._add_lines(rel, text.splitlines())
-
-    def _add_lines(self, base: str, lines) -> None:
-        for line in lines:
-            line = line.rstrip("\n").rstrip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            if negate:
-                line = line[1:]
-            dir_only = line.endswith("/")
-            line = line.rstrip("/")
-            if not line:
-                continue
-            anchored = "/" in line
-            line = line.lstrip("/")
-            body = _glob_to_regex(line)
-            rx = re.compile(("^" if anchored else "^(?:.*/)?") + body + "$")
-            self.rules.append(_Rule(base, rx, negate, dir_only))
-
-    def _match(self, rel: str, is_dir: bool) -> bool | None:
-        verdict = None
-        for r in self.rules:
-            if r.dir_only and not is_dir:
-                continue
-            if r.base:
-                if not rel.startswith(r.base + "/"):
-                    continue
-                sub = rel[len(r.base) + 1:]
-            else:
-                sub = rel
-            if r.regex.match(sub):
-                verdict = not r.negate
-        return verdict
-
-    def ignored(self, path: Path, is_dir: bool | None = None) -> bool:
-        try:
-            rel = Path(path).relative_to(self.root).as_posix()
-        except ValueError:
-            return False
-        if rel in ("", "."):
-            return False
-        parts = rel.split("/")
-        # a file inside an ignored directory is ignored (git cannot re-include it)
-        for i in range(1, len(parts)):
-            if self._match("/".join(parts[:i]), True):
-                return True
-        if is_dir is None:
-            is_dir = Path(path).is_dir()
-        return bool(self._match(rel, is_dir))
 
 
 # -- files -------------------------------------------------------------------------------------------
@@ -334,7 +210,7 @@ class Workspace:
             if root in self.roots:
                 self.roots.move_to_end(root)
             else:
-                self.roots[root] = GitIgnore(root)
+                self.roots[root] = GitIgnore(root, ALWAYS_IGNORED)
                 while len(self.roots) > MAX_ROOTS:
                     self.roots.popitem(last=False)
         self._watch(path.parent)

@@ -6,9 +6,9 @@ logged and shown by `tricode/status`.
 """
 from __future__ import annotations
 
+from daemon.gitignore import IgnoreMatcher
 from lsp.context import Context
 from lsp.documents import Document
-from lsp.ignore import IgnoreMatcher
 from lsp.settings import Settings
 
 # what may follow the cursor on its line: closing brackets, quotes and separators an editor

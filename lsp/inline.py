@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 
 from daemon.client import DaemonUnavailable
+from daemon.gitignore import IgnoreMatcher
 from daemon.protocol import NOT_READY, Complete
 
 from lsp import gating, multiline, postprocess
 from lsp.cache import CompletionCache
 from lsp.context import Context
 from lsp.documents import Document
-from lsp.ignore import IgnoreMatcher
 from lsp.scheduler import Scheduler
 from lsp.settings import Settings
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 INDENT_BLOCKS = {"python", "cython", "starlark", "nim", "coffeescript", "yaml"}
 BRACE_BLOCKS = {
@@ -23,6 +24,7 @@ _LINE_COMMENT = {
 
 _END_OPENER = re.compile(r"(\b(do|then|else|begin)|\bfunction\b.*\)|^\s*(def|class|module|if|unless|while|until|for|case)\b.*)$")
 _BRACE_CLOSERS = "}])"
+QUOTES = "\"'`"
 
 
 def family(language: str) -> str:
@@ -41,26 +43,37 @@ def line_comment(language: str) -> str:
     return _LINE_COMMENT.get((language or "").lower(), "//")
 
 
-def strip_comment(line: str, language: str) -> str:
-    """The line without a trailing line comment (quotes are respected, roughly)."""
-    marker = line_comment(language)
-    if marker not in line:
-        return line
-    quote = None
-    i = 0
-    while i < len(line):
-        c = line[i]
+def scan_code(text: str, start: int = 0, quote: str | None = None) -> Iterator[tuple[int, str | None]]:
+    """Walk text[start:] past string literals (roughly: any of QUOTES opens a string, the same
+    character closes it, a backslash in a string escapes the next character; `quote` is the string
+    the text starts in). Yields (i, open) for each character not inside a string: code, and the quotes
+    that open or close a string; `open` is the string open after text[i] (an opening quote's own
+    character, None after a closing quote or code)."""
+    i = start
+    while i < len(text):
+        c = text[i]
         if quote:
             if c == "\\":
                 i += 2
                 continue
             if c == quote:
                 quote = None
-        elif c in "\"'`":
-            quote = c
-        elif line.startswith(marker, i):
-            return line[:i]
+                yield i, None
+        else:
+            if c in QUOTES:
+                quote = c
+            yield i, quote
         i += 1
+
+
+def strip_comment(line: str, language: str) -> str:
+    """The line without a trailing line comment (quotes are respected, roughly)."""
+    marker = line_comment(language)
+    if marker not in line:
+        return line
+    for i, _ in scan_code(line):
+        if line[i] not in QUOTES and line.startswith(marker, i):
+            return line[:i]
     return line
 
 

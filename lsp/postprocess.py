@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lsp.context import Context, indent_width, split_lines
-from lsp.languages import is_closer_line
+from lsp.languages import is_closer_line, scan_code
 from lsp.multiline import Plan
 
 OPEN = {"(": ")", "[": "]", "{": "}"}
 CLOSE = {")": "(", "]": "[", "}": "{"}
-QUOTES = "\"'`"
 SEPARATORS = ";,"
 
 
@@ -102,18 +101,8 @@ def _cut_at_suffix(lines: list[str], ctx: Context) -> list[str]:
 def open_quote(line_prefix: str) -> str | None:
     """The quote character of a string the cursor is in (on this line), if any."""
     quote = None
-    i = 0
-    while i < len(line_prefix):
-        c = line_prefix[i]
-        if quote:
-            if c == "\\":
-                i += 2
-                continue
-            if c == quote:
-                quote = None
-        elif c in QUOTES:
-            quote = c
-        i += 1
+    for _, quote in scan_code(line_prefix):
+        pass
     return quote
 
 
@@ -121,26 +110,12 @@ def external_closers(text: str, in_string: str | None = None) -> list[int]:
     """Positions in `text` of the brackets/quotes that close something opened before the cursor."""
     out: list[int] = []
     stack: list[str] = []
-    quote = None                  # a string opened inside the text
-    outer = in_string             # the string the cursor is in
-    i = 0
-    while i < len(text):
+    outer = in_string             # the string the cursor is in: the first character outside strings closes it
+    for i, _ in scan_code(text, quote=in_string):
         c = text[i]
-        if quote:
-            if c == "\\":
-                i += 2
-                continue
-            if c == quote:
-                quote = None
-        elif outer:
-            if c == "\\":
-                i += 2
-                continue
-            if c == outer:
-                out.append(i)
-                outer = None
-        elif c in QUOTES:
-            quote = c
+        if outer:
+            out.append(i)
+            outer = None
         elif c in OPEN:
             stack.append(c)
         elif c in CLOSE:
@@ -149,7 +124,6 @@ def external_closers(text: str, in_string: str | None = None) -> list[int]:
             else:
                 out.append(i)
                 stack.clear()
-        i += 1
     return out
 
 

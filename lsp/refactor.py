@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from lsp.context import indent_width, leading_ws, split_lines
-from lsp.languages import family, line_comment, strip_comment
+from lsp.languages import family, line_comment, scan_code, strip_comment
 
 ACTIONS = {
     "docstring": "Add docstring",
@@ -210,27 +210,13 @@ def _find_brace(text: str, offset: int) -> Func | None:
 
 def _match_brace(text: str, open_at: int) -> int:
     depth = 0
-    quote = None
-    i = open_at
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 2
-                continue
-            if c == quote:
-                quote = None
-        elif c in "\"'`":
-            quote = c
-        elif c == "{":
+    for i, _ in scan_code(text, open_at):
+        if text[i] == "{":
             depth += 1
-        elif c == "}":
+        elif text[i] == "}":
             depth -= 1
             if depth == 0:
                 return i
-        elif c == "\n" and quote not in (None, "`"):
-            quote = None
-        i += 1
     return -1
 
 
@@ -440,24 +426,7 @@ def _complete_body(text: str, language: str, f: Func, max_tokens: int) -> Job:
             start, end = keep_end, f.end
         else:
             start = end = f.end                           # a partial body: continue it
-        prefix = text[:start] + "\n" + ind
-        suffix = text[end:]
-        block = indent_width(ind)
-
-        def finish(g: str) -> str | None:
-            lines = g.split("\n")
-            kept = [lines[0]]
-            for ln in lines[1:]:
-                if ln.strip() and indent_width(ln) < block:
-                    break
-                kept.append(ln)
-            while kept and not kept[-1].strip():
-                kept.pop()
-            if not kept or not "".join(kept).strip():
-                return None
-            return "\n" + ind + "\n".join(ln.rstrip() for ln in kept).lstrip(" \t")
-        return Job("complete_body", ACTIONS["complete_body"], prefix, suffix, start, end, max_lines=40,
-                   max_tokens=max_tokens, finisher=finish)
+        return _body_job(text, start, end, ind, max_tokens, closer=None)
     # brace languages: fill before the closing brace
     if text[f.header_end:f.header_line_end].strip().startswith("}"):
         raise RefactorError("Complete this function body: put the closing brace on its own line first")
@@ -470,11 +439,16 @@ def _complete_body(text: str, language: str, f: Func, max_tokens: int) -> Job:
         start, end = f.header_line_end, f.end
     else:
         start = end = f.end if f.end > f.header_end else f.header_line_end
-    prefix = text[:start] + "\n" + ind
-    suffix = text[end:]
+    return _body_job(text, start, end, ind, max_tokens, closer="}")
+
+
+def _body_job(text: str, start: int, end: int, ind: str, max_tokens: int, closer: str | None) -> Job:
+    """The complete_body job that generates text[start:end] anew on a fresh line indented `ind`. Its
+    finish() keeps the generated lines that stay in the body (none indented less than `ind`), without
+    trailing blank lines; None when that is empty or starts with the `closer` line (an empty body)."""
     block = indent_width(ind)
 
-    def finish_brace(g: str) -> str | None:
+    def finish(g: str) -> str | None:
         lines = g.split("\n")
         kept = [lines[0]]
         for ln in lines[1:]:
@@ -483,11 +457,11 @@ def _complete_body(text: str, language: str, f: Func, max_tokens: int) -> Job:
             kept.append(ln)
         while kept and not kept[-1].strip():
             kept.pop()
-        if not kept or not "".join(kept).strip() or kept[0].strip() == "}":
+        if not kept or not "".join(kept).strip() or (closer is not None and kept[0].strip() == closer):
             return None
         return "\n" + ind + "\n".join(ln.rstrip() for ln in kept).lstrip(" \t")
-    return Job("complete_body", ACTIONS["complete_body"], prefix, suffix, start, end, max_lines=40,
-               max_tokens=max_tokens, finisher=finish_brace)
+    return Job("complete_body", ACTIONS["complete_body"], text[:start] + "\n" + ind, text[end:], start, end,
+               max_lines=40, max_tokens=max_tokens, finisher=finish)
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -521,8 +495,9 @@ def _reindent(lines: list[str], ind: str) -> list[str]:
     return out
 
 
-def _split_signature(s: str) -> tuple[str | None, str | None]:
-    """'a, b: int = 1) -> str' -> ('a, b: int = 1', 'str'); (None, None) when unbalanced."""
+def _brackets(s: str) -> Iterator[tuple[int, str, int]]:
+    """Yield (i, c, depth) for each character of s outside '...' and "..." strings (the opening quote
+    included; no escapes), depth the bracket nesting before c (it goes negative past unmatched closers)."""
     depth = 0
     quote = None
     for i, c in enumerate(s):
@@ -530,46 +505,34 @@ def _split_signature(s: str) -> tuple[str | None, str | None]:
             if c == quote:
                 quote = None
             continue
+        yield i, c, depth
         if c in "\"'":
             quote = c
         elif c in "([{":
             depth += 1
         elif c in ")]}":
-            if depth == 0:
-                if c != ")":
-                    return None, None
-                rest = s[i + 1:].strip()
-                if not rest:
-                    return s[:i], None
-                if rest.startswith("->"):
-                    ret = rest[2:].strip()
-                    return (s[:i], ret) if ret else (None, None)
-                return None, None
             depth -= 1
+
+
+def _split_signature(s: str) -> tuple[str | None, str | None]:
+    """'a, b: int = 1) -> str' -> ('a, b: int = 1', 'str'); (None, None) when unbalanced."""
+    for i, c, depth in _brackets(s):
+        if c in ")]}" and depth == 0:
+            if c != ")":
+                return None, None
+            rest = s[i + 1:].strip()
+            if not rest:
+                return s[:i], None
+            if rest.startswith("->"):
+                ret = rest[2:].strip()
+                return (s[:i], ret) if ret else (None, None)
+            return None, None
     return None, None
 
 
 def _param_items(params: str) -> list[str]:
-    items, depth, cur, quote = [], 0, [], None
-    for c in params:
-        if quote:
-            cur.append(c)
-            if c == quote:
-                quote = None
-            continue
-        if c in "\"'":
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if c == "," and depth == 0:
-            items.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(c)
-    if "".join(cur).strip():
-        items.append("".join(cur).strip())
+    cuts = [i for i, c, depth in _brackets(params) if c == "," and depth == 0]
+    items = [params[a + 1:b] for a, b in zip([-1] + cuts, cuts + [len(params)])]
     return [p for p in (" ".join(i.split()) for i in items) if p]
 
 

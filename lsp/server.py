@@ -24,13 +24,13 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from daemon.client import DaemonUnavailable
+from daemon.gitignore import IgnoreMatcher
 from daemon.protocol import Document as DocumentMsg
 from daemon.protocol import Feedback, Status
 from lsp import gating
 from lsp.actions import Actions
 from lsp.backend import Backend
 from lsp.documents import UTF8, UTF16, UTF32, Document, DocumentStore, units, uri_to_path
-from lsp.ignore import IgnoreMatcher
 from lsp.inline import CompletionFailed, InlineCompleter, Outcome
 from lsp.progress import WorkDone
 from lsp.settings import Settings, unwrap

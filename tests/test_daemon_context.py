@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from daemon.context import (CLIP_STEP, GitIgnore, PromptBuilder, Workspace, finish_text, protect_special_tokens,
+from daemon.context import (ALWAYS_IGNORED, CLIP_STEP, PromptBuilder, Workspace, finish_text, protect_special_tokens,
                             python_imports, resolve_imports, text_cut)
+from daemon.gitignore import GitIgnore
 from daemon.tokenizer import Tokenizer
 from tests.tiny_checkpoint import SAMPLE_CODE, tiny_tokenizer
 
@@ -122,7 +123,7 @@ def test_gitignore(tmp_path):
     (tmp_path / ".gitignore").write_text("# comment\n*.log\n!keep.log\n/build\ndata/\ndocs/**/*.tmp\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / ".gitignore").write_text("local.py\n")
-    gi = GitIgnore(tmp_path)
+    gi = GitIgnore(tmp_path, ALWAYS_IGNORED)
     gi.load_dir(tmp_path / "sub")
     ig = lambda rel, d=False: gi.ignored(tmp_path / rel, d)  # noqa: E731
     assert ig("x.log") and ig("a/b/x.log") and not ig("keep.log")

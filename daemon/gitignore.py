@@ -1,10 +1,16 @@
-""".gitignore matching (enough of git's rules for editor use), cached per directory.
+""".gitignore matching (enough of git's rules for editor use), cached per directory. Stdlib only and
+torch-free: the language server imports it as well as the daemon.
 
 The rules: blank lines and `#` comments are skipped; `!` re-includes; a trailing `/` matches
 directories only; a pattern with a `/` at the start or in the middle is anchored to the .gitignore's
 directory, one without matches a name at any depth; `*`, `?`, `[...]` and `**` as in git; the last
-matching rule wins; a file inside an ignored directory is ignored. Files under `.git/` are always
-ignored. `.git/info/exclude` counts like a .gitignore at the repository root.
+matching rule wins, a deeper .gitignore over a shallower one; a file inside an ignored directory is
+ignored. `.git/info/exclude` counts like a .gitignore at the repository root, below it. Each
+.gitignore is read when a path below its directory is first asked about, and again when it changes.
+
+`GitIgnore(root)` answers `ignored(path, is_dir)` for paths under a known root (the daemon: one per
+workspace root); `IgnoreMatcher(roots)` answers `is_ignored(path)` for any file, finding its
+repository root itself (the language server).
 """
 from __future__ import annotations
 
@@ -92,16 +98,18 @@ def parse(text: str) -> list[Rule]:
     return rules
 
 
-class IgnoreMatcher:
-    """is_ignored(path) for files in git repositories (or under a given workspace root)."""
+class GitIgnore:
+    """ignored(path, is_dir) for paths under one root directory: its .git/info/exclude and the
+    .gitignore files of the root and of every directory on the way down to the path. `always` are
+    extra patterns that hold at the root with the lowest precedence (a .gitignore can re-include)."""
 
-    def __init__(self, roots: list[str] | None = None):
-        self.roots = [str(Path(r)) for r in roots or []]
+    def __init__(self, root: str | os.PathLike, always=()):
+        self.root = Path(root)
+        self._always = parse("\n".join(always))
         self._rules: dict[str, tuple[float, list[Rule]]] = {}
-        self._repo_of: dict[str, str | None] = {}
 
-    def _rules_in(self, directory: str, name: str = ".gitignore") -> list[Rule]:
-        path = os.path.join(directory, name)
+    def _read(self, path: str) -> list[Rule]:
+        """The rules of one ignore file, cached until its mtime changes."""
         try:
             mtime = os.stat(path).st_mtime
         except OSError:
@@ -116,6 +124,53 @@ class IgnoreMatcher:
             rules = []
         self._rules[path] = (mtime, rules)
         return rules
+
+    def load_dir(self, d: str | os.PathLike) -> list[Rule]:
+        """The rules of directory `d`'s .gitignore (read now, or from the cache if unchanged)."""
+        return self._read(os.path.join(d, ".gitignore"))
+
+    def ignored(self, path: str | os.PathLike, is_dir: bool | None = None) -> bool:
+        """Whether git would ignore `path` (False outside the root and for the root itself); `is_dir`
+        None asks the file system."""
+        try:
+            parts = Path(path).relative_to(self.root).parts
+        except ValueError:
+            return False
+        if not parts:
+            return False
+        if is_dir is None:
+            is_dir = Path(path).is_dir()
+        # (depth of the directory the rules live in, rules), shallowest and weakest first
+        sources = [(0, self._always), (0, self._read(os.path.join(self.root, ".git", "info", "exclude")))]
+        # walk down from the root: a directory that is ignored hides everything below it
+        for depth in range(1, len(parts) + 1):
+            sources.append((depth - 1, self.load_dir(os.path.join(self.root, *parts[:depth - 1]))))
+            if self._match(sources, parts[:depth], is_dir if depth == len(parts) else True):
+                return True
+        return False
+
+    @staticmethod
+    def _match(sources: list[tuple[int, list[Rule]]], parts: tuple[str, ...], is_dir: bool) -> bool:
+        ignored = False
+        for base, rules in sources:
+            if not rules:
+                continue
+            rel = "/".join(parts[base:])
+            for rule in rules:
+                if rule.matches(rel, is_dir):
+                    ignored = not rule.negate
+        return ignored
+
+
+class IgnoreMatcher:
+    """is_ignored(path) for files in git repositories (or under a given workspace root): the root is
+    the nearest directory holding `.git`, else the first of `roots` the file is under. Files under
+    `.git/` are always ignored."""
+
+    def __init__(self, roots: list[str] | None = None):
+        self.roots = [str(Path(r)) for r in roots or []]
+        self._repo_of: dict[str, str | None] = {}
+        self._matchers: dict[str, GitIgnore] = {}
 
     def _repo_root(self, directory: str) -> str | None:
         if directory in self._repo_of:
@@ -142,31 +197,11 @@ class IgnoreMatcher:
         if not path:
             return False
         path = os.path.abspath(path)
-        parts = Path(path).parts
-        if ".git" in parts[:-1]:
+        if ".git" in Path(path).parts[:-1]:
             return True
         root = self._repo_root(os.path.dirname(path))
         if root is None:
             return False
-        rel_parts = Path(path).relative_to(root).parts
-        # walk down from the root: a directory that is ignored hides everything below it
-        for depth in range(1, len(rel_parts) + 1):
-            is_dir = depth < len(rel_parts)
-            if self._match(root, rel_parts[:depth], is_dir):
-                return True
-        return False
-
-    def _match(self, root: str, rel_parts: tuple[str, ...], is_dir: bool) -> bool:
-        ignored = False
-        sources = [(root, self._rules_in(os.path.join(root, ".git", "info"), "exclude"))]
-        for k in range(len(rel_parts)):
-            d = os.path.join(root, *rel_parts[:k])
-            sources.append((d, self._rules_in(d)))
-        for base, rules in sources:
-            if not rules:
-                continue
-            rel = "/".join(rel_parts[len(Path(base).relative_to(root).parts):])
-            for rule in rules:
-                if rule.matches(rel, is_dir):
-                    ignored = not rule.negate
-        return ignored
+        if root not in self._matchers:
+            self._matchers[root] = GitIgnore(root)
+        return self._matchers[root].ignored(path, False)
