@@ -72,10 +72,7 @@ def add_commands(sub) -> None:
     p.add_argument("--shards", type=int, default=1, help="write the weights in this many safetensors shards")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
     p.set_defaults(func=cmd_train)
-    try:
-        from training.evaluate import add_eval_command
-    except ImportError:
-        return
+    from training.evaluate import add_eval_command
     add_eval_command(sub)
 
 
