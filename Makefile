@@ -9,6 +9,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# downloads made by the installs stay in the build folder, not in the user's home
+export PIP_CACHE_DIR ?= $(CURDIR)/build/pip-cache
+export npm_config_cache ?= $(CURDIR)/build/npm-cache
 
 .PHONY: run test bench install clean
 
