@@ -405,6 +405,8 @@ def _rewrite(text: str, language: str, start: int, end: int, instruction: str, m
         result = "\n".join(ln.rstrip() for ln in out)
         if not result.strip() or result.strip() == original.strip():
             return None
+        if all(not ln.strip() or ln.strip().startswith(c) for ln in out):
+            return None  # only comments (the scaffold echoed back): replacing code with it loses the code
         return result
     n = len(lines)
     return Job("rewrite", ACTIONS["rewrite"], prefix, suffix, s, e, max_lines=2 * n + 8,

@@ -467,6 +467,8 @@ def test_rewrite_prompt_has_instruction_and_original_as_hint():
     new = "def area(*, width, height):\n    return width * height"
     assert _apply_job(PY, job, new + "\n\n\nclass Circle:\n") == PY.replace("def area(width, height)", "def area(*, width, height)")
     assert job.finish("# Rewritten version (x):\n" + new) == new
+    # the scaffold echoed back as comments is not a rewrite: declined, the code stays
+    assert job.finish("#     return width * height\n# Rewritten version (x):\n#     return width * height\n") is None
     with pytest.raises(refactor.RefactorError):
         refactor.build("rewrite", PY, "python", i, j, instruction="")
 
