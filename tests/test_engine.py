@@ -353,3 +353,18 @@ def test_quadratic_prefix_reuse_keeps_cache_consistent(model64):
     second = generate(model64, cont, p, cache=cache)
     assert second.reused_tokens == len(cont) - 1
     assert second.tokens == generate(model64, cont, DecodeParams(mode="ar", max_new_tokens=12)).tokens
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["linear", "quadratic"])
+def test_greedy_spec_equals_ar_on_cuda_with_triton_kernels(tmp_path, variant):
+    path = write_tiny_checkpoint(tmp_path / "c", seed=4, lora=True, hidden=128, heads=4, kv_heads=1)
+    m = load_checkpoint(path, device="cuda", dtype="float32").model
+    assert m.kernel_impl == "triton"
+    rng = random.Random(21)
+    for block in (1, 4, 8):
+        for _ in range(4):
+            prompt = random_prompt(rng, m.cfg.vocab_size, rng.choice([3, 17, 40]))
+            ar = generate(m, prompt, DecodeParams(mode="ar", max_new_tokens=24))
+            sp = generate(m, prompt, DecodeParams(mode="spec", spec_variant=variant, max_new_tokens=24, block_size=block))
+            assert sp.tokens == ar.tokens
