@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 export PIP_CACHE_DIR ?= $(CURDIR)/build/pip-cache
 export npm_config_cache ?= $(CURDIR)/build/npm-cache
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install vscode clean
 
 run: $(STAMP)
 	$(VENV)/bin/tricode demo
@@ -33,5 +33,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+vscode: $(STAMP)
+	cd editor_clients/vscode && ./scripts/build.sh $(CURDIR)/build/tricode.vsix
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info editor_clients/vscode/node_modules editor_clients/vscode/out
