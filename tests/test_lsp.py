@@ -29,6 +29,7 @@ from lsp import multiline, postprocess
 from lsp.context import Context
 from lsp.documents import Document
 from lsp.settings import Settings
+from lsp.server import plain
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -144,14 +145,6 @@ async def editor(env: dict, *, caps: T.ClientCapabilities | None = None, options
         await client.stop()
 
 
-def plain(value):
-    if hasattr(value, "_asdict"):
-        return {k: plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 async def status(client) -> dict:
