@@ -22,7 +22,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
 
 bench: $(STAMP)
-	$(VENV)/bin/tricode bench
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m bench
 
 install: $(STAMP)
 
