@@ -129,7 +129,8 @@ def markdown(r: dict) -> str:
           + (" — **smoke run on a tiny random-weight checkpoint: the figures mean nothing**" if r.get("smoke") else "")
           + ". Everything below comes from that one run: the same weights, prompts and machine for every engine.",
           ""]
-    loaded = any(max(s.get("load_start", [0])[0], s.get("load_end", [0])[0]) > 0.5 * (m.get("cores") or 1)
+    cores = m.get("cores") or 1
+    loaded = any(max(s.get("load_start", [0])[0], s.get("load_end", [0])[0]) > cores
                  for s in r.get("sections", {}).values())
     md += ["## Machine", "",
            "| | |", "|---|---|",
@@ -142,16 +143,20 @@ def markdown(r: dict) -> str:
            f"| gguf | {m.get('gguf') or 'not installed'} |",
            f"| python | {m['python']} (bench process niceness {m.get('nice')}) |",
            f"| total time | {r.get('seconds', 0) / 60:.1f} min |", ""]
-    md += ["Load average (1 min) at the start and the end of each section:", "",
+    md += ["Load average (1 min) at the start and the end of each section (it counts the bench's own busy "
+           "threads too: 1 to 2 while it computes; above the core count, other processes were competing):", "",
            "| section | seconds | load average |", "|---|---|---|"]
     for name, s in r.get("sections", {}).items():
         md.append(f"| {name}{' (earlier run)' if s.get('earlier_run') else ''} | {s['seconds']:.0f} | {_load(s)} |")
     md.append("")
     if loaded:
         md += [f"**Measured on a loaded machine**: other processes (other engineers' test runs) competed for the "
-               f"{m['cores']} cores during the run (a load average above {0.5 * (m.get('cores') or 1):.1f}); "
-               "absolute milliseconds are pessimistic and noisier than on an idle machine. Ratios between engines "
-               "are measured in the same section, interleaved task by task, so they are the robust figures.", ""]
+               f"{cores} cores during the run (a load average above {cores}); absolute milliseconds are pessimistic and "
+               "noisier than on an idle machine. Ratios between engines are measured in the same section, "
+               "interleaved task by task, so they are the robust figures.", ""]
+    else:
+        md += [f"The machine is shared with other engineers, but the load average stayed at or below the core count "
+               f"({cores}) during this run: no section competed with another heavy process for long.", ""]
     mf = r.get("merged_from")
     if mf:
         earlier = [n for n, x in r.get("sections", {}).items() if x.get("earlier_run")]
@@ -319,11 +324,58 @@ def markdown(r: dict) -> str:
                           f"{s['ms_p95']:.0f} |")
             md += ["", "Greedy spec vs ar mismatches: " + ", ".join(
                 f"`{k}` {v}" for k, v in he["spec_vs_ar_mismatches"].items()) + ".", ""]
+    for other in r.get("appendix", []):
+        md += appendix(other)
     if r.get("png"):
         md += ["## Plot", "", f"![benchmarks]({Path(r['png']).name})", ""]
-    md += ["## Reproduce", "", "```", "make bench            # = nice python -m bench (writes this file and the plot)",
-           f"{r['command']}", "python -m bench --smoke   # seconds, tiny random model (tests/test_bench.py)", "```", ""]
+    md += ["## Reproduce", "", "```", "make bench                 # = nice python -m bench: this file and the plot",
+           f"{r['command']}    # this run",
+           "python -m bench --smoke    # seconds, tiny random model (tests/test_bench.py)",
+           "python -m bench --render run.json [--appendix loaded.json]   # re-render from --json reports",
+           "```", ""]
+    if r.get("appendix"):
+        md += ["The appendix is the `--json` report of the loaded run, summarised with `--appendix`.", ""]
     return "\n".join(md)
+
+
+def appendix(o: dict) -> list[str]:
+    """An earlier run (typically on a loaded machine), summarised: targets, LSP variants, forward costs."""
+    m = o["machine"]
+    loads = "; ".join(f"{n} {_load(x)}" for n, x in o.get("sections", {}).items())
+    md = [f"## Appendix: the same bench on a loaded machine ({m['date']})", "",
+          f"`{o['command']}` (commit `{m['commit']}`, {o.get('seconds', 0) / 60:.0f} min), while other engineers' "
+          f"test runs and a `tricode eval` shared the {m['cores']} cores. Load average (1 min) per section: {loads}."
+          + (" " + "; ".join(o["cuts"]) + "." if o.get("cuts") else ""), "",
+          "| target | goal | measured | result |", "|---|---|---|---|"]
+    for t in targets(o):
+        md.append(f"| {t['what']} | {t['goal']} | {t['measured']} | {_hit(t['hit'])} |")
+    md.append("")
+    var = o.get("latency", {}).get("variants", {})
+    if var:
+        md += ["`tricode lsp` under that load, per daemon variant (cache-miss latency, client side, and the daemon's "
+               "median split):", "",
+               "| variant | cache miss p50 / p95 / p99 (n) | open p50 (n) | typed-through p50 (n) | queue | prefill | decode "
+               "| daemon total |", "|---|---|---|---|---|---|---|---|"]
+        for label, v in var.items():
+            cm, op, tt, x = v["latency_cache_miss"], v["latency_open"], v["latency_typed_through"], v.get("split_cache_miss") or {}
+            md.append(f"| `{label}` | {cm['p50']:.0f} / {cm['p95']:.0f} / {cm['p99']:.0f} ({cm['n']}) | {op['p50']:.0f} "
+                      f"({op['n']}) | {tt['p50']:.1f} ({tt['n']}) | {_f(x.get('queue_ms'), 0)} | {_f(x.get('prefill_ms'), 0)} | "
+                      f"{_f(x.get('decode_ms'), 0)} | {_f(x.get('total_ms'), 0)} |")
+        md.append("")
+    fc = o.get("forward_costs", [])
+    if fc:
+        keep = ("AR step", "draft b4", "verify b4", "quadratic step b4")
+        by: dict = {}
+        for x in fc:
+            by.setdefault(x.get("threads"), {})[x["what"]] = x["ms"]
+        pre = next((k for k in next(iter(by.values())) if k.startswith("prefill")), None)
+        cols = ([pre] if pre else []) + [k for k in keep if k in next(iter(by.values()))]
+        md += ["Cost of one forward under that load (ms, median):", "",
+               "| torch threads | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for th, row in by.items():
+            md.append(f"| {th} | " + " | ".join(f"{row.get(c, 0):.1f}" for c in cols) + " |")
+        md.append("")
+    return md
 
 
 # ----------------------------------------------------------------------------- stdout

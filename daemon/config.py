@@ -45,7 +45,7 @@ class Config:
     model: str = ""                    # "" = TRICODE_MODEL, else the embedded model
     device: str = "auto"
     dtype: str = "auto"
-    cpu_threads: int = 0               # torch threads on a CPU device; 0 = torch's default (all cores)
+    cpu_threads: int = 0               # torch threads on a CPU device; 0 = 1 on <= 2 cores, else torch's default
     # decoding, per request kind (a request may override the mode)
     inline_mode: str = "spec"
     refactor_mode: str = "ar"
