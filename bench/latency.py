@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bench.common import REPO, dist, median
+from lsp.server import plain
 
 CANCELLED = -32800
 BOUNDARY = set(" .(,[=:")
@@ -99,16 +100,6 @@ def make_sites(files, n: int, seed: int, workspace: Path, min_chars: int = 6, ma
         if len(sites) >= n:
             break
     return sites
-
-
-def plain(value):
-    if hasattr(value, "_asdict"):
-        return {k: plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 # ----------------------------------------------------------------------------- the private stack
