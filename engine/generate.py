@@ -144,6 +144,17 @@ class _Run:
         logits[:, self.mask_id] = float("-inf")  # the mask id is never a prediction
         return logits
 
+    def verify(self, block: list[int], logits: torch.Tensor) -> tuple[int, int]:
+        """(accepted drafts c, next token) for block [seed, d1..] and its causal logits [T, V]:
+        greedy longest agreeing prefix + bonus, or speculative sampling at temperature > 0."""
+        x = torch.tensor([block], device=self.device)
+        if self.params.temperature == 0:
+            accepted, bonus = verify_greedy(x, logits[None], impl=self.model.kernel_impl)
+        else:
+            accepted, bonus = verify_sample(x, logits[None], temperature=self.params.temperature,
+                                            generator=self.generator, impl=self.model.kernel_impl)
+        return int(accepted[0]), int(bonus[0])
+
     def pick(self, logits: torch.Tensor) -> int:
         """Next token from one row of logits: argmax, or a sample at the request's temperature."""
         if self.params.temperature == 0:
@@ -250,7 +261,7 @@ def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> None:
     speculative-sampling rule (accept d_i with probability p_i(d_i), else sample the residual), which
     leaves the output distributed as AR sampling.
     """
-    M, impl = run.mask_id, run.model.kernel_impl
+    M = run.mask_id
     while not run.done:
         n = min(block, run.remaining + 1)  # the seed plus at most `remaining - 1` drafts and a bonus
         ids = [seed] + [M] * (n - 1)
@@ -263,13 +274,7 @@ def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> None:
             return
         start = cache.length
         logits = run.forward(ids, cache, pattern="causal", write=True)[None]
-        x = torch.tensor([ids], device=run.device)
-        if run.params.temperature == 0:
-            accepted, bonus = verify_greedy(x, logits, impl=impl)
-        else:
-            accepted, bonus = verify_sample(x, logits, temperature=run.params.temperature,
-                                            generator=run.generator, impl=impl)
-        c, seed = int(accepted[0]), int(bonus[0])
+        c, seed = run.verify(ids, logits[0])
         cache.crop(start + 1 + c)
         run.result.accept_lengths.append(c + 1)
         if run.push(ids[1:1 + c] + [seed]):

@@ -17,11 +17,10 @@ from __future__ import annotations
 import torch
 
 from engine.kv_cache import KVCache
-from triton_kernels.verify import verify_greedy, verify_sample
 
 
 def decode_quadratic(run, cache: KVCache, seed: int, block: int) -> None:
-    M, impl, W = run.mask_id, run.model.kernel_impl, block + 1
+    M, W = run.mask_id, block + 1
     drafts = [M] * (block - 1)
     while not run.done:
         n = min(block, run.remaining + 1)
@@ -37,14 +36,7 @@ def decode_quadratic(run, cache: KVCache, seed: int, block: int) -> None:
         draft_rows = torch.tensor([i % W != 0 for i in range(len(ids))], device=run.device)
         logits = run.forward(ids, cache, pattern="quadratic", group=W, write=False, lora=draft_rows,
                              positions=torch.tensor(positions, device=run.device))
-        verify_logits = logits[0::W][None]  # the d rows: a[0..n-1]
-        x = torch.tensor([ds], device=run.device)
-        if run.params.temperature == 0:
-            accepted, bonus = verify_greedy(x, verify_logits, impl=impl)
-        else:
-            accepted, bonus = verify_sample(x, verify_logits, temperature=run.params.temperature,
-                                            generator=run.generator, impl=impl)
-        c, seed = int(accepted[0]), int(bonus[0])
+        c, seed = run.verify(ds, logits[0::W])  # the d rows hold a[0..n-1]
         cache.move(torch.arange(c + 1, device=run.device) * W + L, L)
         cache.commit(ds[:c + 1])
         drafts = logits[c * W + 2:(c + 1) * W].argmax(-1).tolist()
