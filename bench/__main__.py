@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.common import REPO, logger, machine_info, section
 
-SECTIONS = ("decoding", "latency", "peers", "humaneval")
+SECTIONS = ("decoding", "latency", "peers", "humaneval", "concurrency")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -62,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a JSON report of an earlier run: the sections not run now are taken from it")
     p.add_argument("--humaneval-limit", type=int, default=200, dest="humaneval_limit",
                    help="HumanEval tasks (seeded subset; 1033 = all; 0 = skip)")
+    p.add_argument("--concurrent-tasks", type=int, default=8, dest="concurrent_tasks",
+                   help="single-line tasks for the batching section (split into groups of each size)")
+    p.add_argument("--concurrent-sizes", type=_ints, default=(1, 2, 4), dest="concurrent_sizes",
+                   help="completions started together in the batching section")
     p.add_argument("--profile-tasks", type=int, default=4, dest="profile_tasks")
     p.add_argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens",
                    help="cap on generated tokens (default: 48 single-line, 128 multi-line)")
@@ -86,6 +90,7 @@ def smoke_setup(args, tmp: Path):
     args.lsp_sites, args.lsp_modes, args.lsp_threads = min(args.lsp_sites, 1), ("spec",), ()
     args.peer_tasks, args.humaneval_limit, args.profile_tasks = 2, min(args.humaneval_limit, 2), 1
     args.peer_threads = (0,)
+    args.concurrent_tasks, args.concurrent_sizes = 2, (1, 2)
     return model_dir, files
 
 
@@ -330,6 +335,17 @@ def main(argv=None) -> int:
             r["humaneval"] = quality.run_humaneval(model, tok, hcfgs, limit=args.humaneval_limit,
                                                    prompt_tokens=args.prompt_tokens, seed=args.seed, log=log)
 
+    if "concurrency" in args.sections:
+        from bench import concurrency
+        with section(r, "5. concurrency", log):
+            ctasks = single[:args.concurrent_tasks]
+            cprompts = [ev.fim_prompt(tok, t.prefix, t.suffix, args.prompt_tokens) for t in ctasks]
+            ccfgs = [decoding.DecodeConfig("ar"), decoding.DecodeConfig("spec", "linear", spec_block),
+                     decoding.DecodeConfig("diffusion", "linear", spec_block)]
+            r["concurrency"] = concurrency.run_concurrency(
+                model, tok, cprompts, ccfgs, sizes=args.concurrent_sizes,
+                max_new_tokens=args.max_new_tokens or ev.DEFAULT_MAX_NEW_TOKENS, log=log)
+
     r["seconds"] = round(time.perf_counter() - t_start, 1)
     r["appendix"] = [json.loads(Path(p).read_text()) for p in args.appendix]
     for a in r["appendix"]:
@@ -338,8 +354,10 @@ def main(argv=None) -> int:
         old = json.loads(Path(args.merge).read_text())
         keys = {"decoding": ("decoding", "forward_costs", "forward_costs_prefix", "forward_costs_threads_default",
                              "spec_model", "profile"),
-                "latency": ("latency",), "peers": ("peers",), "humaneval": ("humaneval",)}
-        names = {"decoding": "1. decoding", "latency": "2. lsp latency", "peers": "3. peers", "humaneval": "4. humaneval"}
+                "latency": ("latency",), "peers": ("peers",), "humaneval": ("humaneval",),
+                "concurrency": ("concurrency",)}
+        names = {"decoding": "1. decoding", "latency": "2. lsp latency", "peers": "3. peers", "humaneval": "4. humaneval",
+                 "concurrency": "5. concurrency"}
         now = dict(r.get("sections", {}))
         r["sections"] = {}
         for sec in SECTIONS:

@@ -122,6 +122,26 @@ def _decode_table(sec: dict, multi: bool) -> list[str]:
     return rows
 
 
+def _concurrency(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    md = ["## 5. Several completions at once (batching)", "",
+          f"n held-out single-line completions (median prompt {c['prompt_tokens_median']:.0f} tokens, groups of n "
+          f"out of {c['prompts']} tasks) started together, as when n editors ask at once: one after another vs "
+          "batched (engine.generate.step, what the daemon does with `batch_size` > 1). `cold`: every completion "
+          "prefills its whole prompt (prompts differ in length, so the prefills run one by one); `warm`: each "
+          "cache already holds its prompt but the last token (the daemon after a keystroke). ms = wall time per "
+          "group of n; tok/s over all n.", "",
+          "| config | start | n | one after another ms | batched ms | speed-up | batched tok/s | mismatches |",
+          "|---|---|---|---|---|---|---|---|"]
+    for x in c["rows"]:
+        md.append(f"| `{x['config']}` | {x['start']} | {x['n']} | {x['serial_ms']:.0f} | {x['batched_ms']:.0f} | "
+                  f"{_f(x['speedup'], 2)}x | {_f(x['tokens_per_s'], 0)} | {x['mismatches']} |")
+    md += ["", "Median speed-up at n = " + str(max(c["sizes"])) + ": " + ", ".join(
+        f"{k} {v:.2f}x" for k, v in c["median_speedup_at_max"].items()) + ".", ""]
+    return md
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     md = ["# Benchmarks", "",
@@ -324,6 +344,7 @@ def markdown(r: dict) -> str:
                           f"{s['ms_p95']:.0f} |")
             md += ["", "Greedy spec vs ar mismatches: " + ", ".join(
                 f"`{k}` {v}" for k, v in he["spec_vs_ar_mismatches"].items()) + ".", ""]
+    md += _concurrency(r.get("concurrency"))
     for other in r.get("appendix", []):
         md += appendix(other)
     if r.get("png"):

@@ -301,7 +301,8 @@ def cmd_status(args) -> int:
         f"modes        inline {st['modes']['inline']}, refactor {st['modes']['refactor']} "
         f"(spec {st['modes']['spec_variant']})",
         f"queue        {st['queue_length']} waiting, running "
-        f"{'-' if st['running'] is None else str(st['running']['kind']) + ' for ' + str(st['running']['client'])}, "
+        f"{', '.join(str(r['kind']) + ' for ' + str(r['client']) for r in st['running']) or '-'} "
+        f"(batch of up to {st.get('batch_size', 1)}), "
         f"{st['connections']} connection(s) {', '.join(st['clients'])}",
         f"served       {st['requests_served']} ({st['served_by_kind'].get('complete', 0)} inline, "
         f"{st['served_by_kind'].get('generate', 0)} refactor), {st['superseded']} superseded, "

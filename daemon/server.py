@@ -432,7 +432,7 @@ class Daemon:
                 if self.feedback_dirty and tick % 5 == 0:
                     self._save_feedback()
                 idle = self.cfg.idle_exit_minutes
-                if (idle > 0 and not self.conns and self.sched.running is None and not self.sched.queue_length()
+                if (idle > 0 and not self.conns and not self.sched.running and not self.sched.queue_length()
                         and time.monotonic() - self.last_activity > idle * 60):
                     self.request_stop(f"idle for {idle} min")
             except Exception:  # noqa: BLE001
@@ -630,7 +630,7 @@ class Daemon:
         e, st, cfg = self.engine, self.stats, self.cfg
         fb = st.feedback
         decided = fb["accepted"] + fb["rejected"] + fb["partial"]
-        running = self.sched.running
+        running = list(self.sched.running)
         errors = sum(n for code, n in st.errors.items() if code not in NOT_COUNTED)
         return {
             "type": "status", "id": rid,
@@ -643,9 +643,9 @@ class Daemon:
             "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": cfg.spec_variant},
             "deadline_ms": cfg.deadline_ms,
             "queue_length": self.sched.queue_length(),
-            "running": None if running is None else {
-                "id": running.id, "client": running.conn.client, "connection": running.conn.id,
-                "kind": running.kind, "doc": running.msg.doc, "tokens": len(running.tokens)},
+            "running": [{"id": j.id, "client": j.conn.client, "connection": j.conn.id, "kind": j.kind,
+                         "doc": j.msg.doc, "tokens": len(j.tokens)} for j in running],
+            "batch_size": cfg.batch_size,
             "connections": len(self.conns),
             "clients": sorted({c.client for c in self.conns.values() if c.client}),
             "requests_served": st.served, "served_by_kind": dict(st.by_kind),

@@ -7,6 +7,10 @@
                one causal verify (appends K/V); keep the longest agreeing prefix plus a bonus token
                (`spec_variant="quadratic"`: draft and verify fused into one forward, see spec_quadratic)
 
+Each decoder is a generator: it yields a `Forward` (the ids to run, the cache, the attention
+pattern) and receives that forward's logits, so one driver can run a single decode (`generate`) and
+another can run the pending forwards of many decodes as one batched forward (engine/batch.py).
+
 Every decoder stops on EOS, a stop callback (the daemon's stop strings), max_new_tokens, a deadline
 and a cancel flag checked before every forward, and returns its tokens with statistics. The KV cache
 passed in may already hold an earlier prompt: the common prefix is reused and only the rest is
@@ -18,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 
@@ -87,6 +91,29 @@ class DecodeResult:
         return sum(self.accept_lengths) / len(self.accept_lengths) if self.accept_lengths else 0.0
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One forward a decoder asks for. The driver runs it, alone or batched with others of the same
+    `key`, and sends back its logits [T, V] (the mask id already ruled out)."""
+    ids: list[int]
+    cache: KVCache
+    pattern: str
+    write: bool
+    lora: bool | tuple[bool, ...] = False   # a whole pass, or per row (quadratic)
+    positions: tuple[int, ...] | None = None
+    group: int = 0
+    last_only: bool = False
+
+    @property
+    def key(self) -> tuple:
+        """Forwards with equal keys run as one batch."""
+        return (len(self.ids), self.pattern, self.write, self.lora, self.group, self.last_only,
+                self.positions is None)
+
+
+Steps = Generator[Forward, torch.Tensor, None]
+
+
 def default_block_size(model: NLDModel) -> int:
     cfg_block = model.cfg.block_size
     return cfg_block if model.head.weight.is_cuda else min(cfg_block, CPU_BLOCK_SIZE)
@@ -137,12 +164,9 @@ class _Run:
     def remaining(self) -> int:
         return self.params.max_new_tokens - len(self.result.tokens)
 
-    def forward(self, ids: list[int], cache: KVCache, **kw) -> torch.Tensor:
+    def forward(self, ids: list[int], cache: KVCache, **kw) -> Generator[Forward, torch.Tensor, torch.Tensor]:
         self.result.nfe += 1
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(x, cache, **kw)[0]
-        logits[:, self.mask_id] = float("-inf")  # the mask id is never a prediction
-        return logits
+        return (yield Forward(ids, cache, **kw))
 
     def verify(self, block: list[int], logits: torch.Tensor) -> tuple[int, int]:
         """(accepted drafts c, next token) for block [seed, d1..] and its causal logits [T, V]:
@@ -163,61 +187,133 @@ class _Run:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
+class Decode:
+    """One sequence being decoded: its pending `Forward` (None once finished) and its result."""
+
+    def __init__(self, model: NLDModel, prompt_ids: list[int], params: DecodeParams, *,
+                 cache: KVCache | None = None, cancel: threading.Event | None = None,
+                 stop: Callable[[list[int]], int | None] | None = None):
+        if not prompt_ids:
+            raise ValueError("the prompt must hold at least one token (start it with the BOS token)")
+        self.t0 = time.perf_counter()
+        block = params.block_size or default_block_size(model)
+        # Worst case: the prompt, every new token, and one block of scratch (a draft or a quadratic step).
+        scratch = block * (block + 1) if params.spec_variant == "quadratic" else block
+        need = len(prompt_ids) + params.max_new_tokens + scratch + 1
+        if cache is None:
+            cache = model.new_cache(need)
+        elif need > cache.max_len:
+            raise CacheFullError(f"this request needs up to {need} cache slots (prompt {len(prompt_ids)} + "
+                                 f"{params.max_new_tokens} new + {scratch} scratch), the cache holds {cache.max_len}")
+        self.cache = cache
+        self.run = _Run(model, params, cancel, stop)
+        self.run.result.block_size = 1 if params.mode == "ar" else block
+        self.pending: Forward | None = None
+        self._steps = _decode(self.run, cache, prompt_ids, block)
+        self.feed(None)
+
+    @property
+    def result(self) -> DecodeResult:
+        return self.run.result
+
+    @property
+    def done(self) -> bool:
+        return self.pending is None
+
+    def feed(self, logits: torch.Tensor | None) -> None:
+        """Hand the pending forward's logits to the decoder; it runs to its next forward or its end."""
+        try:
+            with torch.inference_mode():
+                self.pending = self._steps.send(logits)
+        except StopIteration:
+            self.pending = None
+            self.run.result.elapsed_ms = (time.perf_counter() - self.t0) * 1e3
+
+
+def run_forwards(model: NLDModel, fs: list[Forward]) -> list[torch.Tensor]:
+    """Run forwards of one key as a single batched forward; logits [T, V] for each."""
+    f = fs[0]
+    assert all(g.key == f.key for g in fs), "only forwards of one key batch together"
+    device = model.head.weight.device
+    with torch.inference_mode():
+        x = torch.tensor([g.ids for g in fs], dtype=torch.long, device=device)
+        positions = None if f.positions is None else torch.tensor([g.positions for g in fs], device=device)
+        lora = torch.tensor(f.lora, device=device) if isinstance(f.lora, tuple) else f.lora
+        logits = model(x, [g.cache for g in fs] if len(fs) > 1 else f.cache, pattern=f.pattern,
+                       write=f.write, positions=positions, group=f.group, lora=lora, last_only=f.last_only)
+        logits[..., model.cfg.mask_token_id] = float("-inf")  # the mask id is never a prediction
+    return list(logits)
+
+
 def generate(model: NLDModel, prompt_ids: list[int], params: DecodeParams, *, cache: KVCache | None = None,
              cancel: threading.Event | None = None,
              stop: Callable[[list[int]], int | None] | None = None) -> DecodeResult:
-    if not prompt_ids:
-        raise ValueError("the prompt must hold at least one token (start it with the BOS token)")
-    t0 = time.perf_counter()
-    block = params.block_size or default_block_size(model)
-    # Worst case: the prompt, every new token, and one block of scratch (a draft or a quadratic step).
-    scratch = block * (block + 1) if params.spec_variant == "quadratic" else block
-    need = len(prompt_ids) + params.max_new_tokens + scratch + 1
-    if cache is None:
-        cache = model.new_cache(need)
-    elif need > cache.max_len:
-        raise CacheFullError(f"this request needs up to {need} cache slots (prompt {len(prompt_ids)} + "
-                             f"{params.max_new_tokens} new + {scratch} scratch), the cache holds {cache.max_len}")
-    run = _Run(model, params, cancel, stop)
-    run.result.block_size = 1 if params.mode == "ar" else block
-    with torch.inference_mode():
-        if not run.done and not run.interrupted():
-            seed = _prefill(run, cache, prompt_ids)
-            if not run.push([seed]):
-                if params.mode == "ar":
-                    _decode_ar(run, cache, seed)
-                elif params.mode == "diffusion":
-                    _decode_diffusion(run, cache, seed, block)
-                elif params.spec_variant == "quadratic":
-                    from engine.spec_quadratic import decode_quadratic
-                    decode_quadratic(run, cache, seed, block)
-                else:
-                    _decode_spec(run, cache, seed, block)
-    run.result.elapsed_ms = (time.perf_counter() - t0) * 1e3
-    return run.result
+    """Decode one sequence: run each forward it asks for as it comes."""
+    d = Decode(model, prompt_ids, params, cache=cache, cancel=cancel, stop=stop)
+    while not d.done:
+        d.feed(run_forwards(model, [d.pending])[0])
+    return d.result
 
 
-def _prefill(run: _Run, cache: KVCache, prompt_ids: list[int]) -> int:
+def step(model: NLDModel, decodes: list[Decode]) -> None:
+    """Advance every unfinished decode by one forward: pending forwards of one key (same width,
+    pattern and cache rule: AR steps, drafts, verifies, diffusion steps of one block size) run as one
+    batched forward, each request on its own cache. Greedy results equal one-at-a-time decoding."""
+    groups: dict[tuple, list[Decode]] = {}
+    for d in decodes:
+        if not d.done:
+            groups.setdefault(d.pending.key, []).append(d)
+    for ds in groups.values():
+        for d, logits in zip(ds, run_forwards(model, [d.pending for d in ds])):
+            d.feed(logits)
+
+
+def generate_batch(model: NLDModel, prompts: list[list[int]], params: list[DecodeParams]) -> list[DecodeResult]:
+    """Decode several sequences together (see `step`); a fresh cache for each."""
+    decodes = [Decode(model, ids, p) for ids, p in zip(prompts, params, strict=True)]
+    while not all(d.done for d in decodes):
+        step(model, decodes)
+    return [d.result for d in decodes]
+
+
+def _decode(run: _Run, cache: KVCache, prompt_ids: list[int], block: int) -> Steps:
+    if run.done or run.interrupted():
+        return
+    seed = yield from _prefill(run, cache, prompt_ids)
+    if run.push([seed]):
+        return
+    if run.params.mode == "ar":
+        yield from _decode_ar(run, cache, seed)
+    elif run.params.mode == "diffusion":
+        yield from _decode_diffusion(run, cache, seed, block)
+    elif run.params.spec_variant == "quadratic":
+        from engine.spec_quadratic import decode_quadratic
+        yield from decode_quadratic(run, cache, seed, block)
+    else:
+        yield from _decode_spec(run, cache, seed, block)
+
+
+def _prefill(run: _Run, cache: KVCache, prompt_ids: list[int]) -> Generator[Forward, torch.Tensor, int]:
     """Reuse the cached common prefix, run the rest causally, return the first new token."""
     t0 = time.perf_counter()
     keep = min(cache.common_prefix(prompt_ids), len(prompt_ids) - 1)  # at least one token yields the logit
     cache.crop(keep)
-    logits = run.forward(prompt_ids[keep:], cache, pattern="causal", write=True, last_only=True)
+    logits = yield from run.forward(prompt_ids[keep:], cache, pattern="causal", write=True, last_only=True)
     run.result.reused_tokens, run.result.prefill_tokens = keep, len(prompt_ids) - keep
     seed = run.pick(logits[-1])
     run.result.prefill_ms = (time.perf_counter() - t0) * 1e3
     return seed
 
 
-def _decode_ar(run: _Run, cache: KVCache, token: int) -> None:
+def _decode_ar(run: _Run, cache: KVCache, token: int) -> Steps:
     while not run.interrupted():
-        logits = run.forward([token], cache, pattern="causal", write=True)
+        logits = yield from run.forward([token], cache, pattern="causal", write=True)
         token = run.pick(logits[-1])
         if run.push([token]):
             return
 
 
-def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> None:
+def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> Steps:
     """Block diffusion: the seed (already emitted) opens a block whose masks are denoised in place.
 
     Each step commits every masked position whose confidence reaches the threshold, and at least the
@@ -232,7 +328,7 @@ def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> None:
         while bool((tokens == M).any()):
             if run.interrupted():
                 return
-            logits = run.forward(tokens[0].tolist(), cache, pattern="block", write=False)[None]
+            logits = (yield from run.forward(tokens[0].tolist(), cache, pattern="block", write=False))[None]
             if run.params.temperature > 0:  # sample: perturb the logits with Gumbel noise
                 u = torch.rand(logits.shape, generator=run.generator, device=run.device).clamp_(1e-10, 1.0)
                 logits = logits.float() / run.params.temperature - torch.log(-torch.log(u))
@@ -242,13 +338,13 @@ def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> None:
         ids = tokens[0].tolist()
         if run.push(ids[1:]) or run.interrupted():
             return
-        logits = run.forward(ids, cache, pattern="causal", write=True, last_only=True)
+        logits = yield from run.forward(ids, cache, pattern="causal", write=True, last_only=True)
         seed = run.pick(logits[-1])
         if run.push([seed]):
             return
 
 
-def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> None:
+def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> Steps:
     """Linear self-speculation.
 
     Draft: one bidirectional pass over [seed, M x (B-1)] (LoRA on, cache read-only) fills every mask
@@ -268,12 +364,12 @@ def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> None:
         if n > 1:
             if run.interrupted():
                 return
-            draft = run.forward(ids, cache, pattern="block", write=False, lora=True)
+            draft = yield from run.forward(ids, cache, pattern="block", write=False, lora=True)
             ids = [seed] + draft[1:].argmax(-1).tolist()
         if run.interrupted():
             return
         start = cache.length
-        logits = run.forward(ids, cache, pattern="causal", write=True)[None]
+        logits = (yield from run.forward(ids, cache, pattern="causal", write=True))[None]
         c, seed = run.verify(ids, logits[0])
         cache.crop(start + 1 + c)
         run.result.accept_lengths.append(c + 1)

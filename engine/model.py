@@ -16,6 +16,7 @@ tensor names onto them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class Layer(nn.Module):
         q, k, v = self.qkv(hn).view(B, T, -1, self.d).split([self.n_q, self.n_kv, self.n_kv], dim=2)
         q = rotate(q, cos, sin).transpose(1, 2)
         if qscale is not None:
-            q = q * qscale.view(1, 1, T, 1).to(q.dtype)
+            q = q * qscale.view(-1, 1, T, 1).to(q.dtype)
         a = attend(q, rotate(k, cos, sin).transpose(1, 2), v.transpose(1, 2))
         a = a.transpose(1, 2).reshape(B, T, -1)
         out = self.o(a)
@@ -117,41 +118,56 @@ class NLDModel(nn.Module):
         return self._impl
 
     def rope(self, positions: torch.Tensor):
-        angles = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        """positions [T] or [B, T] -> cos, sin [1 or B, T, 1, D]."""
+        angles = positions.float().reshape(-1, positions.shape[-1], 1) * self.inv_freq.float()
         angles = torch.cat((angles, angles), dim=-1)
         dtype = self.head.weight.dtype
-        cos = (angles.cos() * self.rope_magnitude).to(dtype)[None, :, None, :]
-        sin = (angles.sin() * self.rope_magnitude).to(dtype)[None, :, None, :]
+        cos = (angles.cos() * self.rope_magnitude).to(dtype)[:, :, None, :]
+        sin = (angles.sin() * self.rope_magnitude).to(dtype)[:, :, None, :]
         return cos, sin
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache, *, pattern: str = "causal", write: bool = True,
-                positions: torch.Tensor | None = None, group: int = 0, lora: bool | torch.Tensor = False,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | Sequence[KVCache], *, pattern: str = "causal",
+                write: bool = True, positions: torch.Tensor | None = None, group: int = 0,
+                lora: bool | torch.Tensor = False, last_only: bool = False) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only).
 
-        New tokens sit at cache slots [cache.length, cache.length+T); their RoPE positions default to
-        those slots (the quadratic pattern passes its own). With write=True the slots are committed.
+        `cache` is one KVCache whose batch rows share one length, or a list of B single-row caches
+        of any lengths (requests batched together: every row reads and writes its own cache, so only
+        the attention runs per row; the matmuls run once for the batch). New tokens sit at each
+        cache's slots [length, length+T); their RoPE positions default to those slots (the
+        quadratic pattern passes its own, [T] or [B, T]). With write=True the slots are committed.
         """
         B, T = input_ids.shape
-        cache.reserve(T)
+        caches = [cache] if isinstance(cache, KVCache) else list(cache)
+        assert len(caches) in (1, B), f"{len(caches)} caches for a batch of {B}"
+        rows = B if len(caches) == 1 else 1        # batch rows held by each cache
+        starts = [c.length for c in caches]
+        for c in caches:
+            c.reserve(T)
         if positions is None:
-            positions = torch.arange(cache.length, cache.length + T, device=input_ids.device)
+            positions = torch.arange(T, device=input_ids.device) + torch.tensor(
+                starts, device=input_ids.device)[:, None]
         cos, sin = self.rope(positions)
         qscale = query_scale(self.cfg, positions)
         x = self.embed(input_ids)
-        impl, start = self.kernel_impl, cache.length
+        impl = self.kernel_impl
         for i, layer in enumerate(self.layers):
             def attend(q, k, v, i=i):
-                cache.k[i, :B, :, start:start + T] = k
-                cache.v[i, :B, :, start:start + T] = v
-                return attention(q, cache.k[i, :B, :, :start + T], cache.v[i, :B, :, :start + T],
-                                 prefix_len=start, pattern=pattern, group=group, impl=impl)
+                out = []
+                for r, (c, s) in enumerate(zip(caches, starts)):
+                    sl = slice(r * rows, (r + 1) * rows)
+                    c.k[i, :rows, :, s:s + T] = k[sl]
+                    c.v[i, :rows, :, s:s + T] = v[sl]
+                    out.append(attention(q[sl], c.k[i, :rows, :, :s + T], c.v[i, :rows, :, :s + T],
+                                         prefix_len=s, pattern=pattern, group=group, impl=impl))
+                return out[0] if len(out) == 1 else torch.cat(out)
             x = layer(x, cos, sin, qscale, attend, lora)
         if last_only:
             x = x[:, -1:]
         logits = self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps))
         if write:
-            cache.commit(input_ids[0].tolist())
+            for r, c in enumerate(caches):
+                c.commit(input_ids[r * rows].tolist())
         return logits
 
     def hidden_masked(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,

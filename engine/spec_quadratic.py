@@ -19,7 +19,7 @@ import torch
 from engine.kv_cache import KVCache
 
 
-def decode_quadratic(run, cache: KVCache, seed: int, block: int) -> None:
+def decode_quadratic(run, cache: KVCache, seed: int, block: int):
     M, W = run.mask_id, block + 1
     drafts = [M] * (block - 1)
     while not run.done:
@@ -33,9 +33,9 @@ def decode_quadratic(run, cache: KVCache, seed: int, block: int) -> None:
         if run.interrupted():
             return
         # the drafter LoRA acts on the mask rows only; the d rows are the verifier (LoRA off)
-        draft_rows = torch.tensor([i % W != 0 for i in range(len(ids))], device=run.device)
-        logits = run.forward(ids, cache, pattern="quadratic", group=W, write=False, lora=draft_rows,
-                             positions=torch.tensor(positions, device=run.device))
+        draft_rows = tuple(i % W != 0 for i in range(len(ids)))
+        logits = yield from run.forward(ids, cache, pattern="quadratic", group=W, write=False, lora=draft_rows,
+                                        positions=tuple(positions))
         c, seed = run.verify(ds, logits[0::W])  # the d rows hold a[0..n-1]
         cache.move(torch.arange(c + 1, device=run.device) * W + L, L)
         cache.commit(ds[:c + 1])

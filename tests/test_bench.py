@@ -39,7 +39,8 @@ def test_report_has_every_section(smoke):
     md = out.read_text()
     for heading in ("# Benchmarks", "## Machine", "## Targets", "## 1. Decoding per mode and block size",
                     "## 2. Keystroke-to-suggestion latency", "## 3. Peers on the same weights",
-                    "## 4. HumanEval single-line infilling", "## Reproduce"):
+                    "## 4. HumanEval single-line infilling", "## 5. Several completions at once (batching)",
+                    "## Reproduce"):
         assert heading in md, heading
     assert "smoke run on a tiny random-weight checkpoint" in md
     for word in ("load average", "torch", "transformers", "llama-cpp-python"):
@@ -64,6 +65,14 @@ def test_decoding_numbers(smoke):
         assert sec["configs"]["spec b4"]["mean_accept_length"] >= 1.0
     assert {x["what"] for x in r["forward_costs"]} >= {"AR step", "draft b4", "verify b4", "quadratic step b4"}
     assert r["profile"]["spec b4"]["ops"] and r["profile"]["ar"]["forwards"] > 0
+
+
+def test_concurrency_numbers(smoke):
+    _, r, _ = smoke
+    rows = r["concurrency"]["rows"]
+    assert {(x["config"], x["start"], x["n"]) for x in rows} >= {("ar", "warm", 2), ("spec b4", "cold", 2)}
+    for x in rows:
+        assert x["mismatches"] == 0 and x["tokens"] > 0 and x["serial_ms"] > 0 and x["batched_ms"] > 0
 
 
 def test_lsp_latency_numbers(smoke):

@@ -11,7 +11,7 @@ import torch
 
 from engine.checkpoint import CheckpointError, hf_state_dict, load_checkpoint
 from engine.config import ModelConfig, RopeScaling, query_scale, rope_inv_freq
-from engine.generate import DecodeParams, generate
+from engine.generate import Decode, DecodeParams, generate, generate_batch, step
 from engine.reference import naive_generate
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -353,6 +353,78 @@ def test_quadratic_prefix_reuse_keeps_cache_consistent(model64):
     second = generate(model64, cont, p, cache=cache)
     assert second.reused_tokens == len(cont) - 1
     assert second.tokens == generate(model64, cont, DecodeParams(mode="ar", max_new_tokens=12)).tokens
+
+
+# -- batching --------------------------------------------------------------------------------------
+
+BATCH_MIX = [
+    DecodeParams(mode="ar", max_new_tokens=25),
+    DecodeParams(mode="ar", max_new_tokens=9),
+    DecodeParams(mode="spec", max_new_tokens=30, block_size=4),
+    DecodeParams(mode="spec", max_new_tokens=14, block_size=4),
+    DecodeParams(mode="spec", spec_variant="quadratic", max_new_tokens=20, block_size=3),
+    DecodeParams(mode="diffusion", max_new_tokens=18, block_size=4, threshold=0.5),
+    DecodeParams(mode="diffusion", max_new_tokens=11, block_size=4, threshold=0.5),
+]
+
+
+@pytest.mark.parametrize("m", ["model64", "lora_model64"])
+def test_batched_decodes_equal_one_at_a_time(m, request):
+    """Requests of every mode and of different prompt lengths decoded together give exactly what each
+    gives alone, and forwards of one shape really ran batched (fewer model calls than forwards)."""
+    model = request.getfixturevalue(m)
+    rng = random.Random(77)
+    prompts = [random_prompt(rng, model.cfg.vocab_size, rng.choice([1, 3, 8, 21, 40])) for _ in BATCH_MIX]
+    alone = [generate(model, p, q) for p, q in zip(prompts, BATCH_MIX)]
+    calls = []
+    handle = model.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
+    try:
+        batched = generate_batch(model, prompts, BATCH_MIX)
+    finally:
+        handle.remove()
+    for a, b in zip(alone, batched):
+        assert b.tokens == a.tokens and b.stop_reason == a.stop_reason and b.nfe == a.nfe
+    assert sum(calls) == sum(r.nfe for r in batched)   # every forward ran once, in some batch
+    assert len(calls) < sum(calls) and max(calls) >= 3
+
+
+def test_batched_ar_runs_one_forward_per_step(model64):
+    rng = random.Random(8)
+    prompts = [random_prompt(rng, model64.cfg.vocab_size, n) for n in (3, 17, 30, 44)]
+    params = [DecodeParams(mode="ar", max_new_tokens=12)] * 4
+    calls = []
+    handle = model64.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
+    try:
+        out = generate_batch(model64, prompts, params)
+    finally:
+        handle.remove()
+    assert [r.tokens for r in out] == [generate(model64, p, q).tokens for p, q in zip(prompts, params)]
+    assert calls == [1, 1, 1, 1] + [4] * 11   # four prefills, then every step one batch of four
+
+
+def test_batch_members_keep_their_own_cache_and_interrupts(model64):
+    """Joining a running batch, prefix reuse per request and a cancel of one member."""
+    rng = random.Random(5)
+    prompt = random_prompt(rng, model64.cfg.vocab_size, 30)
+    cache = model64.new_cache(200)
+    generate(model64, prompt, DecodeParams(mode="ar", max_new_tokens=4), cache=cache)
+    cancel = threading.Event()
+    a = Decode(model64, prompt + [40], DecodeParams(mode="spec", max_new_tokens=20, block_size=4), cache=cache)
+    b = Decode(model64, prompt[:7], DecodeParams(mode="ar", max_new_tokens=40), cancel=cancel)
+    step(model64, [a, b])
+    step(model64, [a, b])
+    c = Decode(model64, prompt[:12], DecodeParams(mode="ar", max_new_tokens=10))   # joins mid-way
+    rounds = 0
+    while not (a.done and b.done and c.done):
+        step(model64, [a, b, c])
+        rounds += 1
+        if rounds == 5:
+            cancel.set()
+    assert a.result.reused_tokens == 30 and a.result.prefill_tokens == 1
+    assert a.result.tokens == generate(model64, prompt + [40], DecodeParams(mode="ar", max_new_tokens=20)).tokens
+    assert c.result.tokens == generate(model64, prompt[:12], DecodeParams(mode="ar", max_new_tokens=10)).tokens
+    assert b.result.stop_reason == "cancelled" and len(b.result.tokens) < 40
+    assert b.result.tokens == generate(model64, prompt[:7], DecodeParams(mode="ar", max_new_tokens=40)).tokens[:len(b.result.tokens)]
 
 
 @pytest.mark.gpu
