@@ -130,6 +130,12 @@ def analysis(r: dict) -> list[str]:
         if ar and q:
             out.append(f"- The quadratic variant runs one forward of {q['T']} tokens per step ({q['ms']:.1f} ms = "
                        f"{q['x_ar_step']:.1f} AR steps): one forward instead of two, but {int(b) + 1}x wider.")
+    pre32 = next((x for x in fc.values() if x["what"].startswith("prefill") and "twin" not in x["what"]), None)
+    twin = next((x for x in fc.values() if x["what"].startswith("prefill") and "twin" in x["what"]), None)
+    if pre32 and twin:
+        out.append(f"- Prompt prefill: {pre32['what']} in fp32 {pre32['ms']:.0f} ms, on the model's bf16 twin "
+                   f"{twin['ms']:.0f} ms ({pre32['ms'] / twin['ms']:.2f}x the fp32 speed; the decoders use the twin for the prompt "
+                   "and decode in fp32, so greedy spec still equals ar).")
     pf = r.get("profile", {})
     if spec in pf:
         p = pf[spec]

@@ -234,6 +234,14 @@ def forward_costs(model, prefix_len: int, *, blocks: Sequence[int] = DEFAULT_BLO
                 model(ids[:, :prefix_len], cache, pattern="causal", write=True, last_only=True)
             rows.append({"what": f"prefill {prefix_len} tokens", "pattern": "causal", "T": prefix_len,
                          "ms": timed(pre)})
+            twin = model.prefill_twin
+            if twin is not None:            # what the decoders use for the prompt (NLDModel.prefill_twin)
+                def pre_twin():
+                    cache.crop(0)
+                    twin(ids[:, :prefix_len], cache, pattern="causal", write=True, last_only=True)
+                rows.append({"what": f"prefill {prefix_len} tokens, "
+                                     f"{str(twin.head.weight.dtype).removeprefix('torch.')} twin",
+                             "pattern": "causal", "T": prefix_len, "ms": timed(pre_twin)})
         cache.crop(0)
         model(ids[:, :prefix_len], cache, pattern="causal", write=True, last_only=True)
         shapes = [("AR step", "causal", 1, 0)]

@@ -294,7 +294,8 @@ def cmd_status(args) -> int:
         + (f": {st['error']}" if st.get("error") else ""),
         f"pid          {st['pid']}, up {st['uptime_s']:.0f} s, protocol {st['version']}",
         f"model        {st['model'] or '-'}" + (" (+ drafter LoRA)" if st.get("lora") else ""),
-        f"device       {st['device'] or '-'} {st['dtype']}",
+        f"device       {st['device'] or '-'} {st['dtype']}"
+        + (f" (prompts prefilled in {st['prefill_dtype']})" if st.get("prefill_dtype", st["dtype"]) != st["dtype"] else ""),
         f"memory       rss {_fmt_bytes(mem.get('rss_bytes'))}, weights {_fmt_bytes(mem.get('model_bytes'))}, "
         f"kv caches {_fmt_bytes(mem.get('kv_cache_bytes'))}"
         + (f", cuda {_fmt_bytes(mem.get('cuda_allocated_bytes'))}" if "cuda_allocated_bytes" in mem else ""),

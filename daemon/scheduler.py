@@ -321,6 +321,7 @@ class Engine(threading.Thread):
         self.pool: CachePool | None = None
         self.device = ""
         self.dtype = ""
+        self.prefill_dtype = ""          # the prompt's prefill (a bf16 twin on CPUs with native bf16)
         self.lora = False
         self.load_ms = 0.0
         self._reload = threading.Event()
@@ -472,6 +473,8 @@ class Engine(threading.Thread):
         self.builder = PromptBuilder(tok)
         self.pool = CachePool(ck.model, cfg.cache_slots)
         self.device, self.dtype = str(ck.device), str(ck.dtype).removeprefix("torch.")
+        twin = ck.model.prefill_twin
+        self.prefill_dtype = str(twin.head.weight.dtype).removeprefix("torch.") if twin is not None else self.dtype
         self.lora = bool(getattr(ck.model, "has_lora", False))
         self.loaded_key = key
         self.load_ms = (time.perf_counter() - t0) * 1e3

@@ -638,7 +638,7 @@ class Daemon:
             "uptime_s": round(time.time() - self.started, 1),
             "state": e.state, "error": e.error, "progress": round(e.progress, 3), "stage": e.stage,
             "model": str(e.model_path or ""), "model_name": e.model_path.name if e.model_path else "",
-            "device": e.device, "dtype": e.dtype, "lora": e.lora, "load_ms": round(e.load_ms, 1),
+            "device": e.device, "dtype": e.dtype, "prefill_dtype": e.prefill_dtype, "lora": e.lora, "load_ms": round(e.load_ms, 1),
             "memory": e.memory(),
             "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": cfg.spec_variant},
             "deadline_ms": cfg.deadline_ms,

@@ -103,12 +103,13 @@ class Forward:
     positions: tuple[int, ...] | None = None
     group: int = 0
     last_only: bool = False
+    prefill: bool = False                   # the prompt: may run on the model's prefill twin
 
     @property
     def key(self) -> tuple:
         """Forwards with equal keys run as one batch."""
         return (len(self.ids), self.pattern, self.write, self.lora, self.group, self.last_only,
-                self.positions is None)
+                self.positions is None, self.prefill)
 
 
 Steps = Generator[Forward, torch.Tensor, None]
@@ -235,12 +236,13 @@ def run_forwards(model: NLDModel, fs: list[Forward]) -> list[torch.Tensor]:
     f = fs[0]
     assert all(g.key == f.key for g in fs), "only forwards of one key batch together"
     device = model.head.weight.device
+    net = model.prefill_twin if f.prefill and model.prefill_twin is not None else model
     with torch.inference_mode():
         x = torch.tensor([g.ids for g in fs], dtype=torch.long, device=device)
         positions = None if f.positions is None else torch.tensor([g.positions for g in fs], device=device)
         lora = torch.tensor(f.lora, device=device) if isinstance(f.lora, tuple) else f.lora
-        logits = model(x, [g.cache for g in fs] if len(fs) > 1 else f.cache, pattern=f.pattern,
-                       write=f.write, positions=positions, group=f.group, lora=lora, last_only=f.last_only)
+        logits = net(x, [g.cache for g in fs] if len(fs) > 1 else f.cache, pattern=f.pattern,
+                     write=f.write, positions=positions, group=f.group, lora=lora, last_only=f.last_only)
         logits[..., model.cfg.mask_token_id] = float("-inf")  # the mask id is never a prediction
     return list(logits)
 
@@ -298,7 +300,8 @@ def _prefill(run: _Run, cache: KVCache, prompt_ids: list[int]) -> Generator[Forw
     t0 = time.perf_counter()
     keep = min(cache.common_prefix(prompt_ids), len(prompt_ids) - 1)  # at least one token yields the logit
     cache.crop(keep)
-    logits = yield from run.forward(prompt_ids[keep:], cache, pattern="causal", write=True, last_only=True)
+    logits = yield from run.forward(prompt_ids[keep:], cache, pattern="causal", write=True, last_only=True,
+                                    prefill=True)
     run.result.reused_tokens, run.result.prefill_tokens = keep, len(prompt_ids) - keep
     seed = run.pick(logits[-1])
     run.result.prefill_ms = (time.perf_counter() - t0) * 1e3

@@ -93,6 +93,25 @@ class NLDModel(nn.Module):
         inv_freq, self.rope_magnitude = rope_inv_freq(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._impl: str | None = None
+        self._twin: list[NLDModel] = []     # a list keeps the twin out of this module's parameters
+
+    @property
+    def prefill_twin(self) -> "NLDModel | None":
+        """A lower-precision copy (without LoRA) that runs prompt prefills into this model's cache.
+
+        On a CPU with native bf16 a bf16 prefill is ~1.6x faster than fp32 (900 tokens: 267 -> 171 ms,
+        one thread), while one-token steps gain little and their exactness matters: greedy spec equals
+        greedy ar only when both decode with the same arithmetic. Every decoder shares the prefill, so
+        decoding in fp32 after a bf16 prefill keeps spec == ar token for token."""
+        return self._twin[0] if self._twin else None
+
+    def add_prefill_twin(self, dtype: torch.dtype) -> None:
+        twin = NLDModel(self.cfg).to(self.head.weight.device)
+        state = {k: v for k, v in self.state_dict().items() if "o_lora" not in k}
+        twin.load_state_dict(state)
+        twin.to(dtype).eval().requires_grad_(False)
+        twin.inv_freq = self.inv_freq
+        self._twin = [twin]
 
     @property
     def has_lora(self) -> bool:
@@ -103,11 +122,18 @@ class NLDModel(nn.Module):
         for layer in self.layers:
             layer.o_lora = LoRA(layer.o.in_features, layer.o.out_features, r, alpha).to(p.device, p.dtype)
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """bf16 weights on a CPU keep K/V (and run attention) in fp32: the CPU attention kernel is
+        several times slower in bf16 for a few queries over a long cache (docs/benchmarks.md)."""
+        p = self.head.weight
+        return torch.float32 if (p.dtype == torch.bfloat16 and not p.is_cuda) else p.dtype
+
     def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
         p = self.head.weight
         cfg = self.cfg
         return KVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, max_len,
-                       batch=batch, device=p.device, dtype=p.dtype)
+                       batch=batch, device=p.device, dtype=self.cache_dtype)
 
     @property
     def kernel_impl(self) -> str:
@@ -158,9 +184,9 @@ class NLDModel(nn.Module):
                     sl = slice(r * rows, (r + 1) * rows)
                     c.k[i, :rows, :, s:s + T] = k[sl]
                     c.v[i, :rows, :, s:s + T] = v[sl]
-                    out.append(attention(q[sl], c.k[i, :rows, :, :s + T], c.v[i, :rows, :, :s + T],
+                    out.append(attention(q[sl].to(c.k.dtype), c.k[i, :rows, :, :s + T], c.v[i, :rows, :, :s + T],
                                          prefix_len=s, pattern=pattern, group=group, impl=impl))
-                return out[0] if len(out) == 1 else torch.cat(out)
+                return (out[0] if len(out) == 1 else torch.cat(out)).to(q.dtype)
             x = layer(x, cos, sin, qscale, attend, lora)
         if last_only:
             x = x[:, -1:]

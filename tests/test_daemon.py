@@ -140,6 +140,7 @@ def test_status_fields(daemon):
         assert key in st, key
     assert st["state"] == "ready" and st["progress"] == 1.0 and st["model"] == str(daemon.ckpt)
     assert st["device"] == "cpu" and st["dtype"] == "float32" and st["memory"]["rss_bytes"] > 0
+    assert st["prefill_dtype"] in ("float32", "bfloat16")
     assert st["modes"] == {"inline": "spec", "refactor": "ar", "spec_variant": "linear"}
     assert st["acceptance_rate"] == 0.5 and st["feedback"]["accepted_chars"] == 10
     assert st["config"]["values"]["max_tokens"] == 4000 and st["version"] == protocol.PROTOCOL_VERSION

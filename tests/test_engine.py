@@ -355,6 +355,33 @@ def test_quadratic_prefix_reuse_keeps_cache_consistent(model64):
     assert second.tokens == generate(model64, cont, DecodeParams(mode="ar", max_new_tokens=12)).tokens
 
 
+def test_prefill_twin_runs_the_prompt_and_keeps_spec_equal_to_ar(tiny_ckpt, monkeypatch):
+    from engine import checkpoint
+    monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: False)
+    assert load_checkpoint(tiny_ckpt, device="cpu").model.prefill_twin is None
+    monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: True)
+    assert load_checkpoint(tiny_ckpt, device="cpu", dtype="float32").model.prefill_twin is None  # asked for fp32
+    ck = load_checkpoint(tiny_ckpt, device="cpu")
+    m, twin = ck.model, ck.model.prefill_twin
+    assert ck.dtype == torch.float32 and twin is not None and twin.head.weight.dtype == torch.bfloat16
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in load_checkpoint(
+        tiny_ckpt, device="cpu", dtype="float32").model.parameters())     # the twin is not a parameter
+    widths = []
+    handle = twin.register_forward_hook(lambda mod, args, out: widths.append(args[0].shape[1]))
+    try:
+        rng = random.Random(12)
+        for _ in range(4):
+            prompt = random_prompt(rng, m.cfg.vocab_size, rng.choice([5, 30, 60]))
+            ar = generate(m, prompt, DecodeParams(mode="ar", max_new_tokens=20))
+            for p in (DecodeParams(mode="spec", max_new_tokens=20, block_size=4),
+                      DecodeParams(mode="spec", spec_variant="quadratic", max_new_tokens=20, block_size=3)):
+                assert generate(m, prompt, p).tokens == ar.tokens
+            assert widths[-1] == len(prompt)        # the prompt went through the twin, the steps did not
+    finally:
+        handle.remove()
+    assert len(widths) == 12
+
+
 # -- batching --------------------------------------------------------------------------------------
 
 BATCH_MIX = [
