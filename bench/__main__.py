@@ -273,7 +273,7 @@ def main(argv=None) -> int:
 
     if "decoding" in args.sections:
         with section(r, "1. decoding", log) as rec:
-            cfgs = decoding.configs(blocks)
+            cfgs = decoding.configs(blocks, no_lookup=(spec_block,))
             res = decoding.run_decoding(model, tok, {"single": single, "multi": multi}, cfgs,
                                         prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens,
                                         log=log)

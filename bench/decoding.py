@@ -35,13 +35,15 @@ class DecodeConfig:
     mode: str                      # ar | spec | diffusion
     variant: str = "linear"        # spec: linear | quadratic
     block: int | None = None
+    lookup: bool = True            # spec: context drafts too (engine/lookup.py)
 
     @property
     def name(self) -> str:
         if self.mode == "ar":
             return "ar"
         base = "spec-quad" if self.mode == "spec" and self.variant == "quadratic" else self.mode
-        return f"{base} b{self.block}" if self.block else base
+        name = f"{base} b{self.block}" if self.block else base
+        return name + (" no-lookup" if self.mode == "spec" and not self.lookup else "")
 
     @property
     def family(self) -> str:
@@ -49,11 +51,15 @@ class DecodeConfig:
         return self.name.split(" ")[0]
 
 
-def configs(blocks: Sequence[int] = DEFAULT_BLOCKS) -> list[DecodeConfig]:
+def configs(blocks: Sequence[int] = DEFAULT_BLOCKS, no_lookup: Sequence[int] = ()) -> list[DecodeConfig]:
+    """ar, then per block spec (linear, quadratic) and diffusion; for the blocks in `no_lookup` also
+    both spec variants with diffusion drafts only (what context drafts add)."""
     out = [DecodeConfig("ar")]
     for b in blocks:
         out += [DecodeConfig("spec", "linear", b), DecodeConfig("spec", "quadratic", b),
                 DecodeConfig("diffusion", "linear", b)]
+        if b in no_lookup:
+            out += [DecodeConfig("spec", "linear", b, lookup=False), DecodeConfig("spec", "quadratic", b, lookup=False)]
     return out
 
 
@@ -130,7 +136,7 @@ def complete(model, tok, tasks: Sequence[ev.FimTask], prompts: Sequence[list[int
     (run_completions itself has no spec_variant; this is the same loop with it.)"""
     from engine.generate import DecodeParams, generate
     params = DecodeParams(mode=cfg.mode, max_new_tokens=max_new_tokens, block_size=cfg.block,
-                          threshold=threshold, temperature=0.0, spec_variant=cfg.variant)
+                          threshold=threshold, temperature=0.0, spec_variant=cfg.variant, lookup=cfg.lookup)
     out = []
     if warmup and tasks:    # first call of a shape allocates; not timed
         generate(model, prompts[0], DecodeParams(mode=cfg.mode, max_new_tokens=4, block_size=cfg.block,
@@ -142,7 +148,7 @@ def complete(model, tok, tasks: Sequence[ev.FimTask], prompts: Sequence[list[int
         text = tok.decode(res.tokens)
         out.append({"line": ev.cut_at_newline(text) if k == 1 else cut_lines(text, k), "tokens": res.tokens,
                     "nfe": res.nfe, "accept_lengths": res.accept_lengths, "denoise_steps": res.denoise_steps,
-                    "ms": res.elapsed_ms, "prefill_ms": res.prefill_ms,
+                    "lookup_steps": res.lookup_steps, "ms": res.elapsed_ms, "prefill_ms": res.prefill_ms,
                     "decode_ms": max(res.elapsed_ms - res.prefill_ms, 0.0), "stop_reason": res.stop_reason,
                     "block_size": res.block_size, "prompt_tokens": len(ids)})
         if progress:
@@ -164,6 +170,7 @@ def summarize(gens: list[dict], tasks, cfg: DecodeConfig) -> dict:
     if cfg.mode == "spec":
         acc = [a for g in gens for a in g["accept_lengths"]]
         s["mean_accept_length"] = sum(acc) / len(acc) if acc else 0.0
+        s["lookup_share"] = sum(g.get("lookup_steps", 0) for g in gens) / len(acc) if acc else 0.0
     for k in ("stop_reasons",):
         s.pop(k, None)
     return s

@@ -109,16 +109,17 @@ def _hit(h) -> str:
 
 
 def _decode_table(sec: dict, multi: bool) -> list[str]:
-    rows = ["| config | exact | edit sim | TPF | accept | ms p50 | ms p95 | decode ms p50 | tok/s | decode tok/s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| config | exact | edit sim | TPF | accept | lookup | ms p50 | ms p95 | decode ms p50 | tok/s | decode tok/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in sec["configs"].items():
+        look = _pct(s["lookup_share"]) if "lookup_share" in s else "-"
         rows.append(f"| `{name}` | {_pct(s['exact_match'])} | {s['edit_similarity']:.3f} | "
-                    f"{s['tokens_per_forward']:.2f} | {_f(s.get('mean_accept_length'), 2)} | {s['ms_median']:.0f} | "
+                    f"{s['tokens_per_forward']:.2f} | {_f(s.get('mean_accept_length'), 2)} | {look} | {s['ms_median']:.0f} | "
                     f"{s['ms_p95']:.0f} | {s['decode_ms_median']:.0f} | {s['tokens_per_s']:.0f} | "
                     f"{s['decode_tokens_per_s']:.0f} |")
     b = sec["baseline_copy_previous_line"]
     rows.append(f"| copy previous line (baseline) | {_pct(b['exact_match'])} | {b['edit_similarity']:.3f} "
-                "| | | | | | | |")
+                "| | | | | | | | |")
     return rows
 
 
@@ -201,7 +202,9 @@ def markdown(r: dict) -> str:
                f"{r['prompt_tokens']} tokens in training/evaluate.py's layout "
                "(`[EOS] [FIM_SUFFIX] suffix [FIM_PREFIX] prefix [FIM_MIDDLE]`). "
                "TPF = generated tokens / forwards (the prefill counted as one forward; a spec step is two forwards, "
-               "draft and verify, a quadratic step one); accept = tokens emitted per verify; "
+               "draft and verify, a quadratic step one; a step whose draft came from the context, engine/lookup.py, "
+               "one); accept = tokens emitted per verify; lookup = share of spec steps drafted from the context "
+               "(`no-lookup`: diffusion drafts only); "
                "ms = whole completion including the prefill; decode ms = after the prefill; "
                "tok/s = generated tokens / whole time; decode tok/s = tokens after the first / decode time.", ""]
         for kind, title in (("single", "Single-line"), ("multi", "Multi-line (2 to 4 lines, stop after that many)")):

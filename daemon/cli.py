@@ -18,6 +18,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="NLD checkpoint directory (default: the embedded model)")
     p.add_argument("--mode", choices=("ar", "diffusion", "spec"), default="spec")
     p.add_argument("--spec-variant", choices=("linear", "quadratic"), default="linear")
+    p.add_argument("--no-lookup", dest="lookup", action="store_false",
+                   help="spec: draft only by diffusion, never from the context (prompt lookup)")
     p.add_argument("--block-size", type=int)
     p.add_argument("--threshold", type=float, help="diffusion commit threshold (0..1)")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -59,7 +61,7 @@ def cmd_generate(args) -> int:
     try:
         params = DecodeParams(mode=args.mode, max_new_tokens=args.max_new_tokens, block_size=args.block_size,
                               threshold=args.threshold, temperature=args.temperature, seed=args.seed,
-                              spec_variant=args.spec_variant)
+                              spec_variant=args.spec_variant, lookup=args.lookup)
         t0 = time.perf_counter()
         ckpt = load_checkpoint(model_dir, device=args.device, dtype=args.dtype)
         tok = Tokenizer(model_dir)
@@ -74,7 +76,7 @@ def cmd_generate(args) -> int:
         print(json.dumps({
             "text": text, "token_ids": res.tokens, "mode": res.mode, "spec_variant": args.spec_variant,
             "nfe": res.nfe, "tokens_per_forward": round(res.tokens_per_forward, 4),
-            "accept_lengths": res.accept_lengths, "denoise_steps": res.denoise_steps,
+            "accept_lengths": res.accept_lengths, "lookup_steps": res.lookup_steps, "denoise_steps": res.denoise_steps,
             "block_size": res.block_size, "stop_reason": res.stop_reason,
             "prompt_tokens": len(ids), "prefill_ms": round(res.prefill_ms, 2),
             "elapsed_ms": round(res.elapsed_ms, 2), "load_ms": round(load_ms, 1),

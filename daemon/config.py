@@ -50,6 +50,7 @@ class Config:
     inline_mode: str = "spec"
     refactor_mode: str = "ar"
     spec_variant: str = "linear"       # linear | quadratic
+    lookup: bool = True                # spec also drafts from the context (prompt lookup)
     block_size: int = 0                # 0 = the engine's default for the device
     threshold: float = 0.0             # diffusion commit threshold; 0 = the engine's default
     # budgets

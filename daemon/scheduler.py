@@ -531,7 +531,7 @@ class Engine(threading.Thread):
 
     def _slice(self, job: Job) -> None:
         """Start the next decode of `job`: the whole completion, or a refactor's next slice."""
-        from engine.generate import Decode, DecodeParams, default_block_size
+        from engine.generate import Decode, DecodeParams, default_block_size, scratch_slots
 
         cfg, msg, tok = self.cfg, job.msg, self.tok
         model = self.ck.model
@@ -543,10 +543,9 @@ class Engine(threading.Thread):
         params = DecodeParams(mode=job.mode, max_new_tokens=n, block_size=block,
                               threshold=msg.threshold or cfg.threshold or None,
                               temperature=max(msg.temperature, 0.0), deadline=job.deadline,
-                              spec_variant=cfg.spec_variant)
+                              spec_variant=cfg.spec_variant, lookup=cfg.lookup)
         b = block or default_block_size(model)
-        scratch = b * (b + 1) if cfg.spec_variant == "quadratic" else b
-        need = len(job.prompt.ids) + job.max_tokens + scratch + 2
+        need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, b) + 2
         cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
         base = list(job.tokens)
 

@@ -27,6 +27,7 @@ from typing import Callable, Generator
 import torch
 
 from engine.kv_cache import CacheFullError, KVCache
+from engine.lookup import LOOKUP_TOKENS, Lookup
 from engine.model import NLDModel
 from triton_kernels.unmask import unmask_step
 from triton_kernels.verify import verify_greedy, verify_sample
@@ -52,6 +53,7 @@ class DecodeParams:
     deadline: float | None = None      # time.monotonic() after which no forward starts
     spec_variant: str = "linear"
     stop_token_ids: tuple[int, ...] = ()
+    lookup: bool = True                # spec: draft from the context when its tail occurred before (lookup.py)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -77,6 +79,7 @@ class DecodeResult:
     prefill_tokens: int = 0            # prompt tokens actually run through the model
     reused_tokens: int = 0             # prompt tokens whose K/V came from the cache
     accept_lengths: list[int] = field(default_factory=list)   # spec: tokens emitted per verify
+    lookup_steps: int = 0              # spec: verifies whose draft came from the context, not a forward
     denoise_steps: list[int] = field(default_factory=list)    # diffusion: steps per block
     block_size: int = 1
     prefill_ms: float = 0.0
@@ -118,6 +121,13 @@ Steps = Generator[Forward, torch.Tensor, None]
 def default_block_size(model: NLDModel) -> int:
     cfg_block = model.cfg.block_size
     return cfg_block if model.head.weight.is_cuda else min(cfg_block, CPU_BLOCK_SIZE)
+
+
+def scratch_slots(params: DecodeParams, block: int) -> int:
+    """Cache slots a decode needs beyond its prompt and new tokens: its widest forward that is not
+    kept (a draft, a context-draft verify, a quadratic step)."""
+    width = max(block, LOOKUP_TOKENS + 1)
+    return width * (block + 1) if params.mode == "spec" and params.spec_variant == "quadratic" else width
 
 
 class _Run:
@@ -198,8 +208,7 @@ class Decode:
             raise ValueError("the prompt must hold at least one token (start it with the BOS token)")
         self.t0 = time.perf_counter()
         block = params.block_size or default_block_size(model)
-        # Worst case: the prompt, every new token, and one block of scratch (a draft or a quadratic step).
-        scratch = block * (block + 1) if params.spec_variant == "quadratic" else block
+        scratch = scratch_slots(params, block)
         need = len(prompt_ids) + params.max_new_tokens + scratch + 1
         if cache is None:
             cache = model.new_cache(need)
@@ -290,9 +299,9 @@ def _decode(run: _Run, cache: KVCache, prompt_ids: list[int], block: int) -> Ste
         yield from _decode_diffusion(run, cache, seed, block)
     elif run.params.spec_variant == "quadratic":
         from engine.spec_quadratic import decode_quadratic
-        yield from decode_quadratic(run, cache, seed, block)
+        yield from decode_quadratic(run, cache, prompt_ids, seed, block)
     else:
-        yield from _decode_spec(run, cache, seed, block)
+        yield from _decode_spec(run, cache, prompt_ids, seed, block)
 
 
 def _prefill(run: _Run, cache: KVCache, prompt_ids: list[int]) -> Generator[Forward, torch.Tensor, int]:
@@ -347,7 +356,7 @@ def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> Steps
             return
 
 
-def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> Steps:
+def _decode_spec(run: _Run, cache: KVCache, prompt_ids: list[int], seed: int, block: int) -> Steps:
     """Linear self-speculation.
 
     Draft: one bidirectional pass over [seed, M x (B-1)] (LoRA on, cache read-only) fills every mask
@@ -359,15 +368,21 @@ def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> Steps:
     Greedy, this emits exactly what AR would. With temperature > 0, drafts are accepted by the
     speculative-sampling rule (accept d_i with probability p_i(d_i), else sample the residual), which
     leaves the output distributed as AR sampling.
+    With `lookup`, a draft found in the context (lookup.py) replaces the draft forward: one forward
+    for the step instead of two.
     """
     M = run.mask_id
+    look = Lookup() if run.params.lookup else None
     while not run.done:
         n = min(block, run.remaining + 1)  # the seed plus at most `remaining - 1` drafts and a bonus
-        ids = [seed] + [M] * (n - 1)
-        if n > 1:
+        found = look.draft(prompt_ids + run.result.tokens, min(LOOKUP_TOKENS, run.remaining)) if look and n > 1 else []
+        ids = [seed] + found
+        if found:
+            run.result.lookup_steps += 1
+        elif n > 1:
             if run.interrupted():
                 return
-            draft = yield from run.forward(ids, cache, pattern="block", write=False, lora=True)
+            draft = yield from run.forward([seed] + [M] * (n - 1), cache, pattern="block", write=False, lora=True)
             ids = [seed] + draft[1:].argmax(-1).tolist()
         if run.interrupted():
             return

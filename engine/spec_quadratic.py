@@ -11,19 +11,27 @@ the K/V of d_0..d_c (moved down to contiguous slots); the bonus is the next seed
 group c, masks 2..B (mask 1 guessed the bonus position, which AR has now fixed), the next drafts.
 The first step has no drafts yet: its d_1.. are masks, so it accepts nothing and yields the bonus and
 the first pre-draft. Greedy output equals AR token for token.
+With `lookup`, drafts found in the context (lookup.py) take the place of the pre-draft.
 """
 from __future__ import annotations
 
 import torch
 
 from engine.kv_cache import KVCache
+from engine.lookup import LOOKUP_TOKENS, Lookup
 
 
-def decode_quadratic(run, cache: KVCache, seed: int, block: int):
+def decode_quadratic(run, cache: KVCache, prompt_ids: list[int], seed: int, block: int):
     M, W = run.mask_id, block + 1
     drafts = [M] * (block - 1)
+    look = Lookup() if run.params.lookup else None
     while not run.done:
         n = min(block, run.remaining + 1)
+        found = look.draft(prompt_ids + run.result.tokens, min(LOOKUP_TOKENS, run.remaining)) if look and n > 1 else []
+        if found:
+            run.result.lookup_steps += 1
+            drafts = found + drafts[len(found):]
+            n = max(n, 1 + len(found))     # a longer context draft gets as many groups
         ds = [seed] + drafts[:n - 1]
         ids, positions = [], []
         L = cache.length

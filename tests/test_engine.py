@@ -382,6 +382,41 @@ def test_prefill_twin_runs_the_prompt_and_keeps_spec_equal_to_ar(tiny_ckpt, monk
     assert len(widths) == 12
 
 
+def test_lookup_drafts_from_the_latest_occurrence():
+    from engine.lookup import Lookup
+    look = Lookup()
+    assert look.draft([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3], 4) == [4, 5, 9, 2]   # the 3-gram "1 2 3" first
+    assert Lookup().draft([9, 2, 3, 7, 2, 3, 8, 1, 2, 3], 2) == [8, 1]   # else the latest earlier 2-gram "2 3"
+    h2 = [5, 6, 7, 8, 5, 6, 7]
+    assert Lookup().draft(h2, 3) == [8, 5, 6]
+    assert Lookup().draft([1, 2, 3, 4], 3) == []        # tail never seen before
+    look = Lookup()
+    grown = [10, 11, 12, 13]
+    assert look.draft(grown, 2) == []
+    grown += [10, 11]                                   # the history grows at its end between calls
+    assert look.draft(grown, 2) == [12, 13]
+
+
+def test_context_drafts_keep_spec_equal_to_ar_and_save_forwards():
+    """On the embedded model, code that repeats itself: context drafts replace draft forwards, and the
+    greedy output is still AR's token for token, in both spec variants."""
+    from daemon.cli import default_model
+    from daemon.tokenizer import Tokenizer
+    path = default_model()
+    ck, tok = load_checkpoint(path, device="cpu", dtype="float32"), Tokenizer(path)
+    text = "".join(f"    parser.add_argument('--opt{i}', type=int, default={i})\n" for i in range(12))
+    prompt = [tok.bos_id] + tok.encode("import argparse\n\ndef options(parser):\n" + text + "    parser.add_argument('--")
+    ar = generate(ck.model, prompt, DecodeParams(mode="ar", max_new_tokens=40))
+    for variant in ("linear", "quadratic"):
+        plain = generate(ck.model, prompt, DecodeParams(mode="spec", spec_variant=variant, max_new_tokens=40,
+                                                        block_size=4, lookup=False))
+        look = generate(ck.model, prompt, DecodeParams(mode="spec", spec_variant=variant, max_new_tokens=40,
+                                                       block_size=4))
+        assert look.tokens == plain.tokens == ar.tokens
+        assert look.lookup_steps > 0 and plain.lookup_steps == 0
+        assert look.nfe < plain.nfe, (variant, look.nfe, plain.nfe)
+
+
 # -- batching --------------------------------------------------------------------------------------
 
 BATCH_MIX = [

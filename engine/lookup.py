@@ -1,0 +1,38 @@
+"""Drafts from the context (prompt lookup): the tokens that followed the latest earlier occurrence of
+the last few tokens.
+
+Code repeats itself: names, argument lists, a line like the one above. When the last k tokens
+(k = 3, else 2) occurred before in the prompt or in what has been generated, the tokens that followed
+them there are a free draft: no forward is spent on it. The verify step treats it like a diffusion
+draft, so greedy output still equals AR's, and a wrong guess costs only what a rejected diffusion
+draft costs. This module knows token ids only.
+"""
+from __future__ import annotations
+
+NGRAMS = (3, 2)
+# Tokens drafted from the context per step: more than a diffusion block of the CPU (4), since a verify
+# of 8 costs ~1.1x a verify of 4 there (held-out single-line: 1.61 -> 1.71 tokens per forward).
+LOOKUP_TOKENS = 7
+
+
+class Lookup:
+    def __init__(self, ngrams: tuple[int, ...] = NGRAMS):
+        self.ngrams = ngrams
+        self.latest: dict[tuple[int, ...], int] = {}   # k-gram -> end index of its latest occurrence
+        self.indexed = 0                                 # k-grams ending before this index are in `latest`
+
+    def draft(self, history: list[int], n: int) -> list[int]:
+        """Up to n tokens to follow `history` (which only ever grows at its end), or [] when the tail
+        was not seen before."""
+        # Index every k-gram that has a known next token: those ending before the last position.
+        for end in range(self.indexed, len(history) - 1):
+            for k in self.ngrams:
+                if end + 1 >= k:
+                    self.latest[tuple(history[end + 1 - k:end + 1])] = end
+        self.indexed = max(self.indexed, len(history) - 1)
+        for k in self.ngrams:
+            if len(history) >= k:
+                end = self.latest.get(tuple(history[-k:]))
+                if end is not None:
+                    return history[end + 1:end + 1 + n]
+        return []
