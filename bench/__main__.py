@@ -116,16 +116,18 @@ def analysis(r: dict) -> list[str]:
         b = spec.split(" b")[-1]
         ar, dr, vf = fc.get("AR step"), fc.get(f"draft b{b}"), fc.get(f"verify b{b}")
         if ar and dr and vf:
-            acc = dec["configs"][spec].get("mean_accept_length") if dec else None
-            step = (dr["ms"] + vf["ms"]) / ar["ms"]
+            sc = dec["configs"][spec] if dec else {}
+            acc, share = sc.get("mean_accept_length"), sc.get("lookup_share", 0.0)
+            step = (vf["ms"] + (1 - share) * dr["ms"]) / ar["ms"]
             out.append(f"- Per forward ({fc['AR step'].get('threads', '?')} torch threads): an AR step costs "
-                       f"{ar['ms']:.1f} ms, a draft of {b} {dr['ms']:.1f} ms and a verify of {b} {vf['ms']:.1f} ms: a "
-                       f"linear spec step costs {step:.1f} AR steps"
-                       + (f" and emits {acc:.2f} tokens on average, so its decode phase runs at "
-                          f"{acc / step:.2f}x ar's speed at best" if acc else "")
-                       + ". Self-speculation pays off when a forward of B tokens costs about as much as a forward "
+                       f"{ar['ms']:.1f} ms, a draft of {b} {dr['ms']:.1f} ms and a verify of {b} {vf['ms']:.1f} ms. "
+                       f"{share:.0%} of the `{spec}` steps took their draft from the context (no draft forward), so "
+                       f"a step costs {step:.1f} AR steps on average"
+                       + (f" and emits {acc:.2f} tokens: its decode phase can run at about {acc / step:.2f}x ar's "
+                          "speed" if acc else "")
+                       + ". Self-speculation pays most when a forward of B tokens costs about as much as a forward "
                          f"of one (memory-bound, as on a GPU); here a {b}-token forward costs "
-                         f"{(dr['x_ar_step'] + vf['x_ar_step']) / 2:.1f}x a one-token forward, and a spec step needs two.")
+                         f"{(dr['x_ar_step'] + vf['x_ar_step']) / 2:.1f}x a one-token forward.")
         q = fc.get(f"quadratic step b{b}")
         if ar and q:
             out.append(f"- The quadratic variant runs one forward of {q['T']} tokens per step ({q['ms']:.1f} ms = "
@@ -163,7 +165,9 @@ def analysis(r: dict) -> list[str]:
                        f"{x['queue_ms']:.0f}, context {x['context_ms']:.0f}, prefill {x['prefill_ms']:.0f} "
                        f"({x['prefill_tokens']:.0f} new tokens, {x['reused_tokens']:.0f} reused from the KV cache), decode "
                        f"{x['decode_ms']:.0f}, post {x['post_ms']:.0f}; outside the daemon {x['outside_daemon_ms']:.0f} ms "
-                       f"(the debounce of {lat['debounce_ms']} ms, the LSP, JSON-RPC).")
+                       f"(the debounce of {lat['debounce_ms']} ms, the LSP, JSON-RPC)"
+                       + (f"; a completion is {x['tokens']:.0f} tokens (median: the rest of the line being typed), "
+                          f"{x['tokens_per_forward']:.2f} per forward" if "tokens" in x else "") + ".")
     peers = r.get("peers", {})
     for th, eng in (peers.get("by_threads") or {}).items():
         ll = [n for n in eng if n.startswith("llama.cpp")]

@@ -358,6 +358,11 @@ def markdown(r: dict) -> str:
             md += ["", "Greedy spec vs ar mismatches: " + ", ".join(
                 f"`{k}` {v}" for k, v in he["spec_vs_ar_mismatches"].items()) + ".", ""]
     md += _concurrency(r.get("concurrency"))
+    changes = Path(__file__).with_name("changes.md")
+    if changes.is_file() and not r.get("smoke"):
+        md += ["## Engine changes, before and after", "",
+               "Kept by hand in bench/changes.md (each change's figures from the bench runs before and after it):", "",
+               changes.read_text().strip(), ""]
     for other in r.get("appendix", []):
         md += appendix(other)
     if r.get("png"):

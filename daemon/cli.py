@@ -17,7 +17,8 @@ def default_model() -> Path | None:
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="NLD checkpoint directory (default: the embedded model)")
     p.add_argument("--mode", choices=("ar", "diffusion", "spec"), default="spec")
-    p.add_argument("--spec-variant", choices=("linear", "quadratic"), default="linear")
+    p.add_argument("--spec-variant", choices=("auto", "linear", "quadratic"), default="auto",
+                   help="auto: quadratic on a GPU, linear on a CPU")
     p.add_argument("--no-lookup", dest="lookup", action="store_false",
                    help="spec: draft only by diffusion, never from the context (prompt lookup)")
     p.add_argument("--block-size", type=int)

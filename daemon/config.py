@@ -49,7 +49,7 @@ class Config:
     # decoding, per request kind (a request may override the mode)
     inline_mode: str = "spec"
     refactor_mode: str = "ar"
-    spec_variant: str = "linear"       # linear | quadratic
+    spec_variant: str = "auto"         # auto (quadratic on a GPU, linear on a CPU) | linear | quadratic
     lookup: bool = True                # spec also drafts from the context (prompt lookup)
     block_size: int = 0                # 0 = the engine's default for the device
     threshold: float = 0.0             # diffusion commit threshold; 0 = the engine's default
@@ -78,7 +78,7 @@ class Config:
         return (self.model, self.device, self.dtype)
 
 
-_CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("linear", "quadratic"),
+_CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
             "log_level": LOG_LEVELS}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
             "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,

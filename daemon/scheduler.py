@@ -531,7 +531,7 @@ class Engine(threading.Thread):
 
     def _slice(self, job: Job) -> None:
         """Start the next decode of `job`: the whole completion, or a refactor's next slice."""
-        from engine.generate import Decode, DecodeParams, default_block_size, scratch_slots
+        from engine.generate import Decode, DecodeParams, for_device, scratch_slots
 
         cfg, msg, tok = self.cfg, job.msg, self.tok
         model = self.ck.model
@@ -544,8 +544,8 @@ class Engine(threading.Thread):
                               threshold=msg.threshold or cfg.threshold or None,
                               temperature=max(msg.temperature, 0.0), deadline=job.deadline,
                               spec_variant=cfg.spec_variant, lookup=cfg.lookup)
-        b = block or default_block_size(model)
-        need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, b) + 2
+        params = for_device(model, params)
+        need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
         cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
         base = list(job.tokens)
 
@@ -628,6 +628,13 @@ class Engine(threading.Thread):
         self.sched.loop.call_soon_threadsafe(deliver)
 
     # -- status (any thread) -----------------------------------------------------------------------
+
+    def spec_variant(self, cfg: Config) -> str:
+        """The configured spec variant, with "auto" resolved for the loaded model's device."""
+        if cfg.spec_variant != "auto" or self.ck is None:
+            return cfg.spec_variant
+        from engine.generate import default_spec_variant
+        return default_spec_variant(self.ck.model)
 
     def memory(self) -> dict:
         out = {}

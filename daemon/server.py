@@ -640,7 +640,7 @@ class Daemon:
             "model": str(e.model_path or ""), "model_name": e.model_path.name if e.model_path else "",
             "device": e.device, "dtype": e.dtype, "prefill_dtype": e.prefill_dtype, "lora": e.lora, "load_ms": round(e.load_ms, 1),
             "memory": e.memory(),
-            "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": cfg.spec_variant},
+            "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": e.spec_variant(cfg)},
             "deadline_ms": cfg.deadline_ms,
             "queue_length": self.sched.queue_length(),
             "running": [{"id": j.id, "client": j.conn.client, "connection": j.conn.id, "kind": j.kind,

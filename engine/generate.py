@@ -19,6 +19,7 @@ check these.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from triton_kernels.unmask import unmask_step
 from triton_kernels.verify import verify_greedy, verify_sample
 
 MODES = ("ar", "diffusion", "spec")
-SPEC_VARIANTS = ("linear", "quadratic")
+SPEC_VARIANTS = ("auto", "linear", "quadratic")
 
 # Measured on the 2-core CPU with the embedded model (docs/model_card.md): mean acceptance is 2.46
 # tokens per verify at block 4 and 2.56 at block 8, while an 8-token forward costs ~10% more than a
@@ -51,7 +52,7 @@ class DecodeParams:
     temperature: float = 0.0
     seed: int | None = None
     deadline: float | None = None      # time.monotonic() after which no forward starts
-    spec_variant: str = "linear"
+    spec_variant: str = "auto"         # auto: the device's (default_spec_variant)
     stop_token_ids: tuple[int, ...] = ()
     lookup: bool = True                # spec: draft from the context when its tail occurred before (lookup.py)
 
@@ -121,6 +122,21 @@ Steps = Generator[Forward, torch.Tensor, None]
 def default_block_size(model: NLDModel) -> int:
     cfg_block = model.cfg.block_size
     return cfg_block if model.head.weight.is_cuda else min(cfg_block, CPU_BLOCK_SIZE)
+
+
+def default_spec_variant(model: NLDModel) -> str:
+    """Quadratic on a GPU, where a forward of B(B+1) tokens costs little more than one of B (8B model,
+    block 32 on an H200: one 42 ms step instead of 56 ms for draft + verify, docs/gpu_check.md);
+    linear on a CPU, where width costs time (decode 63 vs 99 ms per single-line completion at block 4,
+    docs/benchmarks.md)."""
+    return "quadratic" if model.head.weight.is_cuda else "linear"
+
+
+def for_device(model: NLDModel, params: DecodeParams) -> DecodeParams:
+    """`params` with the device defaults filled in: block size and spec variant."""
+    return dataclasses.replace(
+        params, block_size=params.block_size or default_block_size(model),
+        spec_variant=default_spec_variant(model) if params.spec_variant == "auto" else params.spec_variant)
 
 
 def scratch_slots(params: DecodeParams, block: int) -> int:
@@ -207,7 +223,8 @@ class Decode:
         if not prompt_ids:
             raise ValueError("the prompt must hold at least one token (start it with the BOS token)")
         self.t0 = time.perf_counter()
-        block = params.block_size or default_block_size(model)
+        params = for_device(model, params)
+        block = params.block_size
         scratch = scratch_slots(params, block)
         need = len(prompt_ids) + params.max_new_tokens + scratch + 1
         if cache is None:

@@ -160,13 +160,15 @@ def test_eval_command_end_to_end(tiny_ckpt, tmp_path):
     assert set(F["baseline_copy_previous_line"]) == {"exact_match", "edit_similarity"}
     assert {"diffusion_exact_match_cost", "diffusion_vs_ar_agreement"} <= set(F)
     assert H["tasks"] == 2 and H["of"] == 1033 and H["spec_vs_ar_mismatches"] == 0
+    from engine.lookup import LOOKUP_TOKENS
     for sec in (F, H):
-        assert list(sec["modes"]) == ["ar", "spec", "diffusion"]
+        assert sec["spec_quad_vs_ar_mismatches"] == 0
+        assert list(sec["modes"]) == ["ar", "spec", "spec-quad", "diffusion"]
         for mode, s in sec["modes"].items():
             for k in ("exact_match", "edit_similarity", "tokens_per_forward", "ms_median", "ms_p95"):
                 assert isinstance(s[k], float), (mode, k)
-            assert 0 < s["tokens_per_forward"] <= rep["block_size"]
-        assert "mean_accept_length" in sec["modes"]["spec"]
+            assert 0 < s["tokens_per_forward"] <= max(rep["block_size"], LOOKUP_TOKENS + 1)
+        assert "mean_accept_length" in sec["modes"]["spec"] and "lookup_share" in sec["modes"]["spec-quad"]
         assert "mean_denoise_steps" in sec["modes"]["diffusion"]
     assert all(0.0 <= H["modes"][m]["pass_at_1"] <= 1.0 for m in H["modes"])
     assert list(tmp_path.glob("*.txt")) == []               # nothing generated ran in the cwd

@@ -1,6 +1,7 @@
 """The training objective and loop: the mask follows DESIGN.md §4, training learns, resume is exact,
 and the exported checkpoint serves all three decoders."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.generate import DecodeParams, generate
 from training import objective
-from training.train import TrainConfig, export, train
+from training.train import TrainConfig, build_model, export, train
 
 
 def test_training_mask_rules():
@@ -107,3 +108,32 @@ def test_drafter_lora_trains_only_the_adapter_and_keeps_spec_exact(tmp_path):
     for variant in ("linear", "quadratic"):
         sp = generate(ck.model, prompt, DecodeParams(mode="spec", spec_variant=variant, max_new_tokens=20, block_size=4))
         assert sp.tokens == ar.tokens
+
+
+def test_drafter_training_continues_from_the_checkpoints_own_drafter(tiny_ckpt):
+    from engine.checkpoint import load_checkpoint as load
+    from tests.tiny_checkpoint import write_tiny_checkpoint
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = write_tiny_checkpoint(Path(d) / "lora", seed=3, lora=True)
+        shipped = load(path, device="cpu", dtype="float32").model
+        rank = shipped.layers[0].o_lora.A.shape[0]
+        same = build_model(TrainConfig(**{**CFG.__dict__, "drafter_rank": rank, "init": str(path)}), "cpu")
+        assert torch.equal(same.layers[0].o_lora.B, shipped.layers[0].o_lora.B)      # continued
+        other = build_model(TrainConfig(**{**CFG.__dict__, "drafter_rank": rank + 1, "init": str(path)}), "cpu")
+        assert float(other.layers[0].o_lora.B.abs().sum()) == 0                       # a new one
+        assert all(p.requires_grad == ("o_lora" in n) for n, p in same.named_parameters())
+
+
+def test_distill_rows_are_text_then_the_models_greedy_continuation(tiny_ckpt):
+    from training.distill import make_rows
+    model = load_checkpoint(tiny_ckpt, device="cpu", dtype="float64").model   # batched == alone, no near-ties
+    data = np.random.default_rng(0).integers(6, model.cfg.vocab_size, (10, 64)).astype(np.uint16)
+    rows = make_rows(model, data, 5, 12, 9, 2, 0, lambda m: None)
+    assert rows.shape == (5, 21) and rows.dtype == np.uint16
+    for r in rows:
+        ctx = r[:12].tolist()
+        assert any(ctx == data[i, o:o + 12].tolist() for i in range(10) for o in range(53))
+        greedy = generate(model, ctx, DecodeParams(mode="ar", max_new_tokens=9, stop_token_ids=()))
+        n = len(greedy.tokens)                     # AR stops at EOS; the rows go on past it
+        assert r[12:12 + n].tolist() == greedy.tokens

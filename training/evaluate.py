@@ -72,7 +72,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-MODE_ORDER = ("ar", "spec", "diffusion")
+MODE_ORDER = ("ar", "spec", "spec-quad", "diffusion")
+# What each evaluated mode decodes with (spec explicitly linear, whatever the device's default).
+DECODERS = {"ar": dict(mode="ar"), "spec": dict(mode="spec", spec_variant="linear"),
+            "spec-quad": dict(mode="spec", spec_variant="quadratic"), "diffusion": dict(mode="diffusion")}
 DEFAULT_FIM_TASKS = 200
 DEFAULT_PROMPT_TOKENS = 1024
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -336,7 +339,7 @@ def run_completions(model, tok, tasks: Sequence[FimTask], mode: str, *, block_si
     generated line), ``tokens``, ``nfe``, ``accept_lengths``, ``denoise_steps``, ``ms``,
     ``prefill_ms``, ``stop_reason``, ``block_size``."""
     from engine.generate import DecodeParams, generate
-    params = DecodeParams(mode=mode, max_new_tokens=max_new_tokens, block_size=block_size,
+    params = DecodeParams(**DECODERS[mode], max_new_tokens=max_new_tokens, block_size=block_size,
                           threshold=threshold, temperature=0.0)
     stop = newline_stop(tok.decode)
     prog = _Progress(label or mode, len(tasks), quiet)
@@ -346,6 +349,7 @@ def run_completions(model, tok, tasks: Sequence[FimTask], mode: str, *, block_si
         res = generate(model, ids, params, stop=stop)
         out.append({"line": cut_at_newline(tok.decode(res.tokens)), "tokens": res.tokens, "nfe": res.nfe,
                     "accept_lengths": res.accept_lengths, "denoise_steps": res.denoise_steps,
+                    "lookup_steps": res.lookup_steps,
                     "ms": res.elapsed_ms, "prefill_ms": res.prefill_ms, "stop_reason": res.stop_reason,
                     "block_size": res.block_size, "prompt_tokens": len(ids)})
         prog.update(i + 1)
@@ -370,9 +374,10 @@ def summarize(gens: Sequence[dict], tasks: Sequence[FimTask], mode: str) -> dict
         "stop_reasons": {r: sum(g["stop_reason"] == r for g in gens)
                          for r in sorted({g["stop_reason"] for g in gens})},
     }
-    if mode == "spec":
+    if mode.startswith("spec"):
         acc = [a for g in gens for a in g["accept_lengths"]]
         out["mean_accept_length"] = sum(acc) / len(acc) if acc else 0.0
+        out["lookup_share"] = sum(g.get("lookup_steps", 0) for g in gens) / len(acc) if acc else 0.0
     if mode == "diffusion":
         steps = [s for g in gens for s in g["denoise_steps"]]
         out["mean_denoise_steps"] = sum(steps) / len(steps) if steps else 0.0
@@ -382,8 +387,10 @@ def summarize(gens: Sequence[dict], tasks: Sequence[FimTask], mode: str) -> dict
 def compare_modes(gens: dict[str, list[dict]], summaries: dict[str, dict], key: str) -> dict:
     """spec-vs-ar mismatches and the diffusion-vs-ar figures (``key``: the score to compare)."""
     out: dict = {"spec_vs_ar_mismatches": None}
-    if "ar" in gens and "spec" in gens:
-        out["spec_vs_ar_mismatches"] = sum(a["tokens"] != s["tokens"] for a, s in zip(gens["ar"], gens["spec"]))
+    for spec in ("spec", "spec-quad"):
+        if "ar" in gens and spec in gens:
+            name = "spec_vs_ar_mismatches" if spec == "spec" else "spec_quad_vs_ar_mismatches"
+            out[name] = sum(a["tokens"] != s["tokens"] for a, s in zip(gens["ar"], gens[spec]))
     if "ar" in gens and "diffusion" in gens:
         n = len(gens["ar"])
         out["diffusion_vs_ar_agreement"] = (sum(a["line"] == d["line"] for a, d in
@@ -485,11 +492,10 @@ def heldout_losses(ckpt, model_dir: Path, data_dir: Path | None, files, rows_wan
 
 
 def _modes(text: str) -> list[str]:
-    from engine.generate import MODES
     want = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in want if m not in MODES]
+    bad = [m for m in want if m not in MODE_ORDER]
     if bad or not want:
-        raise argparse.ArgumentTypeError(f"--modes: choose from {', '.join(MODES)} (got {text!r})")
+        raise argparse.ArgumentTypeError(f"--modes: choose from {', '.join(MODE_ORDER)} (got {text!r})")
     return [m for m in MODE_ORDER if m in want]
 
 
@@ -596,7 +602,7 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
                     f"TPF {summ[mode]['tokens_per_forward']:.2f}; tests {t2 - t1:.0f} s")
             report["humaneval"] = {"tasks": len(he), "of": len(he_all), "sandbox": network_isolation(),
                                    "modes": summ, **compare_modes(gens, summ, "pass_at_1")}
-    mism = [report[s].get("spec_vs_ar_mismatches") for s in ("fim", "humaneval")]
+    mism = [report[s].get(k) for s in ("fim", "humaneval") for k in ("spec_vs_ar_mismatches", "spec_quad_vs_ar_mismatches")]
     mism = [m for m in mism if m is not None]
     report["spec_vs_ar_mismatches"] = sum(mism) if mism else None
     timings["total_s"] = time.perf_counter() - t_start
@@ -643,8 +649,9 @@ def format_table(report: dict) -> str:
 
     def comparisons(sec: dict, key: str, unit: str) -> list[str]:
         lines = []
-        if sec.get("spec_vs_ar_mismatches") is not None:
-            lines.append(f"  spec vs ar mismatches: {sec['spec_vs_ar_mismatches']} (expected 0)")
+        for k, name in (("spec_vs_ar_mismatches", "spec"), ("spec_quad_vs_ar_mismatches", "spec-quad")):
+            if sec.get(k) is not None:
+                lines.append(f"  {name} vs ar mismatches: {sec[k]} (expected 0)")
         if f"diffusion_{key}_cost" in sec:
             lines.append(f"  diffusion: {unit} cost vs ar {100 * sec[f'diffusion_{key}_cost']:+.1f} points; "
                          f"same line as ar in {_pct(sec['diffusion_vs_ar_agreement'])} of tasks")
@@ -698,14 +705,14 @@ def format_model_card_section(report: dict) -> str:
 
     def table(sec: dict, he: bool) -> list[str]:
         rows = ["| mode | " + ("pass@1 | exact match" if he else "exact match | edit similarity")
-                + " | tokens/forward | acceptance length | denoise steps/block | ms p50 | ms p95 |",
-                "|---|---|---|---|---|---|---|---|"]
+                + " | tokens/forward | acceptance length | steps drafted from context | denoise steps/block | ms p50 | ms p95 |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for m, s in sec["modes"].items():
             a = _pct(s["pass_at_1"]) if he else _pct(s["exact_match"])
             b = _pct(s["exact_match"]) if he else _f(s["edit_similarity"])
             rows.append(f"| `{m}` | {a} | {b} | {s['tokens_per_forward']:.2f} | "
-                        f"{_f(s.get('mean_accept_length'), 2)} | {_f(s.get('mean_denoise_steps'), 2)} | "
-                        f"{s['ms_median']:.0f} | {s['ms_p95']:.0f} |")
+                        f"{_f(s.get('mean_accept_length'), 2)} | {_pct(s.get('lookup_share'))} | "
+                        f"{_f(s.get('mean_denoise_steps'), 2)} | {s['ms_median']:.0f} | {s['ms_p95']:.0f} |")
         return rows
 
     F = r.get("fim", {})
@@ -715,11 +722,12 @@ def format_model_card_section(report: dict) -> str:
                "line's content removed after its indentation; generation stops at the newline):", ""]
         md += table(F, False)
         md.append(f"| copy the previous line (baseline) | {_pct(b['exact_match'])} | {_f(b['edit_similarity'])} "
-                  "| | | | | |")
+                  "| | | | | | |")
         md.append("")
         notes = []
-        if F.get("spec_vs_ar_mismatches") is not None:
-            notes.append(f"greedy `spec` differs from greedy `ar` on {F['spec_vs_ar_mismatches']} of {F['tasks']} tasks")
+        for k, name in (("spec_vs_ar_mismatches", "spec"), ("spec_quad_vs_ar_mismatches", "spec-quad")):
+            if F.get(k) is not None:
+                notes.append(f"greedy `{name}` differs from greedy `ar` on {F[k]} of {F['tasks']} tasks")
         if "diffusion_exact_match_cost" in F:
             notes.append(f"`diffusion` costs {100 * F['diffusion_exact_match_cost']:+.1f} exact-match points "
                          f"against `ar` and writes the same line in {_pct(F['diffusion_vs_ar_agreement'])} of tasks")
@@ -731,8 +739,9 @@ def format_model_card_section(report: dict) -> str:
                f"sandboxed subprocesses, network isolation: {H['sandbox']}):", ""]
         md += table(H, True)
         md.append("")
-        if H.get("spec_vs_ar_mismatches") is not None:
-            md += [f"Greedy `spec` differs from greedy `ar` on {H['spec_vs_ar_mismatches']} of {H['tasks']} tasks.", ""]
+        for k, name in (("spec_vs_ar_mismatches", "spec"), ("spec_quad_vs_ar_mismatches", "spec-quad")):
+            if H.get(k) is not None:
+                md += [f"Greedy `{name}` differs from greedy `ar` on {H[k]} of {H['tasks']} tasks.", ""]
     t = r.get("timings", {})
     if "total_s" in t:
         md += [f"The whole evaluation took {t['total_s'] / 60:.1f} min. Reproduce with "
@@ -772,7 +781,7 @@ def cmd_eval(args) -> int:
 def add_eval_command(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model: held-out losses, single-line FIM, HumanEval infilling")
     p.add_argument("--model", type=Path, help="NLD checkpoint directory (default: the embedded model)")
-    p.add_argument("--modes", type=_modes, default=list(MODE_ORDER), help="comma list of ar,spec,diffusion")
+    p.add_argument("--modes", type=_modes, default=list(MODE_ORDER), help="comma list of " + ",".join(MODE_ORDER))
     p.add_argument("--fim-tasks", type=int, default=DEFAULT_FIM_TASKS, dest="fim_tasks",
                    help="held-out single-line FIM tasks (0 = skip)")
     p.add_argument("--humaneval-limit", type=int, default=None, dest="humaneval_limit",

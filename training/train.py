@@ -70,15 +70,17 @@ class TrainConfig:
 
 
 def build_model(cfg: TrainConfig, device) -> NLDModel:
-    """A fresh model, or (drafter training) the frozen `init` checkpoint plus a trainable LoRA."""
+    """A fresh model, or (drafter training) the frozen `init` checkpoint plus a trainable LoRA: its
+    own drafter when it has one of rank `drafter_rank` (training continues from it), else a new one."""
     if not cfg.drafter_rank:
         return NLDModel(cfg.model_config()).to(device)
     from engine.checkpoint import load_checkpoint
-    model = load_checkpoint(cfg.init, device=device, dtype=torch.float32, lora=False).model
-    model.add_lora(cfg.drafter_rank, cfg.drafter_alpha or 2.0 * cfg.drafter_rank)
-    with torch.no_grad():
-        for layer in model.layers:  # B = 0: training starts from the plain model's drafts
-            torch.nn.init.normal_(layer.o_lora.A, std=layer.o_lora.A.shape[1] ** -0.5)
+    model = load_checkpoint(cfg.init, device=device, dtype=torch.float32).model
+    if not model.has_lora or model.layers[0].o_lora.A.shape[0] != cfg.drafter_rank:
+        model.add_lora(cfg.drafter_rank, cfg.drafter_alpha or 2.0 * cfg.drafter_rank)
+        with torch.no_grad():
+            for layer in model.layers:  # B = 0: training starts from the plain model's drafts
+                torch.nn.init.normal_(layer.o_lora.A, std=layer.o_lora.A.shape[1] ** -0.5)
     for name, p in model.named_parameters():
         p.requires_grad_("o_lora" in name)
     model.train()
