@@ -2,14 +2,16 @@
 the last few tokens.
 
 Code repeats itself: names, argument lists, a line like the one above. When the last k tokens
-(k = 3, else 2) occurred before in the prompt or in what has been generated, the tokens that followed
-them there are a free draft: no forward is spent on it. The verify step treats it like a diffusion
-draft, so greedy output still equals AR's, and a wrong guess costs only what a rejected diffusion
-draft costs. This module knows token ids only.
+(k = 3, else 2, else 1) occurred before in the prompt or in what has been generated, the tokens that
+followed them there are a free draft: no forward is spent on it. The verify step treats it like a
+diffusion draft, so greedy output still equals AR's, and a wrong guess costs one verify forward for
+one token, where a diffusion draft costs two forwards for about 2.5 tokens: even a one-token match
+is worth trying (200 held-out single-line tasks, block 4: with 1-grams 1.59 -> 1.86 tokens per
+forward, decode p50 66 -> 56 ms). This module knows token ids only.
 """
 from __future__ import annotations
 
-NGRAMS = (3, 2)
+NGRAMS = (3, 2, 1)
 # Tokens drafted from the context per step: more than a diffusion block of the CPU (4), since a verify
 # of 8 costs ~1.1x a verify of 4 there (held-out single-line: 1.61 -> 1.71 tokens per forward).
 LOOKUP_TOKENS = 7

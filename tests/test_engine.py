@@ -323,6 +323,11 @@ def test_cli_generate_json(tiny_ckpt):
     for key in ("text", "token_ids", "nfe", "tokens_per_forward", "elapsed_ms", "mode"):
         assert key in obj
     assert obj["mode"] == "spec" and len(obj["token_ids"]) <= 12 and obj["nfe"] >= 1
+    assert obj["spec_variant"] == "auto" and obj["lookup_steps"] >= 0
+    off = subprocess.run([sys.executable, "-m", "daemon.cli", "generate", "--model", str(tiny_ckpt), "--mode", "spec",
+                          "--block-size", "4", "--max-new-tokens", "12", "--json", "--no-lookup",
+                          "--prompt", "x = x + x + x + x + x + x + x"], capture_output=True, text=True, timeout=120)
+    assert off.returncode == 0 and json.loads(off.stdout)["lookup_steps"] == 0
 
 
 def test_cli_bad_model_is_a_clear_error(tmp_path):
