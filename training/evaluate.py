@@ -524,6 +524,7 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
     report: dict = {
         "model": str(model_dir), "parameters": ckpt.config.num_parameters, "device": str(ckpt.device),
         "dtype": str(ckpt.dtype).removeprefix("torch."), "modes": list(modes), "block_size": block,
+        "prefill_dtype": str((model.prefill_twin or model).head.weight.dtype).removeprefix("torch."),
         "threshold": thr, "seed": seed, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new_tokens,
         "training": {k: v for k, v in _training_info(model_dir).items() if k in ("steps", "tokens_seen")},
     }
@@ -692,7 +693,9 @@ def format_model_card_section(report: dict) -> str:
     tr = r.get("training", {})
     md.append(f"Checkpoint `{Path(r['model']).name}`: {r['parameters'] / 1e6:.1f}M parameters"
               + (f", {tr['steps']} steps" if "steps" in tr else "")
-              + f". Measured on {r['device']} ({r['dtype']}), greedy, block size {r['block_size']}, "
+              + f". Measured on {r['device']} ({r['dtype']}"
+              + (f"; prompts prefilled in {r['prefill_dtype']}" if r.get("prefill_dtype", r["dtype"]) != r["dtype"] else "")
+              + f"), greedy, block size {r['block_size']}, "
               f"diffusion threshold {r['threshold']}, prompts of at most {r['prompt_tokens']} tokens "
               f"(suffix first: `[EOS] [FIM_SUFFIX] suffix [FIM_PREFIX] prefix [FIM_MIDDLE]`), seed {r['seed']}.")
     md.append("")
