@@ -6,7 +6,7 @@ jobs and delivers replies. Rules:
 - Batching: up to `batch_size` decodes run together. Each round, every running decode advances by one
   forward, and forwards of one shape (all AR steps, drafts or verifies of one block size, diffusion
   steps) run as one batched forward, each request on its own KV cache (engine.generate.step). On a
-  2-core CPU four warm AR completions batched take 0.65x the time of running them one after another
+  2-core CPU four warm AR completions batched take 0.67x the time of running them one after another
   (docs/benchmarks.md, section 5); greedy outputs are those of one-at-a-time decoding. `batch_size = 1` serves
   one decode at a time.
 - Two priorities: inline completions (`complete`) before refactors (`generate`): a free batch slot
