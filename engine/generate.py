@@ -5,11 +5,12 @@
                the cache without writing it, then one causal pass that commits the block
     spec       prefill gives the seed; per block one bidirectional draft (LoRA on, no cache write) and
                one causal verify (appends K/V); keep the longest agreeing prefix plus a bonus token
-               (`spec_variant="quadratic"`: draft and verify fused into one forward, see spec_quadratic)
+               (`spec_variant="quadratic"`: draft and verify fused into one forward, see spec_quadratic);
+               a draft found in the context (lookup.py) replaces the draft forward
 
 Each decoder is a generator: it yields a `Forward` (the ids to run, the cache, the attention
 pattern) and receives that forward's logits, so one driver can run a single decode (`generate`) and
-another can run the pending forwards of many decodes as one batched forward (engine/batch.py).
+another can run the pending forwards of many decodes as one batched forward (`step`).
 
 Every decoder stops on EOS, a stop callback (the daemon's stop strings), max_new_tokens, a deadline
 and a cancel flag checked before every forward, and returns its tokens with statistics. The KV cache
