@@ -186,24 +186,29 @@ def analysis(r: dict) -> list[str]:
 
 def render(args) -> int:
     """Write the markdown, the plot and the stdout table of a saved JSON report (no measuring)."""
-    from bench import report
     r = json.loads(Path(args.render).read_text())
     if args.appendix:
         r["appendix"] = [json.loads(Path(p).read_text()) for p in args.appendix]
         for a in r["appendix"]:
             a.pop("appendix", None)
-    r["analysis"] = analysis(r)
     out = Path(args.out or REPO / "docs" / "benchmarks.md")
     out.parent.mkdir(parents=True, exist_ok=True)
+    write_report(r, out, args.json, f"(from {args.render})")
+    return 0
+
+
+def write_report(r: dict, out: Path, json_path: Path | None, how: str) -> None:
+    """The analysis, the markdown and its PNG plot, the JSON (if asked) and the stdout table."""
+    from bench import report
     png = out.with_suffix(".png")
+    r["analysis"] = analysis(r)
     r["png"] = str(png)
     r["plot_backend"] = report.plot(r, png)
     out.write_text(report.markdown(r))
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=1, default=str))
+    if json_path:
+        json_path.write_text(json.dumps(r, indent=1, default=str))
     print(report.main_table(r))
-    print(f"\nwrote {out} and {png} (from {args.render})")
-    return 0
+    print(f"\nwrote {out} and {png} {how}")
 
 
 def main(argv=None) -> int:
@@ -225,7 +230,7 @@ def main(argv=None) -> int:
     from engine.generate import default_block_size
     from training import evaluate as ev
 
-    from bench import decoding, report
+    from bench import decoding
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,7 +248,6 @@ def main(argv=None) -> int:
         out = args.out or REPO / "docs" / "benchmarks.md"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    png = out.with_suffix(".png")
 
     ck = load_checkpoint(model_dir, device="cpu")
     tok = Tokenizer(model_dir)
@@ -384,14 +388,7 @@ def main(argv=None) -> int:
                             "commit": old["machine"].get("commit"), "seconds": old.get("seconds"),
                             "cuts": old.get("cuts", [])}
         r["cuts"] = list(dict.fromkeys(old.get("cuts", []) + r["cuts"]))
-    r["analysis"] = analysis(r)
-    r["png"] = str(png)
-    r["plot_backend"] = report.plot(r, png)
-    out.write_text(report.markdown(r))
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=1, default=str))
-    print(report.main_table(r))
-    print(f"\nwrote {out} and {png} in {r['seconds'] / 60:.1f} min")
+    write_report(r, out, args.json, f"in {r['seconds'] / 60:.1f} min")
     tmp_ctx.cleanup()
     torch.set_grad_enabled(True)
     return 0

@@ -150,8 +150,9 @@ def scratch_slots(params: DecodeParams, block: int) -> int:
 class _Run:
     """Bookkeeping shared by the decoders: emitted tokens, stop rules, interrupts, statistics."""
 
-    def __init__(self, model: NLDModel, params: DecodeParams, cancel, stop):
+    def __init__(self, model: NLDModel, params: DecodeParams, prompt_ids: list[int], cancel, stop):
         self.model, self.params, self.cancel, self.stop = model, params, cancel, stop
+        self.lookup = Lookup(prompt_ids) if params.mode == "spec" and params.lookup else None
         self.eos = {model.cfg.eos_token_id, *params.stop_token_ids}
         self.mask_id = model.cfg.mask_token_id
         self.device = model.head.weight.device
@@ -187,6 +188,14 @@ class _Run:
                 del out[cut:]
                 self.result.stop_reason, self.done = "stop", True
         return self.done
+
+    def context_draft(self) -> list[int]:
+        """Draft tokens found in the context (lookup.py), [] when none or when lookup is off."""
+        if self.lookup is None:
+            return []
+        found = self.lookup.draft(self.result.tokens, min(LOOKUP_TOKENS, self.remaining))
+        self.result.lookup_steps += bool(found)
+        return found
 
     @property
     def remaining(self) -> int:
@@ -234,7 +243,7 @@ class Decode:
             raise CacheFullError(f"this request needs up to {need} cache slots (prompt {len(prompt_ids)} + "
                                  f"{params.max_new_tokens} new + {scratch} scratch), the cache holds {cache.max_len}")
         self.cache = cache
-        self.run = _Run(model, params, cancel, stop)
+        self.run = _Run(model, params, prompt_ids, cancel, stop)
         self.run.result.block_size = 1 if params.mode == "ar" else block
         self.pending: Forward | None = None
         self._steps = _decode(self.run, cache, prompt_ids, block)
@@ -317,9 +326,9 @@ def _decode(run: _Run, cache: KVCache, prompt_ids: list[int], block: int) -> Ste
         yield from _decode_diffusion(run, cache, seed, block)
     elif run.params.spec_variant == "quadratic":
         from engine.spec_quadratic import decode_quadratic
-        yield from decode_quadratic(run, cache, prompt_ids, seed, block)
+        yield from decode_quadratic(run, cache, seed, block)
     else:
-        yield from _decode_spec(run, cache, prompt_ids, seed, block)
+        yield from _decode_spec(run, cache, seed, block)
 
 
 def _prefill(run: _Run, cache: KVCache, prompt_ids: list[int]) -> Generator[Forward, torch.Tensor, int]:
@@ -374,7 +383,7 @@ def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> Steps
             return
 
 
-def _decode_spec(run: _Run, cache: KVCache, prompt_ids: list[int], seed: int, block: int) -> Steps:
+def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> Steps:
     """Linear self-speculation.
 
     Draft: one bidirectional pass over [seed, M x (B-1)] (LoRA on, cache read-only) fills every mask
@@ -390,14 +399,11 @@ def _decode_spec(run: _Run, cache: KVCache, prompt_ids: list[int], seed: int, bl
     for the step instead of two.
     """
     M = run.mask_id
-    look = Lookup() if run.params.lookup else None
     while not run.done:
         n = min(block, run.remaining + 1)  # the seed plus at most `remaining - 1` drafts and a bonus
-        found = look.draft(prompt_ids + run.result.tokens, min(LOOKUP_TOKENS, run.remaining)) if look and n > 1 else []
+        found = run.context_draft() if n > 1 else []
         ids = [seed] + found
-        if found:
-            run.result.lookup_steps += 1
-        elif n > 1:
+        if not found and n > 1:
             if run.interrupted():
                 return
             draft = yield from run.forward([seed] + [M] * (n - 1), cache, pattern="block", write=False, lora=True)

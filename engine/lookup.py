@@ -18,14 +18,20 @@ LOOKUP_TOKENS = 7
 
 
 class Lookup:
-    def __init__(self, ngrams: tuple[int, ...] = NGRAMS):
+    """The context of one decode: its prompt, then its output as it grows."""
+
+    def __init__(self, prompt: list[int], ngrams: tuple[int, ...] = NGRAMS):
+        self.history = list(prompt)
+        self.prompt_len = len(prompt)
         self.ngrams = ngrams
         self.latest: dict[tuple[int, ...], int] = {}   # k-gram -> end index of its latest occurrence
         self.indexed = 0                                 # k-grams ending before this index are in `latest`
 
-    def draft(self, history: list[int], n: int) -> list[int]:
-        """Up to n tokens to follow `history` (which only ever grows at its end), or [] when the tail
-        was not seen before."""
+    def draft(self, output: list[int], n: int) -> list[int]:
+        """Up to n tokens to follow prompt + `output` (which only ever grows at its end), or [] when
+        its tail was not seen before."""
+        history = self.history
+        history += output[len(history) - self.prompt_len:]
         # Index every k-gram that has a known next token: those ending before the last position.
         for end in range(self.indexed, len(history) - 1):
             for k in self.ngrams:

@@ -18,18 +18,15 @@ from __future__ import annotations
 import torch
 
 from engine.kv_cache import KVCache
-from engine.lookup import LOOKUP_TOKENS, Lookup
 
 
-def decode_quadratic(run, cache: KVCache, prompt_ids: list[int], seed: int, block: int):
+def decode_quadratic(run, cache: KVCache, seed: int, block: int):
     M, W = run.mask_id, block + 1
     drafts = [M] * (block - 1)
-    look = Lookup() if run.params.lookup else None
     while not run.done:
         n = min(block, run.remaining + 1)
-        found = look.draft(prompt_ids + run.result.tokens, min(LOOKUP_TOKENS, run.remaining)) if look and n > 1 else []
+        found = run.context_draft() if n > 1 else []
         if found:
-            run.result.lookup_steps += 1
             drafts = found + drafts[len(found):]
             n = max(n, 1 + len(found))     # a longer context draft gets as many groups
         ds = [seed] + drafts[:n - 1]

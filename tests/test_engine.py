@@ -1,4 +1,5 @@
 """Engine: checkpoint loading, the three decoders against each other and against the naive reference."""
+import contextlib
 import json
 import random
 import subprocess
@@ -26,6 +27,18 @@ def model64(tiny_ckpt):
 def lora_model64(tmp_path_factory):
     path = write_tiny_checkpoint(tmp_path_factory.mktemp("lora") / "ckpt", seed=3, lora=True)
     return load_checkpoint(path, device="cpu", dtype="float64").model
+
+
+@contextlib.contextmanager
+def forward_widths(model, dim: int = 0):
+    """The list of input_ids.shape[dim] of every forward of `model` while the block runs
+    (dim 0: how many requests a forward batched; dim 1: how many tokens it ran)."""
+    seen = []
+    handle = model.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[dim]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def random_prompt(rng, vocab, n):
@@ -371,9 +384,7 @@ def test_prefill_twin_runs_the_prompt_and_keeps_spec_equal_to_ar(tiny_ckpt, monk
     assert ck.dtype == torch.float32 and twin is not None and twin.head.weight.dtype == torch.bfloat16
     assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in load_checkpoint(
         tiny_ckpt, device="cpu", dtype="float32").model.parameters())     # the twin is not a parameter
-    widths = []
-    handle = twin.register_forward_hook(lambda mod, args, out: widths.append(args[0].shape[1]))
-    try:
+    with forward_widths(twin, dim=1) as widths:
         rng = random.Random(12)
         for _ in range(4):
             prompt = random_prompt(rng, m.cfg.vocab_size, rng.choice([5, 30, 60]))
@@ -382,23 +393,21 @@ def test_prefill_twin_runs_the_prompt_and_keeps_spec_equal_to_ar(tiny_ckpt, monk
                       DecodeParams(mode="spec", spec_variant="quadratic", max_new_tokens=20, block_size=3)):
                 assert generate(m, prompt, p).tokens == ar.tokens
             assert widths[-1] == len(prompt)        # the prompt went through the twin, the steps did not
-    finally:
-        handle.remove()
     assert len(widths) == 12
 
 
 def test_lookup_drafts_from_the_latest_occurrence():
     from engine.lookup import Lookup
-    look = Lookup()
-    assert look.draft([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3], 4) == [4, 5, 9, 2]   # the 3-gram "1 2 3" first
-    assert Lookup().draft([9, 2, 3, 7, 2, 3, 8, 1, 2, 3], 2) == [8, 1]   # else the latest earlier 2-gram "2 3"
+    look = Lookup([1, 2, 3, 4, 5, 9])
+    assert look.draft([2, 3, 7, 8, 1, 2, 3], 4) == [4, 5, 9, 2]   # the 3-gram "1 2 3" first (in the prompt)
+    assert Lookup([]).draft([9, 2, 3, 7, 2, 3, 8, 1, 2, 3], 2) == [8, 1]   # else the latest earlier 2-gram "2 3"
     h2 = [5, 6, 7, 8, 5, 6, 7]
-    assert Lookup().draft(h2, 3) == [8, 5, 6]
-    assert Lookup().draft([1, 2, 3, 4], 3) == []        # tail never seen before
-    look = Lookup()
-    grown = [10, 11, 12, 13]
+    assert Lookup([]).draft(h2, 3) == [8, 5, 6]
+    assert Lookup([1, 2]).draft([3, 4], 3) == []        # tail never seen before
+    look = Lookup([10, 11])
+    grown = [12, 13]
     assert look.draft(grown, 2) == []
-    grown += [10, 11]                                   # the history grows at its end between calls
+    grown += [10, 11]                                   # the output grows at its end between calls
     assert look.draft(grown, 2) == [12, 13]
 
 
@@ -443,12 +452,8 @@ def test_batched_decodes_equal_one_at_a_time(m, request):
     rng = random.Random(77)
     prompts = [random_prompt(rng, model.cfg.vocab_size, rng.choice([1, 3, 8, 21, 40])) for _ in BATCH_MIX]
     alone = [generate(model, p, q) for p, q in zip(prompts, BATCH_MIX)]
-    calls = []
-    handle = model.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
-    try:
+    with forward_widths(model) as calls:
         batched = generate_batch(model, prompts, BATCH_MIX)
-    finally:
-        handle.remove()
     for a, b in zip(alone, batched):
         assert b.tokens == a.tokens and b.stop_reason == a.stop_reason and b.nfe == a.nfe
     assert sum(calls) == sum(r.nfe for r in batched)   # every forward ran once, in some batch
@@ -459,12 +464,8 @@ def test_batched_ar_runs_one_forward_per_step(model64):
     rng = random.Random(8)
     prompts = [random_prompt(rng, model64.cfg.vocab_size, n) for n in (3, 17, 30, 44)]
     params = [DecodeParams(mode="ar", max_new_tokens=12)] * 4
-    calls = []
-    handle = model64.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
-    try:
+    with forward_widths(model64) as calls:
         out = generate_batch(model64, prompts, params)
-    finally:
-        handle.remove()
     assert [r.tokens for r in out] == [generate(model64, p, q).tokens for p, q in zip(prompts, params)]
     assert calls == [1, 1, 1, 1] + [4] * 11   # four prefills, then every step one batch of four
 
