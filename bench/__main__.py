@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)      # figures are meaningless anyway; one thread suffers least from a busy box
         out = args.out or Path(tempfile.mkdtemp(prefix="tricode-bench-smoke-")) / "benchmarks.md"
     else:
-        from daemon.cli import default_model
+        from engine.embedded_model import default_model
         model_dir = args.model or default_model()
         if model_dir is None:
             print("python -m bench: no model (pass --model DIR)", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""The `tricode` command. Subcommands import what they need when they run, so `tricode lsp` never
-pulls in torch."""
+"""The `tricode` command: the one entry point. It imports the subsystems' commands (daemon, lsp,
+training) and nothing imports it back. Subcommands import what they need when they run, so
+`tricode lsp` never pulls in torch."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "engine" / "embedded"
-
-
-def default_model() -> Path | None:
-    return EMBEDDED_MODEL if (EMBEDDED_MODEL / "config.json").is_file() else None
+from engine.embedded_model import default_model
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:

@@ -390,7 +390,7 @@ def cmd_complete(args) -> int:
 
 def cmd_demo(args) -> int:
     from daemon import protocol
-    from daemon.cli import EMBEDDED_MODEL, default_model
+    from engine.embedded_model import EMBEDDED_MODEL, default_model
     from daemon.client import DaemonUnavailable
     from daemon.protocol import Complete
 

@@ -152,5 +152,5 @@ def resolve_model(cfg: Config, override: str | Path | None = None) -> Path | Non
     for candidate in (override, os.environ.get("TRICODE_MODEL"), cfg.model):
         if candidate:
             return Path(candidate).expanduser()
-    from daemon.cli import default_model
+    from engine.embedded_model import default_model
     return default_model()

@@ -482,7 +482,7 @@ def test_demo(daemon):
 
 
 def test_demo_without_a_model_says_so(tmp_path):
-    from daemon.cli import default_model
+    from engine.embedded_model import default_model
     if default_model() is not None:
         pytest.skip("the embedded model is installed")
     base = Path(tempfile.mkdtemp(prefix="tcn", dir="/tmp"))

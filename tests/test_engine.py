@@ -414,7 +414,7 @@ def test_lookup_drafts_from_the_latest_occurrence():
 def test_context_drafts_keep_spec_equal_to_ar_and_save_forwards():
     """On the embedded model, code that repeats itself: context drafts replace draft forwards, and the
     greedy output is still AR's token for token, in both spec variants."""
-    from daemon.cli import default_model
+    from engine.embedded_model import default_model
     from daemon.tokenizer import Tokenizer
     path = default_model()
     ck, tok = load_checkpoint(path, device="cpu", dtype="float32"), Tokenizer(path)

@@ -755,7 +755,7 @@ def format_model_card_section(report: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from daemon.cli import default_model
+    from engine.embedded_model import default_model
     from daemon.tokenizer import TokenizerError
     from engine.checkpoint import CheckpointError
     model_dir = args.model or default_model()
