@@ -105,6 +105,14 @@ class Document:
         start, end = self.line_span(line)
         return start + column_to_index(self.text[start:end], character, self.encoding)
 
+    def past_end(self, line: int, character: int) -> bool:
+        """Is the position after the document's last line, or past the end of its last line?"""
+        last = self.line_count() - 1
+        if line != last:
+            return line > last
+        start, end = self.line_span(last)
+        return character > units(self.text[start:end], self.encoding)
+
     def position_at(self, offset: int) -> tuple[int, int]:
         """LSP (line, character) of an offset, in the document's encoding."""
         offset = max(0, min(offset, len(self.text)))
@@ -126,13 +134,30 @@ class Document:
         self._starts = None
 
 
+def clean_text(text: str) -> str:
+    """`text` with each lone surrogate (JSON allows "\\ud800" alone) replaced by U+FFFD, which has the
+    same length in UTF-16, UTF-8 (3 bytes, as with surrogatepass) and code points: positions do not
+    move, and the text can be encoded for the daemon (msgpack refuses lone surrogates)."""
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class DocumentStore:
+    """The open documents. A change whose range lies past the end of the document is clamped to the
+    end, as the reference implementation (vscode-languageserver-textdocument) and VS Code's own model
+    do: the LSP has no way to ask an editor for a document again, and dropping the change would make
+    every later change land on a wrong text. Clamped changes and changes to documents that are not
+    open are counted (`problems`) and logged by the server."""
+
     def __init__(self, encoding: str = UTF16):
         self.encoding = encoding
         self._docs: dict[str, Document] = {}
+        self.problems = {"clamped_changes": 0, "unknown_documents": 0, "stale_versions": 0}
 
     def open(self, uri: str, text: str, version: int = 0, language: str = "") -> Document:
-        doc = Document(uri=uri, text=text, version=version, language=language, encoding=self.encoding)
+        doc = Document(uri=uri, text=clean_text(text), version=version, language=language, encoding=self.encoding)
         self._docs[uri] = doc
         return doc
 
@@ -140,13 +165,19 @@ class DocumentStore:
         """Apply LSP content changes (objects with .text and an optional .range) in order."""
         doc = self._docs.get(uri)
         if doc is None:
+            self.problems["unknown_documents"] += 1
             return None
+        if version <= doc.version:
+            self.problems["stale_versions"] += 1
         for ch in changes:
             rng = getattr(ch, "range", None)
             if rng is None:
-                doc.apply(ch.text)
+                doc.apply(clean_text(ch.text))
             else:
-                doc.apply(ch.text, (rng.start.line, rng.start.character), (rng.end.line, rng.end.character))
+                if doc.past_end(rng.start.line, rng.start.character) or doc.past_end(rng.end.line, rng.end.character):
+                    self.problems["clamped_changes"] += 1
+                doc.apply(clean_text(ch.text), (rng.start.line, rng.start.character),
+                          (rng.end.line, rng.end.character))
         doc.version = version
         return doc
 

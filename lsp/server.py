@@ -21,7 +21,7 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.protocol import lsp_method
 
 from daemon.client import DaemonUnavailable
 from daemon.gitignore import IgnoreMatcher
@@ -30,6 +30,7 @@ from daemon.protocol import Feedback, Status
 from lsp import gating
 from lsp.actions import Actions
 from lsp.backend import Backend
+from lsp import guard
 from lsp.documents import UTF8, UTF16, UTF32, Document, DocumentStore, units, uri_to_path
 from lsp.inline import CompletionFailed, InlineCompleter, Outcome
 from lsp.progress import WorkDone
@@ -43,9 +44,9 @@ ACCEPT_COMMAND = "tricode.accepted"
 REFACTOR_COMMAND = "tricode.refactor"
 
 
-class TricodeProtocol(LanguageServerProtocol):
+class TricodeProtocol(guard.GuardedProtocol):
     """Documents live in lsp.documents (pygls' own copy is not kept: one copy, LSP line rules);
-    $/cancelRequest also reaches running refactor commands."""
+    $/cancelRequest also reaches running refactor commands. Bad messages: lsp/guard.py."""
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params):
@@ -108,6 +109,9 @@ class TricodeServer(LanguageServer):
         self.completer = InlineCompleter(self.backend, self.settings, self.ignore)
         self.actions = Actions(self)
         log.info("initialized for %s: encoding %s, settings %s", self.client_name, encoding, self.settings)
+
+    def report_server_error(self, error: Exception, source) -> None:
+        guard.report_server_error(self, error, source)      # logged, never a dialog
 
     def show_problem(self, message: str) -> None:
         try:
@@ -220,6 +224,7 @@ class TricodeServer(LanguageServer):
             "connection": backend,
             "lsp": {"version": VERSION, "pid": os.getpid(), "client": self.client_name,
                     "position_encoding": self.documents.encoding, "documents": len(self.documents),
+                    "document_problems": dict(self.documents.problems),
                     "settings": self.settings.to_dict(),
                     "completions": self.completer.describe() if self.completer else {}},
         }
@@ -298,7 +303,13 @@ def build(socket_path: str | None = None) -> TricodeServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TricodeServer, params: types.DidChangeTextDocumentParams):
+        before = dict(ls.documents.problems)
         ls.documents.change(params.text_document.uri, params.text_document.version, params.content_changes)
+        for what, n in ls.documents.problems.items():
+            if n > before[what]:
+                ls.protocol.limited.warning(f"didChange:{what}", "didChange %s (version %s): %s (%d so far)",
+                                            params.text_document.uri, params.text_document.version,
+                                            what.replace("_", " "), n)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: TricodeServer, params: types.DidSaveTextDocumentParams):
