@@ -34,13 +34,18 @@ class RawLsp:
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    @contextlib.asynccontextmanager
-    async def spawn(cls, env: dict, args: tuple[str, ...] = ()):
+    async def start(cls, env: dict, args: tuple[str, ...] = ()) -> "RawLsp":
+        """A running `tricode lsp`; the caller closes it (`close()`)."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "daemon.cli", "lsp", *args, env=env, cwd=REPO,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             limit=64 * 2**20)
-        client = cls(proc)
+        return cls(proc)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def spawn(cls, env: dict, args: tuple[str, ...] = ()):
+        client = await cls.start(env, args)
         try:
             yield client
         finally:

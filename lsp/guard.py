@@ -65,8 +65,9 @@ class RateLimitedLog:
 class Invalid:
     """A message that did not structure: the raw JSON object and what was wrong with it."""
 
-    def __init__(self, raw: dict, problem: str):
+    def __init__(self, raw: dict, problem: str, request_error: bool = False):
         self.raw, self.problem = raw, problem
+        self.request_error = request_error      # the message itself is wrong (InvalidRequest), not its params
 
     @property
     def method(self):
@@ -136,6 +137,8 @@ class GuardedProtocol(LanguageServerProtocol):
     def structure_message(self, data: dict):
         if "jsonrpc" not in data:
             return data             # a nested object, or a message without "jsonrpc" (see handle_message)
+        if data["jsonrpc"] != JsonRPCProtocol.VERSION:
+            return Invalid(data, f'"jsonrpc" must be "2.0", got {_short(data["jsonrpc"])}', request_error=True)
         try:
             if "id" in data and "error" in data:
                 cls = types.ResponseErrorMessage
@@ -145,6 +148,8 @@ class GuardedProtocol(LanguageServerProtocol):
                 cls = self._result_types.pop(data["id"], None) or JsonRPCResponseMessage
             else:
                 cls = self.get_message_type(data.get("method", "")) or JsonRPCNotification
+            if cls in (JsonRPCRequestMessage, JsonRPCNotification) and "params" not in data:
+                data = {**data, "params": None}     # custom methods: params may be left out (JSON-RPC 2.0)
             return self._converter.structure(data, cls)
         except Exception as exc:        # noqa: BLE001 - whatever is wrong, it is the message's fault
             problems = describe(exc)
@@ -166,6 +171,10 @@ class GuardedProtocol(LanguageServerProtocol):
         if message.jsonrpc != JsonRPCProtocol.VERSION:
             if is_request:
                 self._error(message.id, JsonRpcInvalidRequest(f'"jsonrpc" must be "2.0", got {_short(message.jsonrpc)}'))
+            return
+        if is_request and not _valid_id(message.id):
+            self._error(None, JsonRpcInvalidRequest(f"{method}: the id must be an integer or a string, "
+                                                    f"got {_short(message.id)}"))
             return
         if method is None:                  # a response to one of our requests
             super().handle_message(message)
@@ -205,12 +214,14 @@ class GuardedProtocol(LanguageServerProtocol):
                 self._error(rid, JsonRpcServerNotInitialized(f"{method}: the server is not initialized"))
             elif self._shutdown and method != types.EXIT:
                 self._error(rid, JsonRpcInvalidRequest(f"{method}: the server was shut down"))
+            elif message.request_error:
+                self._error(rid, JsonRpcInvalidRequest(f"{name}: {message.problem}"))
             else:
                 self._error(rid, JsonRpcInvalidParams(f"{name}: invalid params: {message.problem}"))
         elif "id" in message.raw and "method" not in message.raw:    # a client's response we cannot read
             self.limited.warning("bad-response", "unreadable response from the client: %s", message.problem)
         else:
-            self.limited.warning(f"bad-notification:{name}", "ignored %s: invalid params: %s", name, message.problem)
+            self.limited.warning(f"bad-notification:{name}", "ignored %s: %s", name, message.problem)
 
     def _answer_not_jsonrpc(self, message) -> None:
         rid = message.get("id") if isinstance(message, dict) else None
