@@ -12,6 +12,10 @@ jobs and delivers replies. Rules:
 - Two priorities: inline completions (`complete`) before refactors (`generate`): a free batch slot
   goes to the most urgent waiting job; within a priority, connections take turns (round-robin), so one
   busy editor cannot starve another.
+- Ageing: a refactor that has waited AGE_S seconds in the queue (since it was submitted or its last
+  slice was requeued) takes the next free slot ahead of inline completions, the longest-waiting first.
+  Under a steady stream of keystrokes from several editors strict priorities would starve refactors;
+  with ageing a refactor gets at least one slice every AGE_S seconds.
 - Refactors run in slices of SLICE_TOKENS tokens; when a slice ends and the batch is full while a job
   of the same or a higher priority waits, the refactor is requeued (resuming costs a one-token
   prefill: its KV cache keeps everything it has produced). Inline completions run in one go; they are
@@ -49,6 +53,7 @@ log = logging.getLogger("tricode.daemon")
 
 PRIO_INLINE, PRIO_REFACTOR = 0, 1
 SLICE_TOKENS = 32
+AGE_S = 2.0                 # a refactor waiting this long goes ahead of inline completions
 VALID_MODES = ("", "ar", "diffusion", "spec")
 
 
@@ -77,6 +82,8 @@ class Job:
     slices: int = 0
     engine_key: tuple | None = None   # the model the tokens so far came from
     decode: object = None             # engine.generate.Decode of the slice running now
+    queued_at: float = field(default_factory=time.monotonic)   # entered the queue (submit or requeue)
+    aged: int = 0                     # times it went ahead of inline completions by ageing
 
     @property
     def id(self) -> int:
@@ -170,6 +177,7 @@ class Scheduler:
                 self.cancel(older, protocol.SUPERSEDED, f"superseded by request {job.id}")
             self.latest[dkey] = job
         with self.cond:
+            job.queued_at = time.monotonic()
             q = self.queues[job.priority]
             q.setdefault(job.conn.id, deque()).append(job)
             self.cond.notify_all()
@@ -253,6 +261,9 @@ class Scheduler:
         with self.cond:
             end = time.monotonic() + timeout
             while not self.stopping:
+                job = self._pop_aged(busy)
+                if job is not None:
+                    return job
                 for p in sorted(self.queues):
                     q = self.queues[p]
                     for cid in list(q):
@@ -275,6 +286,25 @@ class Scheduler:
                 self.cond.wait(left)
             return None
 
+    def _pop_aged(self, busy) -> Job | None:
+        """The refactor that has waited longest, once it has waited AGE_S seconds (under `cond`)."""
+        q = self.queues[PRIO_REFACTOR]
+        now = time.monotonic()
+        heads = [dq[0] for dq in q.values() if dq and not dq[0].cancel.is_set() and dq[0].cache_key not in busy
+                 and now - dq[0].queued_at >= AGE_S]
+        if not heads:
+            return None
+        job = min(heads, key=lambda j: j.queued_at)
+        dq = q[job.conn.id]
+        dq.popleft()
+        if dq:
+            q.move_to_end(job.conn.id)
+        else:
+            del q[job.conn.id]
+        job.aged += 1
+        self.running.append(job)
+        return job
+
     def finished(self, job: Job) -> None:
         with self.cond:
             if job in self.running:
@@ -287,6 +317,7 @@ class Scheduler:
                 self.running.remove(job)
             if job.cancel.is_set():
                 return
+            job.queued_at = time.monotonic()
             q = self.queues[job.priority]
             dq = q.setdefault(job.conn.id, deque())
             dq.appendleft(job)
