@@ -138,6 +138,7 @@ class Stats:
         self.superseded = 0
         self.aborted = 0
         self.deadline = 0
+        self.aged = 0                   # refactors let ahead of inline completions by ageing
         self.errors: dict[str, int] = {}
         self.refused_peers = 0
         self.feedback = {"accepted": 0, "rejected": 0, "partial": 0, "shown_chars": 0, "accepted_chars": 0}
@@ -302,6 +303,7 @@ class Scheduler:
         else:
             del q[job.conn.id]
         job.aged += 1
+        self.stats.aged += 1
         self.running.append(job)
         return job
 
