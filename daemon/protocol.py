@@ -8,14 +8,14 @@ msgpack map with a known "type", gets an `error` with id -1 (or the frame's id w
 and the connection stays open.
 
     client -> daemon                           daemon -> client
-    hello {version, client}                    hello {version, pid, state}
+    hello {version, client}                    hello {version, build, pid, state}
     complete {doc, prefix, suffix, ...}        result {text, mode, stats...} | error
     generate {doc, prefix, suffix, ...}        result | error        (refactors: AR, lower priority)
     abort {target}                             ok
     feedback {event, doc, shown, accepted}     ok
     document {uri, path, language, text|None}  ok                    (open/changed/closed documents)
     status {}                                  status {...}
-    shutdown {}                                ok
+    shutdown {drain}                           ok                    (drain: after the running requests)
                                                progress {stage, fraction, message}  (no id, unsolicited)
 """
 from __future__ import annotations
@@ -30,6 +30,11 @@ from pathlib import Path
 import msgpack
 
 PROTOCOL_VERSION = 1
+# The daemon's behaviour level, in its hello reply as "build" (absent: 1). Bumped when `tricode lsp`
+# relies on something an older daemon lacks (2: drain-then-exit shutdown, ageing refactors). The LSP
+# replaces a daemon that reports less (after the requests it is running finish). The environment
+# variable TRICODE_TEST_DAEMON_BUILD makes a daemon report another build: for tests only.
+DAEMON_BUILD = 2
 MAX_FRAME = 8 * 1024 * 1024
 HEADER = struct.Struct(">I")
 
@@ -126,6 +131,7 @@ class Status:
 @dataclass(frozen=True)
 class Shutdown:
     id: int = 0
+    drain: bool = False        # True: refuse new work (SHUTTING_DOWN), finish what is queued and running, exit
     type: str = "shutdown"
 
 
@@ -186,6 +192,8 @@ def _type_ok(value, want: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if want == "str":
         return isinstance(value, str)
+    if want == "bool":
+        return isinstance(value, bool)
     if want == "str | None":
         return value is None or isinstance(value, str)
     if want.startswith("tuple[str"):

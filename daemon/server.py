@@ -44,6 +44,13 @@ from daemon.scheduler import PRIO_INLINE, PRIO_REFACTOR, VALID_MODES, Engine, Jo
 log = logging.getLogger("tricode.daemon")
 
 NOT_COUNTED = (protocol.SUPERSEDED, protocol.ABORTED, protocol.SHUTTING_DOWN)
+DRAIN_LIMIT_S = 300.0       # a drain-then-exit shutdown waits at most this long for running requests
+
+
+def reported_build() -> int:
+    """protocol.DAEMON_BUILD, or TRICODE_TEST_DAEMON_BUILD (tests make an "older" daemon with it)."""
+    forced = os.environ.get("TRICODE_TEST_DAEMON_BUILD", "")
+    return int(forced) if forced.isdigit() else protocol.DAEMON_BUILD
 
 
 # -- runtime files ------------------------------------------------------------------------------------
@@ -232,6 +239,7 @@ class Daemon:
         self.started = time.time()
         self.conns: dict[int, Connection] = {}
         self.stopping = False
+        self.draining = False           # a drain-then-exit shutdown: no new work, running work finishes
         self.stop_reason = ""
         self.last_activity = time.monotonic()
         self.tcp_server = None
@@ -559,7 +567,8 @@ class Daemon:
                 return
             conn.hello, conn.client = True, msg.client
             e = self.engine
-            conn.send({"type": "hello", "id": msg.id, "version": protocol.PROTOCOL_VERSION, "pid": os.getpid(),
+            conn.send({"type": "hello", "id": msg.id, "version": protocol.PROTOCOL_VERSION, "build": reported_build(),
+                       "pid": os.getpid(),
                        "state": e.state, "model": str(e.model_path or ""), "device": e.device,
                        "progress": e.progress, "message": e.error or e.stage})
             return
@@ -591,10 +600,30 @@ class Daemon:
             conn.send(self.status(msg.id))
         elif kind == "shutdown":
             conn.send(protocol.ok(msg.id))
-            self.request_stop(f"shutdown requested by {conn.client or 'a client'}")
+            who = conn.client or "a client"
+            if msg.drain:
+                self.drain_then_stop(f"drain-then-exit shutdown requested by {who}")
+            else:
+                self.request_stop(f"shutdown requested by {who}")
+
+    def drain_then_stop(self, why: str, limit_s: float = DRAIN_LIMIT_S) -> None:
+        """Refuse new work from now on (SHUTTING_DOWN), let every queued and running request finish
+        and be answered, then stop (at most `limit_s` later: then the rest is answered SHUTTING_DOWN)."""
+        if self.stopping or self.draining:
+            return
+        self.draining = True
+        log.info("draining: %s (%d requests in flight)", why, len(self.sched.jobs))
+
+        async def wait_then_stop():
+            end = time.monotonic() + limit_s
+            while self.sched.jobs and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)       # let the last replies reach their connections
+            self.request_stop(why)
+        self.loop.create_task(wait_then_stop())
 
     def _submit(self, conn: Connection, msg) -> None:
-        if self.stopping:
+        if self.stopping or self.draining:
             conn.send(protocol.error(msg.id, protocol.SHUTTING_DOWN, "the daemon is shutting down"))
             return
         e = self.engine
@@ -634,7 +663,8 @@ class Daemon:
         errors = sum(n for code, n in st.errors.items() if code not in NOT_COUNTED)
         return {
             "type": "status", "id": rid,
-            "version": protocol.PROTOCOL_VERSION, "pid": os.getpid(),
+            "version": protocol.PROTOCOL_VERSION, "build": reported_build(), "pid": os.getpid(),
+            "draining": self.draining,
             "uptime_s": round(time.time() - self.started, 1),
             "state": e.state, "error": e.error, "progress": round(e.progress, 3), "stage": e.stage,
             "model": str(e.model_path or ""), "model_name": e.model_path.name if e.model_path else "",

@@ -1,4 +1,5 @@
-"""The link to the daemon: connect (starting it when none answers), loading progress, restart once.
+"""The link to the daemon: connect (starting it when none answers), loading progress, restart once,
+replace an older daemon.
 
 One DaemonClient per `tricode lsp` process. `ensure()` connects on first use (at `initialized`, so the
 model loads while the user opens files) and shows `$/progress` while the daemon starts and loads its
@@ -6,16 +7,22 @@ model. When the daemon dies, every pending request fails at once (the client rai
 DaemonUnavailable in its futures; the handlers answer with an error) and the backend starts a new
 daemon once; a second death within RESTART_WINDOW seconds stops the automatic restarts, and requests
 then fail fast until RETRY_AFTER seconds have passed.
+
+Upgrades: a daemon whose hello reports an older build (protocol.DAEMON_BUILD; an upgraded tricode
+while the old daemon lives on) is asked for a drain-then-exit shutdown: it refuses new work, finishes
+the requests it is running (other editors' too), and exits; then a new daemon is started and used. Once
+per connection attempt: a daemon that is still older after that is used as it is, with a warning.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Awaitable, Callable
 
 from daemon.client import DaemonClient, DaemonUnavailable
-from daemon.protocol import Status
+from daemon.protocol import DAEMON_BUILD, Shutdown, Status
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +30,28 @@ RESTART_WINDOW = 60.0
 RETRY_AFTER = 10.0
 RESTART_TRIES = 4
 SLOW_CONNECT_S = 0.25      # show progress when connecting takes longer than this
+REPLACE_WAIT_S = 330.0     # an older daemon's drain (its running refactors) may take this long
+
+
+def daemon_build(hello: dict) -> int:
+    build = hello.get("build", 1)
+    return build if isinstance(build, int) and not isinstance(build, bool) else 1
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:                    # a zombie has exited (its parent has not reaped it yet)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class _NoProgress:
@@ -57,6 +86,7 @@ class Backend:
         self.failed_at = 0.0
         self.deaths: list[float] = []
         self.restarts = 0
+        self.replaced: list[dict] = []      # older daemons this backend replaced: {pid, build, seconds}
         self._connecting: asyncio.Task | None = None
         self._loading = None
         self._tasks: set[asyncio.Task] = set()
@@ -144,6 +174,14 @@ class Backend:
             raise DaemonUnavailable(self.last_error) from e
         finally:
             slow.cancel()
+        if daemon_build(hello) < DAEMON_BUILD:
+            try:
+                hello = await self._replace_older(hello, prog)
+            except DaemonUnavailable as e:
+                self.state, self.last_error, self.failed_at = "failed", str(e), time.monotonic()
+                log.error("replacing the older daemon failed: %s", e)
+                prog.end(f"daemon unavailable: {e}")
+                raise
         self.hello = hello
         self.last_error = ""
         state = str(hello.get("state") or "ready")
@@ -160,6 +198,34 @@ class Backend:
             self.spawn(self._watch_loading(prog))
         if self.on_connected is not None:
             self.spawn(self.on_connected())
+
+    async def _replace_older(self, hello: dict, prog) -> dict:
+        """Ask an older daemon to drain and exit, wait until it has, start a new one; its hello."""
+        pid, build, t0 = hello.get("pid"), daemon_build(hello), time.monotonic()
+        log.warning("the daemon (pid %s) is build %d, older than this tricode's %d: replacing it once the "
+                    "requests it runs have finished", pid, build, DAEMON_BUILD)
+        self.spawn(prog.begin("replacing an older daemon"))
+        try:
+            reply = await asyncio.wait_for(self.client.request(Shutdown(drain=True)), 10.0)
+            if reply.get("type") == "error":
+                log.warning("the older daemon refused shutdown: %s", reply.get("message"))
+        except (DaemonUnavailable, asyncio.TimeoutError) as e:
+            log.warning("asking the older daemon to shut down: %s", e)
+        await self.client.close()
+        end = time.monotonic() + REPLACE_WAIT_S
+        while _alive(pid):
+            if time.monotonic() > end:
+                raise DaemonUnavailable(f"the older daemon (pid {pid}) did not exit within {REPLACE_WAIT_S:.0f} s; "
+                                        f"stop it: tricode daemon stop")
+            await asyncio.sleep(0.1)
+        new = await self.client.connect()
+        self.replaced.append({"pid": pid, "build": build, "seconds": round(time.monotonic() - t0, 2)})
+        if daemon_build(new) < DAEMON_BUILD:
+            log.warning("the new daemon (pid %s) still reports build %d; using it", new.get("pid"), daemon_build(new))
+        else:
+            log.info("replaced the older daemon (pid %s) by pid %s in %.1f s", pid, new.get("pid"),
+                     time.monotonic() - t0)
+        return new
 
     def note_not_ready(self) -> None:
         """The daemon answered NOT_READY (a model reload after a config change): show it loading."""
@@ -287,5 +353,6 @@ class Backend:
 
     def describe(self) -> dict:
         return {"state": self.state, "connected": self.connected, "pid": (self.hello or {}).get("pid"),
-                "restarts": self.restarts, "error": self.last_error,
+                "restarts": self.restarts, "error": self.last_error, "replaced": list(self.replaced),
+                "build": daemon_build(self.hello or {}),
                 "socket": str(self.client.socket_path)}

@@ -1,0 +1,77 @@
+"""Upgrades: `tricode lsp` (its Backend) finds a daemon of an older build, asks it for a drain-then-exit
+shutdown, the older daemon finishes the request another editor has running, exits, and a new daemon is
+started and used. The older daemon is a real daemon made to report build 1 with
+TRICODE_TEST_DAEMON_BUILD (the one test hook, daemon/protocol.py)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daemon.client import DaemonClient
+from daemon.protocol import DAEMON_BUILD, Complete, Generate, Status
+from lsp.backend import Backend
+from tests.test_lsp import REPO, daemon_status, private_env, stop_pid
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_older_daemon_drains_then_is_replaced(tiny_ckpt, tmp_path, monkeypatch):
+    env, short = private_env(tmp_path, tiny_ckpt)
+    for k in ("TRICODE_SOCKET", "XDG_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "TRICODE_MODEL"):
+        monkeypatch.setenv(k, env[k])           # the Backend starts the new daemon with this environment
+    monkeypatch.delenv("TRICODE_TEST_DAEMON_BUILD", raising=False)
+    old = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(tiny_ckpt)],
+                           env=dict(env, TRICODE_TEST_DAEMON_BUILD="1"), cwd=REPO, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    new_pid = None
+    try:
+        deadline = time.monotonic() + 180
+        while not ((st := daemon_status(env)) and st.get("state") == "ready"):
+            assert old.poll() is None and time.monotonic() < deadline, st
+            time.sleep(0.2)
+        assert st["build"] == 1 and st["pid"] == old.pid
+
+        async def scenario():
+            other = DaemonClient(env["TRICODE_SOCKET"], client_name="other-editor", autostart=False)
+            await other.connect()
+            _, running = other.submit(Generate(doc="file:///w/long.py", prefix="def long():\n", max_tokens=400,
+                                               deadline_ms=120000))
+            await other._drain()
+            while not (await other.request(Status()))["running"]:
+                await asyncio.sleep(0.01)
+            backend = Backend(socket_path=env["TRICODE_SOCKET"], client_name="lsp:test", start_timeout=120)
+            t0 = time.monotonic()
+            connecting = asyncio.ensure_future(backend.ensure())
+            await asyncio.sleep(0.3)
+            late = await asyncio.wait_for(other.request(Complete(doc="file:///w/x.py", prefix="x = ")), 30)
+            reply = await asyncio.wait_for(running, 120)       # the older daemon finished it before exiting
+            await asyncio.wait_for(connecting, 180)
+            seconds = time.monotonic() - t0
+            await backend.wait_ready(120)                        # the new daemon loads the model
+            st_new = await backend.request(Status(), 10)
+            result = await backend.request(Complete(doc="file:///w/y.py", prefix="def f():\n    return ",
+                                                    max_tokens=4), 60)
+            await backend.close()
+            await other.close()
+            return late, reply, st_new, result, backend, seconds
+
+        late, reply, st_new, result, backend, seconds = asyncio.run(scenario())
+        assert reply["type"] == "result" and reply["tokens"] > 0, reply      # not SHUTTING_DOWN
+        assert late["type"] == "error" and late["code"] == "shutting_down", late   # no new work while draining
+        assert old.wait(10) == 0                                              # it exited cleanly
+        new_pid = st_new["pid"]
+        assert new_pid != old.pid and st_new["build"] == DAEMON_BUILD
+        assert backend.replaced and backend.replaced[0]["pid"] == old.pid and backend.replaced[0]["build"] == 1
+        assert result["type"] == "result", result
+        print(f"replaced pid {old.pid} by {new_pid} in {seconds:.1f} s (drain included)")
+    finally:
+        if old.poll() is None:
+            old.kill()
+        stop_pid(new_pid)
+        import shutil
+        shutil.rmtree(short, ignore_errors=True)
