@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.common import REPO, logger, machine_info, section
 
-SECTIONS = ("decoding", "latency", "peers", "humaneval", "concurrency")
+SECTIONS = ("decoding", "latency", "peers", "humaneval", "concurrency", "load")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -360,6 +360,17 @@ def main(argv=None) -> int:
                 model, tok, cprompts, ccfgs, sizes=args.concurrent_sizes,
                 max_new_tokens=args.max_new_tokens or ev.DEFAULT_MAX_NEW_TOKENS, log=log)
 
+    if "load" in args.sections:
+        from bench import load
+        with section(r, "6. load", log):
+            try:
+                r["load"] = load.run_load(Path(model_dir), log=log, **(
+                    dict(editors=2, rate=10.0, seconds=6.0, refactor_every=2.0) if args.smoke else {}))
+                r["load"]["command"] = r["command"]
+            except Exception as e:  # noqa: BLE001 - reported in the doc, the rest of the bench goes on
+                r["load"] = {"skipped": f"{type(e).__name__}: {e}"}
+                log(f"  load section failed: {e}")
+
     r["seconds"] = round(time.perf_counter() - t_start, 1)
     r["appendix"] = [json.loads(Path(p).read_text()) for p in args.appendix]
     for a in r["appendix"]:
@@ -369,9 +380,9 @@ def main(argv=None) -> int:
         keys = {"decoding": ("decoding", "forward_costs", "forward_costs_prefix", "forward_costs_threads_default",
                              "spec_model", "profile"),
                 "latency": ("latency",), "peers": ("peers",), "humaneval": ("humaneval",),
-                "concurrency": ("concurrency",)}
+                "concurrency": ("concurrency",), "load": ("load",)}
         names = {"decoding": "1. decoding", "latency": "2. lsp latency", "peers": "3. peers", "humaneval": "4. humaneval",
-                 "concurrency": "5. concurrency"}
+                 "concurrency": "5. concurrency", "load": "6. load"}
         now = dict(r.get("sections", {}))
         r["sections"] = {}
         for sec in SECTIONS:

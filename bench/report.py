@@ -358,6 +358,11 @@ def markdown(r: dict) -> str:
             md += ["", "Greedy spec vs ar mismatches: " + ", ".join(
                 f"`{k}` {v}" for k, v in he["spec_vs_ar_mismatches"].items()) + ".", ""]
     md += _concurrency(r.get("concurrency"))
+    if r.get("load"):
+        from bench.load import markdown as load_markdown
+        ld = r["load"]
+        md += ["## 6. Load: editors typing against one daemon, refactors in between", "",
+               f"Skipped: {ld['skipped']}" if "skipped" in ld else load_markdown(ld, ld.get("command", "python -m bench")), ""]
     changes = Path(__file__).with_name("changes.md")
     if changes.is_file() and not r.get("smoke"):
         md += ["## Engine changes, before and after", "",

@@ -29,7 +29,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "benchmarks.md"
     js = out.with_suffix(".json")
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--json", str(js)],
-                          cwd=REPO, capture_output=True, text=True, timeout=180)
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(js.read_text()), proc.stdout
 
@@ -110,3 +110,12 @@ def test_peers_and_humaneval(smoke):
         assert all(v == 0 for v in he["spec_vs_ar_mismatches"].values())
     md_targets = re.findall(r"\*\*(hit|miss)\*\*", Path(smoke[0]).read_text())
     assert md_targets      # the targets table judged something
+
+
+def test_load_section(smoke):
+    out, r, _ = smoke
+    ld = r["load"]
+    assert "skipped" not in ld, ld.get("skipped")
+    assert ld["sent"] > 0 and ld["unanswered"] == 0 and ld["errors"] == 0 and ld["servers_alive"]
+    assert ld["refactors"] >= 1 and ld["rss_start_mib"] > 0 and ld["rss_end_mib"] > 0
+    assert "## 6. Load" in out.read_text()
