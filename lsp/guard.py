@@ -15,7 +15,8 @@ it raises out of its read loop, so the request is never answered and the error g
 - requests before `initialize`: ServerNotInitialized (-32002); a second `initialize`, and any request
   after `shutdown`: InvalidRequest (-32600); notifications then are dropped (only `exit` acts);
   unknown methods: MethodNotFound (-32601, pygls);
-- failures of notifications and of the transport are logged, rate-limited per kind (`RateLimitedLog`).
+- failures of notifications and of the transport are logged, rate-limited per kind (`RateLimitedLog`),
+  and so are pygls' own error logs (`RateLimitFilter`).
 
 What this module does not know: the meaning of any method. Handlers check meaning (open documents,
 ranges) and answer with their own errors.
@@ -60,6 +61,36 @@ class RateLimitedLog:
             entry[2] = 0
         self.logger.warning(msg, *args)
         return True
+
+
+class RateLimitFilter(logging.Filter):
+    """For pygls' own loggers: a traceback per bad request is logged at most `burst` times per `window`
+    seconds for each message format (a client looping on a bad request would flood the log)."""
+
+    def __init__(self, burst: int = 5, window: float = 10.0):
+        super().__init__()
+        self.burst, self.window = burst, window
+        self._seen: dict[str, list] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        entry = self._seen.setdefault(str(record.msg), [now, 0])
+        if now - entry[0] > self.window:
+            entry[0], entry[1] = now, 0
+        entry[1] += 1
+        return entry[1] <= self.burst
+
+
+_PYGLS_LOGGERS = ("pygls.protocol.json_rpc", "pygls.protocol.language_server", "pygls.server", "pygls.io_")
+
+
+def limit_pygls_logs() -> None:
+    for name in _PYGLS_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
+            logger.addFilter(RateLimitFilter())
 
 
 class Invalid:
@@ -131,6 +162,7 @@ class GuardedProtocol(LanguageServerProtocol):
         converter.register_structure_hook(int, strict_int)      # IntEnums too (they are ints)
         self.initialize_seen = False
         self.limited = RateLimitedLog(log)
+        limit_pygls_logs()
 
     # -- structuring (called by json.loads for every JSON object of a message) -------------------------
 
