@@ -364,9 +364,8 @@ def main(argv=None) -> int:
         from bench import load
         with section(r, "6. load", log):
             try:
-                r["load"] = load.run_load(Path(model_dir), log=log, **(
+                r["load"] = load.run_variants(Path(model_dir), log=log, **(
                     dict(editors=2, rate=10.0, seconds=6.0, refactor_every=2.0) if args.smoke else {}))
-                r["load"]["command"] = r["command"]
             except Exception as e:  # noqa: BLE001 - reported in the doc, the rest of the bench goes on
                 r["load"] = {"skipped": f"{type(e).__name__}: {e}"}
                 log(f"  load section failed: {e}")

@@ -72,7 +72,7 @@ class Typist:
         lines = self.text.split("\n")
         return len(lines) - 1, len(lines[-1])
 
-    def keystroke(self) -> None:
+    def keystroke(self) -> str:
         ch = TYPED[self.typed % len(TYPED)]
         self.typed += 1
         line, col = self.cursor()
@@ -90,6 +90,7 @@ class Typist:
             "context": {"triggerKind": 2}})
         self.pending = {"id": rid, "kind": "inline", "sent": time.monotonic()}
         self.requests.append(self.pending)
+        return ch
 
     def refactor(self) -> dict:
         rid = self.c.send_request("workspace/executeCommand", {
@@ -119,7 +120,9 @@ async def _collect(t: Typist, req: dict, deadline: float) -> None:
 
 
 async def run_load_async(env: dict, *, editors: int, rate: float, seconds: float, refactor_every: float,
-                         options: dict, seed: int = 0, log=print) -> dict:
+                         options: dict, pauses: float = 0.0, seed: int = 0, log=print) -> dict:
+    """`pauses`: the chance that the typist stops for 0.6 to 1.2 s after a space or a newline (0: it
+    types without a break, every request is superseded or cancelled by the next keystroke)."""
     from daemon.client import DaemonClient
     from daemon.protocol import Status
     pid = int(env["_BENCH_DAEMON_PID"])
@@ -164,9 +167,11 @@ async def run_load_async(env: dict, *, editors: int, rate: float, seconds: float
             break
         for i, t in enumerate(typists):
             if now >= next_key[i]:
-                t.keystroke()
+                ch = t.keystroke()
                 tasks.add(asyncio.ensure_future(_collect(t, t.requests[-1], drain_by)))
                 next_key[i] += period
+                if ch in " \n" and rng.random() < pauses:
+                    next_key[i] += rng.uniform(0.6, 1.2)
         if now >= next_refactor:
             t = typists[turn % editors]
             turn += 1
@@ -200,6 +205,7 @@ async def run_load_async(env: dict, *, editors: int, rate: float, seconds: float
     served = lambda st: st.get("served_by_kind", {})  # noqa: E731
     res = {
         "editors": editors, "rate_per_editor": rate, "seconds": seconds, "refactor_every_s": refactor_every,
+        "pauses": pauses, "keystrokes_per_s": round(len([r for r in reqs if r["kind"] == "inline"]) / seconds, 1),
         "options": options, "sent": len(reqs), "answered": len(answered),
         "unanswered": len(reqs) - len(answered), "errors": len(errors),
         "error_messages": sorted({f"{r.get('code')}: {r.get('message', '')[:120]}" for r in errors})[:5],
@@ -226,12 +232,18 @@ async def run_load_async(env: dict, *, editors: int, rate: float, seconds: float
 
 def run_load(model_dir: Path, *, editors: int = 4, rate: float = 20.0, seconds: float = 60.0,
              refactor_every: float = 5.0, options: dict | None = None, daemon_config: dict | None = None,
-             seed: int = 0, log=print) -> dict:
+             pauses: float = 0.0, seed: int = 0, log=print) -> dict:
     from bench.latency import private_daemon
     opts = {"max_tokens": 16, "max_lines": 1, "refactor_max_tokens": 48, **(options or {})}
     with private_daemon(Path(model_dir), daemon_config) as env:
-        return asyncio.run(run_load_async(env, editors=editors, rate=rate, seconds=seconds,
+        return asyncio.run(run_load_async(env, editors=editors, rate=rate, seconds=seconds, pauses=pauses,
                                           refactor_every=refactor_every, options=opts, seed=seed, log=log))
+
+
+def run_variants(model_dir: Path, *, log=print, **kw) -> dict:
+    """The load as the issue states it (typing without a break), and with pauses at word ends (the
+    requests of the pauses are the ones that finish: the latency of real suggestions)."""
+    return {"steady": run_load(model_dir, log=log, **kw), "pauses": run_load(model_dir, log=log, pauses=0.3, **kw)}
 
 
 def markdown(res: dict, command: str) -> str:
@@ -244,7 +256,8 @@ def markdown(res: dict, command: str) -> str:
         f"| errors (other than RequestCancelled) | {res['errors']} |",
         f"| outcomes | {', '.join(f'{k} {v}' for k, v in res['outcomes'].items())} |",
         f"| latency, all answers | p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms |",
-        f"| latency, answers with a suggestion | p50 {sug['p50']:.0f} ms, p95 {sug['p95']:.0f} ms (n={sug['n']}) |",
+        f"| latency, answers with a suggestion | " + (f"p50 {sug['p50']:.0f} ms, p95 {sug['p95']:.0f} ms (n={sug['n']})"
+                                                      if sug["n"] else "none finished") + " |",
         f"| refactor, send to answer | p50 {ref['p50']:.0f} ms, p95 {ref['p95']:.0f} ms, max {res['refactor_max_ms']:.0f} ms |",
         f"| refactors let ahead by ageing | {d['aged_refactors']} |",
         f"| daemon: completions run / superseded / aborted | {d['completions_served']} / {d['superseded']} / {d['aborted']} |",
@@ -252,8 +265,10 @@ def markdown(res: dict, command: str) -> str:
         f"| RSS samples (s: MiB) | {', '.join(f'{t:g}: {m}' for t, m in res['rss_samples_mib'])} |",
         f"| drain after typing stopped | {res['drain_s']} s |",
     ]
+    pause = (f"; pauses of 0.6-1.2 s after {res['pauses']:.0%} of the spaces and newlines "
+             f"({res['keystrokes_per_s']:g} keystrokes/s in all)" if res.get("pauses") else ", without a break")
     return (f"{res['editors']} editors x {res['rate_per_editor']:g} keystrokes/s (each a didChange and an "
-            f"inline request) for {res['seconds']:g} s against one daemon, a refactor every "
+            f"inline request){pause}, for {res['seconds']:g} s against one daemon, a refactor every "
             f"{res['refactor_every_s']:g} s. Command: `{command}`.\n\n" + "\n".join(rows) + "\n")
 
 
@@ -264,6 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=float, default=20.0, help="keystrokes (requests) per second per editor")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--refactor-every", type=float, default=5.0)
+    p.add_argument("--pauses", type=float, default=0.0,
+                   help="chance of a 0.6-1.2 s pause after a space or newline (0 = type without a break)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
     args = p.parse_args(argv)
     model = args.model
@@ -274,7 +291,7 @@ def main(argv=None) -> int:
             print("python -m bench.load: no model (pass --model DIR)", file=sys.stderr)
             return 2
     res = run_load(model, editors=args.editors, rate=args.rate, seconds=args.seconds,
-                   refactor_every=args.refactor_every)
+                   refactor_every=args.refactor_every, pauses=args.pauses)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     print(markdown(res, "python -m bench.load " + " ".join(argv if argv is not None else sys.argv[1:])))

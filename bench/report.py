@@ -361,8 +361,11 @@ def markdown(r: dict) -> str:
     if r.get("load"):
         from bench.load import markdown as load_markdown
         ld = r["load"]
-        md += ["## 6. Load: editors typing against one daemon, refactors in between", "",
-               f"Skipped: {ld['skipped']}" if "skipped" in ld else load_markdown(ld, ld.get("command", "python -m bench")), ""]
+        md += ["## 6. Load: editors typing against one daemon, refactors in between", ""]
+        if "skipped" in ld:
+            md += [f"Skipped: {ld['skipped']}", ""]
+        for name, run in ({} if "skipped" in ld else ld).items():
+            md += [f"**{name}**: " + load_markdown(run, r.get("command", "python -m bench")), ""]
     changes = Path(__file__).with_name("changes.md")
     if changes.is_file() and not r.get("smoke"):
         md += ["## Engine changes, before and after", "",
