@@ -121,8 +121,8 @@ async def _collect(t: Typist, req: dict, deadline: float) -> None:
 
 async def run_load_async(env: dict, *, editors: int, rate: float, seconds: float, refactor_every: float,
                          options: dict, pauses: float = 0.0, seed: int = 0, log=print) -> dict:
-    """`pauses`: the chance that the typist stops for 0.6 to 1.2 s after a space or a newline (0: it
-    types without a break, every request is superseded or cancelled by the next keystroke)."""
+    """`pauses`: the chance that the typist stops for 0.6 to 1.2 s at the end of a word (a space or a
+    newline after a non-blank; 0: it types without a break, and every request meets the next keystroke)."""
     from daemon.client import DaemonClient
     from daemon.protocol import Status
     pid = int(env["_BENCH_DAEMON_PID"])
@@ -170,7 +170,7 @@ async def run_load_async(env: dict, *, editors: int, rate: float, seconds: float
                 ch = t.keystroke()
                 tasks.add(asyncio.ensure_future(_collect(t, t.requests[-1], drain_by)))
                 next_key[i] += period
-                if ch in " \n" and rng.random() < pauses:
+                if ch in " \n" and t.text[-2:-1] not in (" ", "\n", "") and rng.random() < pauses:
                     next_key[i] += rng.uniform(0.6, 1.2)
         if now >= next_refactor:
             t = typists[turn % editors]
@@ -265,7 +265,7 @@ def markdown(res: dict, command: str) -> str:
         f"| RSS samples (s: MiB) | {', '.join(f'{t:g}: {m}' for t, m in res['rss_samples_mib'])} |",
         f"| drain after typing stopped | {res['drain_s']} s |",
     ]
-    pause = (f"; pauses of 0.6-1.2 s after {res['pauses']:.0%} of the spaces and newlines "
+    pause = (f"; pauses of 0.6-1.2 s at {res['pauses']:.0%} of the word ends "
              f"({res['keystrokes_per_s']:g} keystrokes/s in all)" if res.get("pauses") else ", without a break")
     return (f"{res['editors']} editors x {res['rate_per_editor']:g} keystrokes/s (each a didChange and an "
             f"inline request){pause}, for {res['seconds']:g} s against one daemon, a refactor every "
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--refactor-every", type=float, default=5.0)
     p.add_argument("--pauses", type=float, default=0.0,
-                   help="chance of a 0.6-1.2 s pause after a space or newline (0 = type without a break)")
+                   help="chance of a 0.6-1.2 s pause at a word end (0 = type without a break)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
     args = p.parse_args(argv)
     model = args.model
