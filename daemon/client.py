@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon import protocol
-from daemon.protocol import PROTOCOL_VERSION, Abort, Hello, ProtocolError
+from daemon.protocol import PROTOCOL_VERSION, Abort, Hello, ProtocolError, Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,12 @@ class DaemonUnavailable(Exception):
 
 
 class DaemonVersionMismatch(DaemonUnavailable):
-    """The daemon speaks another protocol version (restart it: `tricode daemon restart`)."""
+    """The daemon speaks another protocol version (restart it: `tricode daemon restart`). `reply` is
+    its refusal: newer daemons say there which version they speak and their pid."""
+
+    def __init__(self, message: str, reply: dict | None = None):
+        super().__init__(message)
+        self.reply = reply or {}
 
 
 def start_daemon_process(socket_path: Path | None = None, model: str | None = None) -> None:
@@ -100,10 +105,23 @@ class DaemonClient:
                 raise DaemonUnavailable("the daemon did not answer hello") from None
             if reply.get("type") == "error":
                 await self.close()
-                cls = DaemonVersionMismatch if reply.get("code") == protocol.VERSION else DaemonUnavailable
-                raise cls(reply.get("message", "hello refused"))
+                if reply.get("code") == protocol.VERSION:
+                    raise DaemonVersionMismatch(reply.get("message", "hello refused"), reply)
+                raise DaemonUnavailable(reply.get("message", "hello refused"))
             self.hello = reply
             return reply
+
+    async def shutdown_without_hello(self, drain: bool = True, timeout: float = 10.0) -> dict:
+        """Send `shutdown` on a connection of its own without hello (a daemon that speaks another protocol
+        refuses our hello but takes this on its Unix socket); its reply."""
+        reader, writer = await asyncio.open_unix_connection(str(self.socket_path), limit=protocol.MAX_FRAME + 16)
+        try:
+            writer.write(protocol.pack(Shutdown(id=1, drain=drain)))
+            await writer.drain()
+            reply = await asyncio.wait_for(protocol.read_frame(reader), timeout)
+            return reply if isinstance(reply, dict) else {}
+        finally:
+            writer.close()
 
     async def _open(self) -> None:
         reader, writer = await asyncio.open_unix_connection(str(self.socket_path), limit=protocol.MAX_FRAME + 16)

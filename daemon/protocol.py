@@ -2,7 +2,9 @@
 
 Frames: a 4-byte big-endian length, then one msgpack map. Every map has a "type"; requests carry a
 client-chosen integer "id" that the reply repeats. The first frame on a connection is `hello`, which
-must carry the same PROTOCOL_VERSION as the daemon's. The daemon answers every request exactly once:
+must carry the same PROTOCOL_VERSION as the daemon's (a refusal names the daemon's version, build
+and pid; `shutdown` alone needs no hello on the Unix socket, so that a newer client can replace an
+older daemon). The daemon answers every request exactly once:
 with its reply type, or with `error` (codes below). A frame over MAX_FRAME bytes, or one that is not a
 msgpack map with a known "type", gets an `error` with id -1 (or the frame's id when it can be read),
 and the connection stays open.

@@ -554,9 +554,10 @@ class Daemon:
         if kind == "hello":
             if msg.version != protocol.PROTOCOL_VERSION:
                 self.stats.error(protocol.VERSION)
-                conn.send(protocol.error(msg.id, protocol.VERSION,
-                                         f"protocol version {msg.version} is not supported: this daemon speaks "
-                                         f"version {protocol.PROTOCOL_VERSION} (restart it: tricode daemon restart)"))
+                conn.send(dict(protocol.error(msg.id, protocol.VERSION,
+                                              f"protocol version {msg.version} is not supported: this daemon speaks "
+                                              f"version {protocol.PROTOCOL_VERSION} (restart it: tricode daemon restart)"),
+                               version=protocol.PROTOCOL_VERSION, build=reported_build(), pid=os.getpid()))
                 conn.close()
                 return
             if conn.tcp and not (self.tcp_token and hmac.compare_digest(msg.token, self.tcp_token)):
@@ -572,7 +573,9 @@ class Daemon:
                        "state": e.state, "model": str(e.model_path or ""), "device": e.device,
                        "progress": e.progress, "message": e.error or e.stage})
             return
-        if not conn.hello:
+        if not conn.hello and not (kind == "shutdown" and not conn.tcp):
+            # shutdown needs no hello on the Unix socket (peers are this user's): a newer `tricode lsp`
+            # whose hello this daemon refuses can still ask it to drain and exit
             self._bad(conn, protocol.ProtocolError(protocol.BAD_REQUEST, "the first frame must be hello", msg.id))
             if conn.tcp:
                 conn.close()

@@ -10,8 +10,10 @@ then fail fast until RETRY_AFTER seconds have passed.
 
 Upgrades: a daemon whose hello reports an older build (protocol.DAEMON_BUILD; an upgraded tricode
 while the old daemon lives on) is asked for a drain-then-exit shutdown: it refuses new work, finishes
-the requests it is running (other editors' too), and exits; then a new daemon is started and used. Once
-per connection attempt: a daemon that is still older after that is used as it is, with a warning.
+the requests it is running (other editors' too), and exits; then a new daemon is started and used. A
+daemon that refuses our hello because it speaks an older protocol (its refusal says which, and its
+pid) gets the same shutdown without hello. Once per connection attempt: a daemon that is still older
+after that is used as it is (build) or reported (protocol).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import os
 import time
 from typing import Awaitable, Callable
 
-from daemon.client import DaemonClient, DaemonUnavailable
-from daemon.protocol import DAEMON_BUILD, Shutdown, Status
+from daemon.client import DaemonClient, DaemonUnavailable, DaemonVersionMismatch
+from daemon.protocol import DAEMON_BUILD, PROTOCOL_VERSION, ProtocolError, Shutdown, Status
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,22 @@ REPLACE_WAIT_S = 330.0     # an older daemon's drain (its running refactors) may
 def daemon_build(hello: dict) -> int:
     build = hello.get("build", 1)
     return build if isinstance(build, int) and not isinstance(build, bool) else 1
+
+
+def _older_protocol(refusal: dict) -> bool:
+    theirs, pid = refusal.get("version"), refusal.get("pid")
+    return (isinstance(theirs, int) and theirs < PROTOCOL_VERSION
+            and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0)
+
+
+async def _exited(pid) -> None:
+    """Wait until the process `pid` has exited (a drain finishes the requests it runs first)."""
+    end = time.monotonic() + REPLACE_WAIT_S
+    while _alive(pid):
+        if time.monotonic() > end:
+            raise DaemonUnavailable(f"the older daemon (pid {pid}) did not exit within {REPLACE_WAIT_S:.0f} s; "
+                                    f"stop it: tricode daemon stop")
+        await asyncio.sleep(0.1)
 
 
 def _alive(pid) -> bool:
@@ -161,7 +179,12 @@ class Backend:
         loop = asyncio.get_running_loop()
         slow = loop.call_later(SLOW_CONNECT_S, lambda: self.spawn(prog.begin("starting the daemon")))
         try:
-            hello = await self.client.connect()
+            try:
+                hello = await self.client.connect()
+            except DaemonVersionMismatch as e:
+                if not _older_protocol(e.reply):
+                    raise
+                hello = await self._replace_older_protocol(e.reply, prog)
         except DaemonUnavailable as e:
             self.state, self.last_error, self.failed_at = "failed", str(e), time.monotonic()
             log.error("daemon unavailable: %s", e)
@@ -212,12 +235,7 @@ class Backend:
         except (DaemonUnavailable, asyncio.TimeoutError) as e:
             log.warning("asking the older daemon to shut down: %s", e)
         await self.client.close()
-        end = time.monotonic() + REPLACE_WAIT_S
-        while _alive(pid):
-            if time.monotonic() > end:
-                raise DaemonUnavailable(f"the older daemon (pid {pid}) did not exit within {REPLACE_WAIT_S:.0f} s; "
-                                        f"stop it: tricode daemon stop")
-            await asyncio.sleep(0.1)
+        await _exited(pid)
         new = await self.client.connect()
         self.replaced.append({"pid": pid, "build": build, "seconds": round(time.monotonic() - t0, 2)})
         if daemon_build(new) < DAEMON_BUILD:
@@ -226,6 +244,25 @@ class Backend:
             log.info("replaced the older daemon (pid %s) by pid %s in %.1f s", pid, new.get("pid"),
                      time.monotonic() - t0)
         return new
+
+    async def _replace_older_protocol(self, refusal: dict, prog) -> dict:
+        """A daemon that refused our hello because it speaks an older protocol: ask it (without hello)
+        to drain and exit, start a new one. A daemon that still refuses after that is reported."""
+        pid, theirs, t0 = refusal.get("pid"), refusal.get("version"), time.monotonic()
+        log.warning("the daemon (pid %s) speaks protocol %s, older than %d: replacing it once the requests it "
+                    "runs have finished", pid, theirs, PROTOCOL_VERSION)
+        self.spawn(prog.begin("replacing an older daemon"))
+        try:
+            reply = await self.client.shutdown_without_hello(drain=True)
+        except (OSError, asyncio.TimeoutError, ProtocolError) as e:
+            raise DaemonUnavailable(f"the daemon speaks protocol {theirs} and did not take shutdown ({e}); "
+                                    f"stop it: tricode daemon stop") from None
+        if reply.get("type") != "ok":
+            raise DaemonUnavailable(f"the daemon speaks protocol {theirs} and refused shutdown "
+                                    f"({reply.get('message')}); stop it: tricode daemon stop")
+        await _exited(pid)
+        self.replaced.append({"pid": pid, "protocol": theirs, "seconds": round(time.monotonic() - t0, 2)})
+        return await self.client.connect()
 
     def note_not_ready(self) -> None:
         """The daemon answered NOT_READY (a model reload after a config change): show it loading."""

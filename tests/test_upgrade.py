@@ -75,3 +75,57 @@ def test_older_daemon_drains_then_is_replaced(tiny_ckpt, tmp_path, monkeypatch):
         stop_pid(new_pid)
         import shutil
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_daemon_of_an_older_protocol_drains_without_hello(tiny_ckpt, tmp_path, monkeypatch):
+    """A newer `tricode lsp` (here: this process's client made to speak protocol PROTOCOL_VERSION + 1)
+    is refused hello by the daemon; the refusal names the daemon's protocol and pid; the Backend sends
+    shutdown {drain} without hello; the daemon finishes another editor's running request and exits. The
+    daemon started next is this same code (the older protocol again): that is reported, not retried."""
+    import daemon.client as client_mod
+    import lsp.backend as backend_mod
+    from daemon.client import DaemonVersionMismatch
+    from daemon.protocol import PROTOCOL_VERSION, Hello
+
+    env, short = private_env(tmp_path, tiny_ckpt)
+    for k in ("TRICODE_SOCKET", "XDG_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "TRICODE_MODEL"):
+        monkeypatch.setenv(k, env[k])
+    old = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(tiny_ckpt)],
+                           env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not ((st := daemon_status(env)) and st.get("state") == "ready"):
+            assert old.poll() is None and time.monotonic() < deadline, st
+            time.sleep(0.2)
+
+        async def scenario():
+            other = DaemonClient(env["TRICODE_SOCKET"], client_name="other-editor", autostart=False)
+            await other.connect()
+            _, running = other.submit(Generate(doc="file:///w/long.py", prefix="def long():\n", max_tokens=400,
+                                               deadline_ms=120000))
+            await other._drain()
+            while not (await other.request(Status()))["running"]:
+                await asyncio.sleep(0.01)
+            monkeypatch.setattr(client_mod, "Hello", lambda **kw: Hello(version=PROTOCOL_VERSION + 1, **kw))
+            monkeypatch.setattr(backend_mod, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
+            backend = Backend(socket_path=env["TRICODE_SOCKET"], client_name="lsp:newer", start_timeout=120)
+            with pytest.raises(DaemonVersionMismatch) as refused:
+                await asyncio.wait_for(backend.ensure(), 180)
+            reply = await asyncio.wait_for(running, 120)
+            await other.close()
+            return reply, refused.value, backend
+
+        reply, refused, backend = asyncio.run(scenario())
+        assert reply["type"] == "result" and reply["tokens"] > 0, reply     # drained, not cut
+        assert old.wait(10) == 0
+        assert backend.replaced and backend.replaced[0]["pid"] == old.pid and backend.replaced[0]["protocol"] == 1
+        assert refused.reply["version"] == 1 and refused.reply["pid"] != old.pid   # the next daemon, reported
+        assert "speaks version 1" in str(refused)
+    finally:
+        if old.poll() is None:
+            old.kill()
+        st = daemon_status(env)
+        stop_pid(st and st.get("pid"))
+        import shutil
+        shutil.rmtree(short, ignore_errors=True)
