@@ -13,9 +13,11 @@ jobs and delivers replies. Rules:
   goes to the most urgent waiting job; within a priority, connections take turns (round-robin), so one
   busy editor cannot starve another.
 - Ageing: a refactor that has waited AGE_S seconds in the queue (since it was submitted or its last
-  slice was requeued) takes the next free slot ahead of inline completions, the longest-waiting first.
-  Under a steady stream of keystrokes from several editors strict priorities would starve refactors;
-  with ageing a refactor gets at least one slice every AGE_S seconds.
+  slice was requeued) takes the next free slot ahead of inline completions, the longest-waiting first,
+  and at most one such slot per AGE_S seconds. Under a steady stream of keystrokes from several
+  editors strict priorities would starve refactors; with ageing the refactors get a slice at least
+  every AGE_S seconds, and inline completions lose at most one slot per AGE_S to them (on a slow,
+  loaded machine every refactor has waited AGE_S: without the limit they would all go first).
 - Refactors run in slices of SLICE_TOKENS tokens; when a slice ends and the batch is full while a job
   of the same or a higher priority waits, the refactor is requeued (resuming costs a one-token
   prefill: its KV cache keeps everything it has produced). Inline completions run in one go; they are
@@ -161,6 +163,7 @@ class Scheduler:
         # loop-thread registries
         self.jobs: dict[tuple[int, int], Job] = {}
         self.latest: dict[tuple[int, str], Job] = {}
+        self.last_aged_pop = float("-inf")      # engine thread, under cond
 
     # -- loop thread ----------------------------------------------------------------------------
 
@@ -288,9 +291,12 @@ class Scheduler:
             return None
 
     def _pop_aged(self, busy) -> Job | None:
-        """The refactor that has waited longest, once it has waited AGE_S seconds (under `cond`)."""
+        """The refactor that has waited longest, once it has waited AGE_S seconds and no refactor went
+        ahead by ageing in the last AGE_S seconds (under `cond`)."""
         q = self.queues[PRIO_REFACTOR]
         now = time.monotonic()
+        if now - self.last_aged_pop < AGE_S:
+            return None
         heads = [dq[0] for dq in q.values() if dq and not dq[0].cancel.is_set() and dq[0].cache_key not in busy
                  and now - dq[0].queued_at >= AGE_S]
         if not heads:
@@ -304,6 +310,7 @@ class Scheduler:
             del q[job.conn.id]
         job.aged += 1
         self.stats.aged += 1
+        self.last_aged_pop = now
         self.running.append(job)
         return job
 

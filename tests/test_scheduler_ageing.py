@@ -57,3 +57,24 @@ def test_requeued_slice_waits_again_and_busy_documents_are_skipped(monkeypatch):
     time.sleep(0.35)
     s.submit(job(a, 2, "complete", "file:///a.py"))          # a keystroke waits, but the refactor has aged
     assert s.pop(0) is refactor and refactor.aged == 2
+
+
+def test_at_most_one_refactor_goes_ahead_per_age_period(monkeypatch):
+    """On a slow machine every queued refactor has waited AGE_S: one goes ahead, then the inline
+    completions, until AGE_S has passed again."""
+    monkeypatch.setattr(scheduler, "AGE_S", 0.3)
+    s = Scheduler(None, Stats())
+    refactors = [job(Conn(10 + i), 1, "generate", f"file:///r{i}.py") for i in range(3)]
+    for r in refactors:
+        s.submit(r)
+    time.sleep(0.35)
+    a, b = Conn(1), Conn(2)
+    s.submit(job(a, 1, "complete", "file:///a.py"))
+    s.submit(job(b, 1, "complete", "file:///b.py"))
+    assert s.pop(0) is refactors[0]                          # the longest-waiting
+    assert [s.pop(0).kind, s.pop(0).kind] == ["complete", "complete"]
+    s.submit(job(a, 2, "complete", "file:///a2.py"))
+    assert s.pop(0).kind == "complete"                      # r1 has aged too, but the period is not over
+    time.sleep(0.35)
+    s.submit(job(a, 3, "complete", "file:///a3.py"))
+    assert s.pop(0) is refactors[1] and s.stats.aged == 2
