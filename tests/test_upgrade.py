@@ -123,6 +123,7 @@ def test_daemon_of_an_older_protocol_drains_without_hello(tiny_ckpt, tmp_path, m
         assert refused.reply["version"] == 1 and refused.reply["pid"] != old.pid   # the next daemon, reported
         assert "speaks version 1" in str(refused)
     finally:
+        monkeypatch.undo()              # this process's client speaks protocol 1 again (status, below)
         if old.poll() is None:
             old.kill()
         st = daemon_status(env)
