@@ -78,7 +78,7 @@ class Config:
     remote_model: str = ""             # the served model's name; "" = the first one the server lists
     remote_api_key_env: str = ""       # NAME of an environment variable holding the bearer token
     remote_timeout_ms: int = 5000      # connect, first byte and any silence mid-stream
-    remote_prompt: str = "auto"        # prompt layout: auto | tokens | prefix | qwen | starcoder | deepseek
+    remote_prompt: str = "auto"        # prompt layout: auto | tokens | tricode | prefix | qwen | starcoder | deepseek
     remote_max_inflight: int = 2       # requests in flight to the server per editor connection
     remote_fallback: str = ""          # "" | local: use the local model while the server is down
 
@@ -92,7 +92,7 @@ class Config:
 
 _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
             "log_level": LOG_LEVELS, "backend": ("local", "openai"), "remote_fallback": ("", "local"),
-            "remote_prompt": ("auto", "tokens", "prefix", "qwen", "starcoder", "deepseek")}
+            "remote_prompt": ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
             "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
             "cache_slots": 1, "batch_size": 1, "idle_exit_minutes": 0, "tcp_port": 0, "remote_timeout_ms": 100,

@@ -7,6 +7,9 @@ turns those pieces into what the served model was trained on:
     tokens     the local prompt's token ids, sent as a token list: the served model shares the local
                tokenizer (the embedded model exported to GGUF, the same NLD checkpoint), so it sees
                exactly the tokens the local model would. Only for such a server.
+    tricode    the local model's own layout as text, its special tokens spelled out:
+               <bos>[<|file_sep|>path\ncontent ...]<|fim_suffix|>S<|fim_prefix|>P<|fim_middle|> (the
+               embedded model; llama.cpp's servers parse these strings as the special tokens)
     prefix     the prefix text alone (NLD has no FIM tokens; the local path is [bos] + prefix too)
     qwen       Qwen2.5-Coder: [<|repo_name|>R\\n <|file_sep|>path\\ncontent ...] <|file_sep|>path\\n
                <|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>
@@ -14,7 +17,7 @@ turns those pieces into what the served model was trained on:
     deepseek   DeepSeek-Coder: <｜fim▁begin｜>[#path\\ncontent ...]P<｜fim▁hole｜>S<｜fim▁end｜>
 
 `auto` picks one from the served model's name (`remote_model`, or the first model the server lists):
-tricode -> tokens, qwen*coder -> qwen, starcoder -> starcoder, deepseek*coder -> deepseek, anything
+tricode -> tricode, qwen*coder -> qwen, starcoder -> starcoder, deepseek*coder -> deepseek, anything
 else -> prefix.
 
 Text layouts are tokenized by the server, which parses the layout's special-token strings. The same
@@ -28,8 +31,8 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-LAYOUTS = ("auto", "tokens", "prefix", "qwen", "starcoder", "deepseek")
-FIM_LAYOUTS = frozenset({"qwen", "starcoder", "deepseek"})
+LAYOUTS = ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")
+FIM_LAYOUTS = frozenset({"tricode", "qwen", "starcoder", "deepseek"})
 
 _MARKERS = {
     "qwen": ("<|repo_name|>", "<|file_sep|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
@@ -45,8 +48,8 @@ _ZWSP = "\u200b"
 def detect(model_name: str) -> str:
     """The layout for a served model's name (a path or a Hugging Face id)."""
     name = model_name.lower()
-    if "tricode" in name:         # tricode's own model (the embedded one as GGUF): the local tokenizer is its
-        return "tokens"
+    if "tricode" in name:         # tricode's own model (the embedded one as GGUF)
+        return "tricode"
     if "qwen" in name and "coder" in name:
         return "qwen"
     if "starcoder" in name:
@@ -65,9 +68,19 @@ def needs_suffix(layout: str) -> bool:
     return layout in FIM_LAYOUTS or layout == "tokens"
 
 
-def _escape(text: str, layout: str) -> str:
-    for m in _MARKERS.get(layout, ()):
-        if m in text:
+def _specials(tok) -> dict[str, str]:
+    """The local tokenizer's special tokens as strings (role -> text), for the `tricode` layout."""
+    inner = tok._tok
+    out = {"bos": inner.id_to_token(tok.bos_id) or ""}
+    for role, i in tok.fim.items():
+        if i is not None:
+            out[role] = inner.id_to_token(i)
+    return out
+
+
+def _escape(text: str, layout: str, markers=()) -> str:
+    for m in tuple(_MARKERS.get(layout, ())) + tuple(markers):
+        if m and m in text:
             text = text.replace(m, m[0] + _ZWSP + m[1:])
     return text
 
@@ -77,7 +90,8 @@ def render(layout: str, prompt, tok, path: str = "") -> str | list[int]:
     PromptBuilder with `tok` (FIM budgeting for a FIM layout), `path` the file being completed."""
     if layout == "tokens":
         return list(prompt.ids)
-    esc = (lambda ids: _escape(tok.decode(ids), layout))
+    sp = _specials(tok) if layout == "tricode" else {}
+    esc = (lambda ids: _escape(tok.decode(ids), layout, sp.values()))
     prefix = esc(prompt.prefix_ids)
     if layout == "prefix":
         return prefix
@@ -85,6 +99,12 @@ def render(layout: str, prompt, tok, path: str = "") -> str | list[int]:
         raise ValueError(f"unknown prompt layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     suffix = esc(prompt.suffix_ids)
     files = [esc(e) for e in prompt.entry_ids]          # "label\ncontent\n" each
+    if layout == "tricode":
+        if not all(k in sp for k in ("prefix", "suffix", "middle")):
+            raise ValueError("the tricode layout needs a local tokenizer with FIM tokens")
+        sep = sp.get("file_sep", "")
+        head = "".join(sep + f for f in files) if sep else ""
+        return f"{sp['bos']}{head}{sp['suffix']}{suffix}{sp['prefix']}{prefix}{sp['middle']}"
     name = PurePath(path).name if path else ""
     if layout == "qwen":
         head = "".join(f"<|file_sep|>{f}" for f in files)

@@ -483,7 +483,9 @@ class RemoteBackend:
         body = {"model": model, "prompt": rendered, "max_tokens": job.max_tokens, "stream": True,
                 "temperature": max(msg.temperature, 0.0)}
         if msg.temperature <= 0:
-            body["top_p"] = 1.0
+            # greedy as the local decoders are: no nucleus cut, and no repetition penalty (llama.cpp's
+            # servers default to repeat_penalty 1.1 even at temperature 0; others ignore the key)
+            body.update(top_p=1.0, repeat_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)
         if msg.stop:
             body["stop"] = [s for s in msg.stop if s]
         if layout == "tokens":     # the local decoders never emit the mask id; neither may the server
