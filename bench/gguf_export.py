@@ -117,6 +117,54 @@ def export(model_dir: Path, out: Path, dtype: str = "f32") -> Path:
     return write_gguf(ck.model, Path(model_dir) / "tokenizer.json", out, dtype)
 
 
+class LlamaServer:
+    """llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`) on 127.0.0.1 serving
+    one GGUF, its output in `log`; started and ready (its /v1/models answers) when constructed."""
+
+    def __init__(self, gguf: Path, log: Path, alias: str = "tricode-embedded", api_key: str = "",
+                 threads: int = 1, n_ctx: int = 4096, timeout: float = 120.0):
+        import socket
+        import subprocess
+        import time
+        import urllib.error
+        import urllib.request
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path, self.alias, self.api_key = Path(log), alias, api_key
+        self.log = open(log, "wb")
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx),
+               "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+        if api_key:
+            cmd += ["--api_key", api_key]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        end = time.monotonic() + timeout
+        req = urllib.request.Request(self.url + "/models", headers={"Authorization": f"Bearer {api_key}"})
+        while True:
+            if self.proc.poll() is not None:
+                self.log.close()
+                raise ExportUnavailable(f"llama_cpp.server exited: {self.output()[-2000:]}")
+            try:
+                with urllib.request.urlopen(req, timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > end:
+                    self.stop()
+                    raise ExportUnavailable(f"llama_cpp.server did not start: {self.output()[-2000:]}") from None
+                time.sleep(0.2)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
 def main(argv=None) -> int:
     from engine.embedded_model import default_model
     ap = argparse.ArgumentParser(prog="python -m bench.gguf_export", description=__doc__.split("\n\n")[0])

@@ -51,6 +51,7 @@ DOWN_FOR = 10.0            # seconds the fallback serves locally after a failure
 MODELS_TTL = 30.0          # seconds a /models listing is trusted
 MAX_BODY = 1 << 20         # an error body or a /models listing larger than this is cut
 IDLE_POOL = 8              # idle keep-alive connections kept per host
+DOWN_KINDS = ("unreachable", "server", "slow", "stream")   # failures the local fallback covers
 
 
 class RemoteError(Exception):
@@ -328,8 +329,11 @@ class RemoteBackend:
         """Should a new job go to the server (False: to the local engine)?"""
         if cfg.backend != "openai":
             return False
-        if cfg.remote_fallback == "local" and self.health.state == "error" and self.daemon.engine.ck is not None:
-            return time.monotonic() - self.health.failed_at > DOWN_FOR
+        if (cfg.remote_fallback == "local" and self.health.state == "error" and self.health.kind in DOWN_KINDS
+                and self.daemon.engine.ck is not None):
+            if time.monotonic() - self.health.failed_at <= DOWN_FOR:
+                self.fallbacks += 1
+                return False
         return True
 
     def submit(self, job) -> None:
@@ -379,10 +383,10 @@ class RemoteBackend:
         try:
             model, layout = await self._model(cfg)
             body, prompt_tokens = await self._body(job, cfg, model, layout)
-            text, reason, first_ms, chunks = await self._complete(job, cfg, body)
+            text, reason, first_ms, total_ms, chunks = await self._complete(job, cfg, body)
         except RemoteError as e:
             self._failed(e, cfg)
-            if cfg.remote_fallback == "local" and e.kind in ("unreachable", "server", "slow", "stream") \
+            if cfg.remote_fallback == "local" and e.kind in DOWN_KINDS \
                     and self.daemon.engine.ck is not None and not job.replied:
                 self.fallbacks += 1
                 job.prompt = None       # the engine builds its own prompt for the local model
@@ -391,7 +395,7 @@ class RemoteBackend:
             self.daemon.sched.reply(job, protocol.error(job.id, protocol.REMOTE, e.message))
             return
         self._ok()
-        self._finish(job, text, reason, first_ms, chunks, prompt_tokens)
+        self._finish(job, text, reason, first_ms, total_ms, chunks, prompt_tokens)
 
     async def _model(self, cfg) -> tuple[str, str]:
         """The served model's name (checked against the server's list) and the prompt layout."""
@@ -492,8 +496,8 @@ class RemoteBackend:
             body["logit_bias"] = {str(builder.tok.mask_id): -100}
         return body, len(prompt.ids)
 
-    async def _complete(self, job, cfg, body: dict) -> tuple[str, str, float, int]:
-        """Stream one completion: (raw text, stop reason, ms to the first byte, chunks)."""
+    async def _complete(self, job, cfg, body: dict) -> tuple[str, str, float, float, int]:
+        """Stream one completion: (raw text, stop reason, ms to the first byte, ms in all, chunks)."""
         msg = job.msg
         url = cfg.remote_url.rstrip("/") + "/completions"
         data = json.dumps(body).encode()
@@ -512,7 +516,8 @@ class RemoteBackend:
                 break
             except RemoteError as e:
                 if e.kind == "slow" and left() is not None and left() <= 0:
-                    return "", "deadline", (time.perf_counter() - t0) * 1e3, 0
+                    spent = (time.perf_counter() - t0) * 1e3
+                    return "", "deadline", spent, spent, 0
                 if not e.retry or attempt >= RETRIES:
                     raise
                 pause = BACKOFF_S * 2 ** attempt
@@ -565,7 +570,7 @@ class RemoteBackend:
                         reason = "stop"
                     elif finish:
                         reason = {"length": "length", "stop": "eos"}.get(finish, finish)
-            if reason in ("eos", "length") and not buf.strip():
+            if reason in ("eos", "length") and not buf.replace(b"data: [DONE]", b"").strip():
                 # the rest of the body (normally "data: [DONE]" and the end of the chunked stream) is
                 # read after the reply, to keep the connection alive for the next request
                 self.daemon.loop.create_task(self._drain(resp))
@@ -575,9 +580,10 @@ class RemoteBackend:
                 resp.close()          # the server sees the disconnect and stops generating
         if reason == "eos" and body["max_tokens"] <= chunks:
             reason = "length"
+        total_ms = (time.perf_counter() - t0) * 1e3
         self.first_byte_ms.append(first_ms)
-        self.total_ms.append((time.perf_counter() - t0) * 1e3)
-        return text, reason, first_ms, chunks
+        self.total_ms.append(total_ms)
+        return text, reason, first_ms, total_ms, chunks
 
     @staticmethod
     async def _drain(resp: Response) -> None:
@@ -606,7 +612,8 @@ class RemoteBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise RemoteError("stream", f"{url}: a stream event without choices[0].text: {payload[:80]!r}") from None
 
-    def _finish(self, job, raw: str, reason: str, first_ms: float, chunks: int, prompt_tokens: int) -> None:
+    def _finish(self, job, raw: str, reason: str, first_ms: float, total_ms: float, chunks: int,
+                prompt_tokens: int) -> None:
         t0 = time.perf_counter()
         text = finish_text(raw, reason, job.msg.max_lines, tuple(job.msg.stop))
         post_ms = (time.perf_counter() - t0) * 1e3
@@ -618,7 +625,7 @@ class RemoteBackend:
         result = protocol.Result(
             id=job.id, text=text, mode="remote", stop_reason=reason, tokens=chunks,
             queue_ms=round(((job.started or now) - job.arrived) * 1e3, 3), prefill_ms=round(first_ms, 3),
-            decode_ms=round(self.total_ms[-1] - first_ms, 3) if self.total_ms else 0.0,
+            decode_ms=round(total_ms - first_ms, 3),
             post_ms=round(post_ms, 3), total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=prompt_tokens,
             context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files if job.prompt else ()))
         frame = protocol.to_wire(result)

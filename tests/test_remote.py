@@ -14,17 +14,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.gguf_export import LlamaServer as Server
 from daemon import config, layouts, protocol
 from daemon.client import DaemonClient, call
 from daemon.context import PromptBuilder, finish_text, protect_special_tokens
@@ -132,50 +131,11 @@ def test_remote_config_keys_are_checked():
 
 # -- the server -----------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(url: str, body: dict | None = None, token: str = KEY, timeout: float = 60.0):
     req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-class Server:
-    """One `python -m llama_cpp.server` process on 127.0.0.1."""
-
-    def __init__(self, gguf: Path, log: Path):
-        self.gguf, self.log_path = gguf, log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", ALIAS,
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "1",
-             "--n_threads_batch", "1", "--api_key", KEY],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-        end = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, f"llama_cpp.server exited: {self.output()[-2000:]}"
-            try:
-                http(self.url + "/models", timeout=2)
-                return
-            except (urllib.error.URLError, OSError):
-                assert time.monotonic() < end, f"llama_cpp.server did not start: {self.output()[-2000:]}"
-                time.sleep(0.2)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +152,7 @@ def gguf(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(gguf, tmp_path_factory):
-    s = Server(gguf, tmp_path_factory.mktemp("srv") / "server.log")
+    s = Server(gguf, tmp_path_factory.mktemp("srv") / "server.log", ALIAS, KEY)
     yield s
     s.stop()
 
@@ -404,7 +364,7 @@ def test_wrong_token_and_wrong_model_are_reported(daemon, server):
 
 
 def test_server_killed_mid_request_then_unreachable_then_fallback(daemon, server, gguf):
-    other = Server(gguf, daemon.base / "killed.log")
+    other = Server(gguf, daemon.base / "killed.log", ALIAS, KEY)
     base = daemon.base_config()
     try:
         daemon.reconfigure(daemon.base_config(url=other.url),
