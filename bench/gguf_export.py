@@ -139,7 +139,9 @@ class LlamaServer:
                "--n_threads", str(threads), "--n_threads_batch", str(threads)]
         if api_key:
             cmd += ["--api_key", api_key]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        import os
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))   # its log read as it goes
         end = time.monotonic() + timeout
         req = urllib.request.Request(self.url + "/models", headers={"Authorization": f"Bearer {api_key}"})
         while True:

@@ -484,8 +484,10 @@ class RemoteBackend:
         prompt, rendered = await self.daemon.loop.run_in_executor(self._executor, build)
         job.prompt = prompt
         job.context_ms = (time.perf_counter() - t0) * 1e3
+        # the layout puts what changes rarely first: servers that cache prompt prefixes (SGLang's radix
+        # cache, vLLM's prefix caching, llama.cpp's cache_prompt) prefill only what a keystroke changed
         body = {"model": model, "prompt": rendered, "max_tokens": job.max_tokens, "stream": True,
-                "temperature": max(msg.temperature, 0.0)}
+                "temperature": max(msg.temperature, 0.0), "cache_prompt": True}
         if msg.temperature <= 0:
             # greedy as the local decoders are: no nucleus cut, and no repetition penalty (llama.cpp's
             # servers default to repeat_penalty 1.1 even at temperature 0; others ignore the key)
