@@ -21,7 +21,6 @@ turn on each task (round robin), so that a change of machine load hits them all 
 """
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -31,8 +30,8 @@ from typing import Sequence
 import numpy as np
 
 
-class PeerUnavailable(Exception):
-    pass
+from bench.gguf_export import ExportUnavailable as PeerUnavailable
+from bench.gguf_export import write_gguf  # noqa: F401 - the export lives there (tests serve it too)
 
 
 # ----------------------------------------------------------------------------- transformers
@@ -103,92 +102,6 @@ class HFRunner:
 
 
 # ----------------------------------------------------------------------------- llama.cpp
-
-
-def _permute(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute: half-split RoPE rows -> adjacent pairs."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_gguf(model, tokenizer_json: Path, path: Path, dtype: str = "f32") -> Path:
-    """The engine's tensors as a llama-architecture GGUF with a gpt2-style BPE tokenizer."""
-    try:
-        import gguf
-    except ImportError as e:
-        raise PeerUnavailable(f"gguf is not installed ({e}); `pip install -e .[bench]`") from None
-    from engine.checkpoint import hf_state_dict
-    c = model.cfg
-    if c.rope_scaling is not None:
-        raise PeerUnavailable("the checkpoint uses YaRN with tricode's query scaling; the export covers plain RoPE")
-    tj = json.loads(Path(tokenizer_json).read_text())
-    vocab = dict(tj["model"]["vocab"])
-    for t in tj.get("added_tokens", []):
-        vocab.setdefault(t["content"], t["id"])
-    special = {t["id"] for t in tj.get("added_tokens", []) if t.get("special")}
-    by_id = {i: s for s, i in vocab.items()}
-    tokens, types = [], []
-    for i in range(c.vocab_size):
-        s = by_id.get(i, f"[PAD{i}]")
-        tokens.append(s)
-        types.append(gguf.TokenType.CONTROL if i in special else
-                     gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
-
-    ftype = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tricode-bench-export")
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(c.head_dim)
-    w.add_value_length(c.head_dim)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_vocab_size(c.vocab_size)
-    w.add_file_type(ftype)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(c.bos_token_id)
-    w.add_eos_token_id(c.eos_token_id)
-    w.add_pad_token_id(c.eos_token_id)
-    w.add_add_bos_token(False)
-    w.add_add_eos_token(False)
-
-    sd = {k: v.float().cpu().numpy() for k, v in hf_state_dict(model).items()}
-    nq, nkv = c.num_attention_heads, c.num_key_value_heads
-
-    def put(name: str, arr: np.ndarray, matrix: bool = True) -> None:
-        arr = np.ascontiguousarray(arr, dtype=np.float16 if (dtype == "f16" and matrix) else np.float32)
-        w.add_tensor(name, arr)
-
-    put("token_embd.weight", sd["encoder.embed_tokens.weight"])
-    for i in range(c.num_hidden_layers):
-        p = f"encoder.layers.{i}."
-        put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], matrix=False)
-        put(f"blk.{i}.attn_q.weight", _permute(sd[p + "self_attn.q_proj.weight"], nq, nq))
-        put(f"blk.{i}.attn_k.weight", _permute(sd[p + "self_attn.k_proj.weight"], nq, nkv))
-        put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-        put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-        put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], matrix=False)
-        put(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-        put(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        put(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
-    put("output_norm.weight", sd["encoder.norm.weight"], matrix=False)
-    put("output.weight", sd["diffusion_head.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 class LlamaCppRunner:

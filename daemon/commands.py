@@ -314,12 +314,36 @@ def cmd_status(args) -> int:
         f"{fb.get('partial', 0)} partial, {fb.get('rejected', 0)} rejected)",
         f"errors       {st['errors']}" + (f" {st['errors_by_code']}" if st["errors"] else "")
         + (f", {st['refused_peers']} refused peer(s)" if st["refused_peers"] else ""),
+        *_remote_lines(st),
         f"config       {st['config']['path']}" + ("".join(f"\n  ! {p}" for p in st["config"]["problems"])),
         f"socket       {st['socket']}" + (f", tcp {st['tcp']}" if st.get("tcp") else ""),
         f"log          {st['log']}",
     ]
     print("\n".join(lines))
     return 0
+
+
+def _remote_lines(st: dict) -> list[str]:
+    """The backend lines of `tricode daemon status` (nothing for the local backend)."""
+    r = st.get("remote") or {}
+    if st.get("backend", "local") != "openai" or not r:
+        return []
+
+    def ms(v):
+        return "-" if v is None else f"{v:.0f} ms"
+
+    health = {"ok": "ok", "unknown": "not used yet"}.get(r.get("state"), f"ERROR ({r.get('error_kind')})")
+    errs = ", ".join(f"{n} {k}" for k, n in sorted(r.get("errors_by_kind", {}).items())) or "none"
+    lines = [
+        f"backend      openai: {r.get('url')}, model {r.get('model') or '(first listed)'}, "
+        f"prompt layout {r.get('prompt_layout')}, token {r.get('api_key')}",
+        f"remote       {health}; {r.get('requests', 0)} request(s), latency p50 {ms(r.get('total_ms_p50'))} "
+        f"(first byte {ms(r.get('first_byte_ms_p50'))}, last {ms(r.get('last_total_ms'))}); errors: {errs}"
+        + (f"; fallback local ({r.get('fallbacks', 0)} served locally)" if r.get("fallback") else ""),
+    ]
+    if r.get("error"):
+        lines.append(f"  ! {r['error']}")
+    return lines
 
 
 def cmd_restart(args) -> int:

@@ -5,6 +5,8 @@ optional; tables such as `[lsp]` belong to other parts of tricode and are ignore
     device = "auto"               # auto | cpu | cuda | cuda:1 ...
     inline_mode = "spec"          # ar | diffusion | spec
     deadline_ms = 1000
+    backend = "openai"            # send the model calls to an OpenAI-compatible server (remote.py)
+    remote_url = "http://gpu-box:30000/v1"
 
 Where the model comes from, first match wins: `--model` on `tricode daemon start|run`, the
 TRICODE_MODEL environment variable, `model` in this file, the embedded model. The daemon watches the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -69,6 +72,15 @@ class Config:
     idle_exit_minutes: float = 0.0     # exit after this long without connections or requests; 0 = never
     log_level: str = "info"
     tcp_port: int = 0                  # 0 = no TCP listener; else 127.0.0.1:port, with a token
+    # where the model runs (remote.py): this process, or an OpenAI-compatible server (SGLang, vLLM, llama.cpp)
+    backend: str = "local"             # local | openai
+    remote_url: str = ""               # the server's API base, e.g. http://gpu-box:30000/v1
+    remote_model: str = ""             # the served model's name; "" = the first one the server lists
+    remote_api_key_env: str = ""       # NAME of an environment variable holding the bearer token
+    remote_timeout_ms: int = 5000      # connect, first byte and any silence mid-stream
+    remote_prompt: str = "auto"        # prompt layout: auto | tokens | tricode | prefix | qwen | starcoder | deepseek
+    remote_max_inflight: int = 2       # requests in flight to the server per editor connection
+    remote_fallback: str = ""          # "" | local: use the local model while the server is down
 
     def replace(self, **kw) -> "Config":
         return dataclasses.replace(self, **kw)
@@ -79,10 +91,12 @@ class Config:
 
 
 _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
-            "log_level": LOG_LEVELS}
+            "log_level": LOG_LEVELS, "backend": ("local", "openai"), "remote_fallback": ("", "local"),
+            "remote_prompt": ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
             "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
-            "cache_slots": 1, "batch_size": 1, "idle_exit_minutes": 0, "tcp_port": 0}
+            "cache_slots": 1, "batch_size": 1, "idle_exit_minutes": 0, "tcp_port": 0, "remote_timeout_ms": 100,
+            "remote_max_inflight": 1}
 
 
 def _check(name: str, want: str, value):
@@ -112,6 +126,27 @@ def _check(name: str, want: str, value):
     return value
 
 
+def _check_remote(kw: dict, problems: list[str]) -> None:
+    """Keys that only make sense together: an openai backend needs a usable URL; the key's env var
+    is a name, never the token itself."""
+    url = kw.get("remote_url", "")
+    if url:
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"remote_url = {url!r}: expected http://host:port/v1 or https://... (using none)")
+            kw.pop("remote_url")
+    env = kw.get("remote_api_key_env", "")
+    if env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+        problems.append("remote_api_key_env must be the NAME of an environment variable holding the token "
+                        "(e.g. TRICODE_API_KEY), never the token itself (ignored)")
+        kw.pop("remote_api_key_env")
+    if kw.get("backend") == "openai" and not kw.get("remote_url"):
+        problems.append('backend = "openai" needs remote_url (e.g. "http://gpu-box:30000/v1"); '
+                        'using the local backend')
+        kw["backend"] = "local"
+
+
 def parse(data: dict) -> tuple[Config, list[str]]:
     """A TOML mapping -> (Config, problems). Bad keys keep their defaults and are listed."""
     problems: list[str] = []
@@ -127,6 +162,7 @@ def parse(data: dict) -> tuple[Config, list[str]]:
             kw[key] = _check(key, types[key], value)
         except ValueError as e:
             problems.append(f"{e} (using the default {getattr(Config, key)!r})")
+    _check_remote(kw, problems)
     return Config(**kw), problems
 
 

@@ -402,6 +402,10 @@ class Prompt:
     context_files: list[str] = field(default_factory=list)
     prefix_clipped_lines: int = 0
     fim: bool = True
+    # the clipped pieces, as token ids of this tokenizer, for a backend that lays them out itself
+    prefix_ids: list[int] = field(default_factory=list)
+    suffix_ids: list[int] = field(default_factory=list)
+    entry_ids: list[list[int]] = field(default_factory=list)   # enc(label + "\n" + content) per file
 
 
 def _split_lines(text: str) -> list[str]:
@@ -499,11 +503,16 @@ class PromptBuilder:
             ids = self.tok.encode(lines[0])[:budget]
         return ids
 
-    def build(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = ()) -> Prompt:
+    def build(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = (),
+              fim: bool | None = None) -> Prompt:
+        """The prompt within `budget` tokens. `fim` (default: the tokenizer has FIM tokens) chooses the
+        budgeting with suffix and extra context; `ids` holds this tokenizer's layout of the pieces
+        (prefix only when it has no FIM tokens), the pieces themselves are kept for other layouts."""
         tok = self.tok
-        if not tok.has_fim:
+        if not (tok.has_fim if fim is None else fim):
             ids, clipped = self.clip_prefix(prefix, budget - 1)
-            return Prompt([tok.bos_id] + ids, prefix_tokens=len(ids), prefix_clipped_lines=clipped, fim=False)
+            return Prompt([tok.bos_id] + ids, prefix_tokens=len(ids), prefix_clipped_lines=clipped, fim=False,
+                          prefix_ids=ids)
         overhead = 4
         suffix_ids = self.clip_head(suffix, int(budget * SUFFIX_SHARE))
         e_min = int(budget * EXTRA_MIN_SHARE) if extra else 0
@@ -513,8 +522,9 @@ class PromptBuilder:
         extra_budget = budget - overhead - len(suffix_ids) - p_reserved
         ctx: list[int] = []
         files: list[str] = []
+        entries: list[list[int]] = []
         sep = tok.fim.get("file_sep")
-        if extra and sep is not None:
+        if extra and (sep is not None or not tok.has_fim):
             per_entry = max(extra_budget // 2, MIN_ENTRY_TOKENS)
             for label, content in extra:
                 left = extra_budget - len(ctx)
@@ -525,12 +535,17 @@ class PromptBuilder:
                 entry = self.clip_head(f"{label}\n{content}", min(left, per_entry) - 1)
                 if len(entry) < MIN_ENTRY_TOKENS // 2:
                     continue
-                ctx += [sep] + entry
+                ctx += ([sep] if sep is not None else []) + entry
+                entries.append(entry)
                 files.append(label)
-        ids = ([tok.bos_id] + ctx + [tok.fim["suffix"]] + suffix_ids + [tok.fim["prefix"]] + prefix_ids
-               + [tok.fim["middle"]])
+        if tok.has_fim:
+            ids = ([tok.bos_id] + ctx + [tok.fim["suffix"]] + suffix_ids + [tok.fim["prefix"]] + prefix_ids
+                   + [tok.fim["middle"]])
+        else:  # FIM budgeting asked for a tokenizer without FIM tokens: its own layout is the prefix
+            ids = [tok.bos_id] + prefix_ids
         return Prompt(ids, prefix_tokens=len(prefix_ids), suffix_tokens=len(suffix_ids),
-                      context_tokens=len(ctx), context_files=files, prefix_clipped_lines=clipped)
+                      context_tokens=len(ctx), context_files=files, prefix_clipped_lines=clipped,
+                      prefix_ids=prefix_ids, suffix_ids=suffix_ids, entry_ids=entries)
 
 
 # -- stop rules ----------------------------------------------------------------------------------------

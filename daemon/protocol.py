@@ -49,6 +49,7 @@ NOT_READY = "not_ready"        # model still loading or failed to load
 VERSION = "version"            # protocol version mismatch
 INTERNAL = "internal"          # a bug on the daemon side; the daemon keeps running
 SHUTTING_DOWN = "shutting_down"
+REMOTE = "remote"              # the model server (backend = "openai") failed; the message says how
 FORBIDDEN = "forbidden"        # a peer of another user, or a TCP client without the right token
 
 

@@ -168,6 +168,12 @@ class Scheduler:
     # -- loop thread ----------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        self.register(job)
+        self.enqueue(job)
+
+    def register(self, job: Job) -> None:
+        """Take `job` into the reply bookkeeping (supersede, abort) without queueing it for the engine
+        (a job for the remote backend, remote.py)."""
         key = (job.conn.id, job.id)
         old = self.jobs.get(key)
         if old is not None:  # a client reusing a live id: the older one is replaced
@@ -180,6 +186,9 @@ class Scheduler:
                 self.stats.superseded += 1
                 self.cancel(older, protocol.SUPERSEDED, f"superseded by request {job.id}")
             self.latest[dkey] = job
+
+    def enqueue(self, job: Job) -> None:
+        """Queue a registered job for the engine thread."""
         with self.cond:
             job.queued_at = time.monotonic()
             q = self.queues[job.priority]
@@ -340,6 +349,11 @@ class Scheduler:
                     | {j.cache_key for j in self.running})
 
 
+def remote_only(cfg: Config) -> bool:
+    """The model runs on a server and the local one is never used (no fallback): load no weights."""
+    return cfg.backend == "openai" and cfg.remote_fallback != "local"
+
+
 class Engine(threading.Thread):
     """The engine thread: loads the model, then serves the scheduler's jobs one at a time."""
 
@@ -371,7 +385,7 @@ class Engine(threading.Thread):
 
     def wanted_key(self, cfg: Config) -> tuple:
         path = resolve_model(cfg, self.model_override)
-        return (str(path) if path else None, cfg.device, cfg.dtype)
+        return (str(path) if path else None, cfg.device, cfg.dtype, remote_only(cfg))
 
     def set_config(self, cfg: Config) -> bool:
         """Apply a new config; True when it needs a model reload (done between jobs)."""
@@ -465,6 +479,9 @@ class Engine(threading.Thread):
                        f"{__import__('daemon.config').config.config_path()}, TRICODE_MODEL, or pass --model DIR")
             return
         t0 = time.perf_counter()
+        if remote_only(cfg):
+            self._load_tokenizer(path, key, t0)
+            return
         self._progress("loading", 0.02, f"loading {path}")
         try:
             self._progress("loading", 0.05, "importing torch")
@@ -521,6 +538,24 @@ class Engine(threading.Thread):
         self.state = "ready"
         self._progress("ready", 1.0, f"ready: {path.name} on {self.device} ({self.dtype}) "
                                      f"in {self.load_ms / 1e3:.1f} s")
+
+    def _load_tokenizer(self, path: Path, key: tuple, t0: float) -> None:
+        """The model runs on a server (backend = "openai", no local fallback): only the tokenizer that
+        budgets the prompts is loaded, no weights and no torch."""
+        from daemon.tokenizer import Tokenizer, TokenizerError
+        try:
+            tok = Tokenizer(path)
+        except TokenizerError as e:
+            self._fail(f"the tokenizer that budgets remote prompts: {e}")
+            return
+        protect_special_tokens(tok)
+        self.tok, self.builder = tok, PromptBuilder(tok)
+        self.device, self.dtype, self.prefill_dtype, self.lora = "remote", "", "", False
+        self.loaded_key = key
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        self.state = "ready"
+        self._progress("ready", 1.0, f"ready: completions from {self.cfg.remote_url} "
+                                     f"(prompts budgeted with the tokenizer of {path.name})")
 
     def _threads(self, cfg: Config) -> None:
         # Default (0): one thread on a machine of 2 cores or fewer. Measured there (docs/benchmarks.md):

@@ -39,6 +39,7 @@ from pathlib import Path
 from daemon import config as config_mod
 from daemon import protocol
 from daemon.context import Workspace
+from daemon.remote import CancelSignal, RemoteBackend
 from daemon.scheduler import PRIO_INLINE, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats
 
 log = logging.getLogger("tricode.daemon")
@@ -300,6 +301,7 @@ class Daemon:
         self.observer = self._start_observer()
         self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer)
         self.engine = Engine(self.sched, self.workspace, self.cfg, self.model_override, self._on_progress)
+        self.remote = RemoteBackend(self)
         sock = bind_socket(self.sock_path)
         self.sock_ino = self.sock_path.stat().st_ino
         self.server = await asyncio.start_unix_server(self._handle_unix, sock=sock, limit=2**20)
@@ -327,6 +329,7 @@ class Daemon:
         if self.tcp_server is not None:
             self.tcp_server.close()
         self.sched.shutdown()
+        self.remote.close()
         await self.loop.run_in_executor(None, self.engine.join, 10.0)
         if self.engine.is_alive():
             log.warning("the engine thread did not stop within 10 s; exiting anyway")
@@ -399,6 +402,7 @@ class Daemon:
         if pool is not None:
             pool.slots = cfg.cache_slots
         reload = self.engine.set_config(cfg)
+        self.remote.config_changed(old, cfg)
         changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(old, f.name)]
         log.info("config reloaded: %s changed%s", ", ".join(changed), "; reloading the model" if reload else "")
         if cfg.tcp_port != old.tcp_port:
@@ -536,6 +540,7 @@ class Daemon:
         finally:
             conn.closed = True
             self.sched.drop_connection(conn)
+            self.remote.drop_connection(conn.id)
             self.workspace.drop_owner(conn.id)
             self.conns.pop(conn.id, None)
             self.last_activity = time.monotonic()
@@ -651,10 +656,16 @@ class Daemon:
         max_tokens = min(msg.max_tokens or (64 if inline else 256), cap)
         deadline_ms = msg.deadline_ms or (cfg.deadline_ms if inline else cfg.refactor_deadline_ms)
         now = time.perf_counter()
+        remote = self.remote.wants(cfg)
         job = Job(conn=conn, msg=msg, kind=msg.type, priority=PRIO_INLINE if inline else PRIO_REFACTOR,
                   mode=msg.mode or (cfg.inline_mode if inline else cfg.refactor_mode), max_tokens=max_tokens,
-                  deadline=time.monotonic() + deadline_ms / 1e3 if deadline_ms > 0 else None, arrived=now)
-        self.sched.submit(job)
+                  deadline=time.monotonic() + deadline_ms / 1e3 if deadline_ms > 0 else None, arrived=now,
+                  cancel=CancelSignal())
+        if remote:     # the model call goes to the server; the bookkeeping stays the scheduler's
+            self.sched.register(job)
+            self.remote.submit(job)
+        else:
+            self.sched.submit(job)
 
     # -- status -------------------------------------------------------------------------------------
 
@@ -700,6 +711,8 @@ class Daemon:
             "workspace": {"open_documents": len(self.workspace.docs), "recent_files": len(self.workspace.recent),
                           "roots": [str(r) for r in self.workspace.roots]},
             "last_result": dict(st.last_result),
+            "backend": cfg.backend,
+            "remote": self.remote.status(cfg) if cfg.backend == "openai" else {},
         }
 
 

@@ -215,6 +215,9 @@ class TricodeServer(LanguageServer):
         backend = self.backend.describe() if self.backend else {"state": "uninitialized"}
         modes = daemon.get("modes") if isinstance(daemon.get("modes"), dict) else {}
         mode = self.settings.inline_mode or modes.get("inline") or "spec"
+        remote = daemon.get("remote") if daemon.get("backend") == "openai" else None
+        if isinstance(remote, dict) and remote:   # the editors' status line shows the server's health
+            mode = "remote" + (f": {remote.get('error_kind')}" if remote.get("state") == "error" else "")
         return {
             "state": daemon.get("state") or backend["state"],
             "model": daemon.get("model", ""),
