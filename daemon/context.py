@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.gitignore import GitIgnore
+from daemon.loops import loop_cut
 
 log = logging.getLogger(__name__)
 
@@ -535,10 +536,13 @@ class PromptBuilder:
 
 # -- stop rules ----------------------------------------------------------------------------------------
 
-def text_cut(text: str, max_lines: int = 0, stops=()) -> int | None:
+def text_cut(text: str, max_lines: int = 0, stops=(), before: str | None = None) -> int | None:
     """Where the completion text ends, or None to go on: before the newline that completes the
-    `max_lines`-th line (lines count from the first non-whitespace character), or before a stop string."""
+    `max_lines`-th line (lines count from the first non-whitespace character), before a stop string,
+    or (with `before`, the text before the cursor) where it starts repeating itself (loops.py)."""
     cut = None
+    if before is not None:
+        cut = loop_cut(text, before)
     for s in stops:
         if s:
             i = text.find(s)
@@ -561,10 +565,10 @@ def text_cut(text: str, max_lines: int = 0, stops=()) -> int | None:
     return cut
 
 
-def finish_text(text: str, stop_reason: str, max_lines: int = 0, stops=()) -> str:
-    """The final completion text: cut exactly at the stop rule; after a deadline, at the last complete
-    line. Never ends with the newline that ended its last line."""
-    cut = text_cut(text, max_lines, stops)
+def finish_text(text: str, stop_reason: str, max_lines: int = 0, stops=(), before: str | None = None) -> str:
+    """The final completion text: cut exactly at the stop rule (and the loop guard, with `before`);
+    after a deadline, at the last complete line. Never ends with the newline that ended its last line."""
+    cut = text_cut(text, max_lines, stops, before)
     if cut is None and stop_reason == "deadline":
         cut = max(text.rfind("\n"), 0)
     if cut is None:

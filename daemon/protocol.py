@@ -154,6 +154,7 @@ class Result:
     prompt_tokens: int = 0     # length of the prompt the daemon built (context + suffix + prefix)
     context_ms: float = 0.0    # building that prompt (workspace context, tokenization)
     context_files: tuple[str, ...] = ()   # the extra-context files in the prompt, as labelled there
+    loop_cut: bool = False     # the text was cut where it began to repeat itself (daemon/loops.py)
     type: str = "result"
 
 

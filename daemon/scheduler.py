@@ -87,6 +87,12 @@ class Job:
         return (self.kind, self.msg.doc or self.msg.path or f"conn{self.conn.id}")
 
 
+def loop_context(job: Job) -> str | None:
+    """The text the loop guard reads before a completion (loops.py): inline completions only
+    (a refactor may rewrite repeated code on purpose)."""
+    return job.msg.prefix if job.kind == "complete" else None
+
+
 class CachePool:
     """KV caches keyed by (kind, document), least recently used evicted (its buffers reused)."""
 
@@ -131,6 +137,7 @@ class Stats:
         self.superseded = 0
         self.aborted = 0
         self.deadline = 0
+        self.loop_cuts = 0              # inline completions cut where they began to repeat themselves
         self.errors: dict[str, int] = {}
         self.refused_peers = 0
         self.feedback = {"accepted": 0, "rejected": 0, "partial": 0, "shown_chars": 0, "accepted_chars": 0}
@@ -548,22 +555,23 @@ class Engine(threading.Thread):
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
         cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
         base = list(job.tokens)
+        before = loop_context(job)
 
         def stop(tokens):
             full = base + tokens
-            if text_cut(tok.decode(full), msg.max_lines, stops) is None:
+            if text_cut(tok.decode(full), msg.max_lines, stops, before) is None:
                 return None
             lo, hi = len(base) + 1, len(full)
             while lo < hi:
                 mid = (lo + hi) // 2
-                if text_cut(tok.decode(full[:mid]), msg.max_lines, stops) is not None:
+                if text_cut(tok.decode(full[:mid]), msg.max_lines, stops, before) is not None:
                     hi = mid
                 else:
                     lo = mid + 1
             return lo - len(base)
 
         job.decode = Decode(model, job.prompt.ids + job.tokens, params, cache=cache, cancel=job.cancel,
-                            stop=stop if (msg.max_lines > 0 or stops) else None)
+                            stop=stop if (msg.max_lines > 0 or stops or before is not None) else None)
 
     def _collect(self, job: Job, others: int) -> bool:
         """Account a finished slice; True when the job goes on with another slice in the batch."""
@@ -593,7 +601,9 @@ class Engine(threading.Thread):
     def _finish(self, job: Job, stop_reason: str, stops) -> None:
         t0 = time.perf_counter()
         raw = self.tok.decode(job.tokens)
-        text = finish_text(raw, stop_reason, job.msg.max_lines, stops)
+        before = loop_context(job)
+        text = finish_text(raw, stop_reason, job.msg.max_lines, stops, before)
+        looped = before is not None and text != finish_text(raw, stop_reason, job.msg.max_lines, stops)
         post_ms = (time.perf_counter() - t0) * 1e3
         st = self.sched.stats
         st.tokens += len(job.tokens)
@@ -604,6 +614,7 @@ class Engine(threading.Thread):
         st.reused_tokens += job.reused_tokens
         if stop_reason == "deadline":
             st.deadline += 1
+        st.loop_cuts += looped
         now = time.perf_counter()
         result = protocol.Result(
             id=job.id, text=text, mode=job.mode, stop_reason=stop_reason, tokens=len(job.tokens),
@@ -613,7 +624,8 @@ class Engine(threading.Thread):
             queue_ms=round(((job.started or now) - job.arrived) * 1e3, 3),
             prefill_ms=round(job.prefill_ms, 3), decode_ms=round(job.decode_ms, 3), post_ms=round(post_ms, 3),
             total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=len(job.prompt.ids),
-            context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files))
+            context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files),
+            loop_cut=looped)
         frame = protocol.to_wire(result)
         st.last_result = {k: frame[k] for k in ("mode", "stop_reason", "tokens", "nfe", "tokens_per_forward",
                                                 "prefill_tokens", "reused_tokens", "prefill_ms", "total_ms")}
