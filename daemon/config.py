@@ -65,6 +65,7 @@ class Config:
     max_file_kb: int = 512             # files larger than this are never read for context
     cache_slots: int = 4               # KV caches kept for prefix reuse (one per recent document)
     batch_size: int = 4                # decodes run together (batched forwards); 1 = one at a time
+    prefetch_tokens_per_s: int = 2048  # prefill work a second for prefetches (lowest priority); 0 = no prefetch
     # process
     idle_exit_minutes: float = 0.0     # exit after this long without connections or requests; 0 = never
     log_level: str = "info"
@@ -82,7 +83,7 @@ _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto
             "log_level": LOG_LEVELS}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
             "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
-            "cache_slots": 1, "batch_size": 1, "idle_exit_minutes": 0, "tcp_port": 0}
+            "cache_slots": 1, "batch_size": 1, "prefetch_tokens_per_s": 0, "idle_exit_minutes": 0, "tcp_port": 0}
 
 
 def _check(name: str, want: str, value):

@@ -403,6 +403,8 @@ class Prompt:
     context_files: list[str] = field(default_factory=list)
     prefix_clipped_lines: int = 0
     fim: bool = True
+    stable_tokens: int = 0      # the leading ids that do not depend on the cursor (what a prefetch
+                                # without a cursor prepares)
 
 
 def _split_lines(text: str) -> list[str]:
@@ -531,7 +533,8 @@ class PromptBuilder:
         ids = ([tok.bos_id] + ctx + [tok.fim["suffix"]] + suffix_ids + [tok.fim["prefix"]] + prefix_ids
                + [tok.fim["middle"]])
         return Prompt(ids, prefix_tokens=len(prefix_ids), suffix_tokens=len(suffix_ids),
-                      context_tokens=len(ctx), context_files=files, prefix_clipped_lines=clipped)
+                      context_tokens=len(ctx), context_files=files, prefix_clipped_lines=clipped,
+                      stable_tokens=1 + len(ctx))
 
 
 # -- stop rules ----------------------------------------------------------------------------------------

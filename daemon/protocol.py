@@ -11,6 +11,7 @@ and the connection stays open.
     hello {version, client}                    hello {version, pid, state}
     complete {doc, prefix, suffix, ...}        result {text, mode, stats...} | error
     generate {doc, prefix, suffix, ...}        result | error        (refactors: AR, lower priority)
+    prefetch {doc, prefix, suffix, cursor}     ok                    (prefill ahead of a completion)
     abort {target}                             ok
     feedback {event, doc, shown, accepted}     ok
     document {uri, path, language, text|None}  ok                    (open/changed/closed documents)
@@ -91,6 +92,22 @@ class Generate(Complete):
 
 
 @dataclass(frozen=True)
+class Prefetch:
+    """Prepare the KV cache for a completion at this place before it is asked for (answered `ok` at
+    once; the daemon prefills at the lowest priority, drops it for a newer prefetch or a completion
+    of the same document, and bounds the work per second)."""
+    id: int = 0
+    doc: str = ""
+    prefix: str = ""
+    suffix: str = ""
+    path: str = ""
+    language: str = "python"
+    cursor: bool = True        # False: no cursor known (a file just opened): only the part of the
+                               # prompt that does not depend on the cursor (other files, the file's head)
+    type: str = "prefetch"
+
+
+@dataclass(frozen=True)
 class Abort:
     id: int = 0
     target: int = 0
@@ -130,7 +147,7 @@ class Shutdown:
 
 
 REQUESTS = {
-    "hello": Hello, "complete": Complete, "generate": Generate, "abort": Abort, "feedback": Feedback,
+    "hello": Hello, "complete": Complete, "generate": Generate, "prefetch": Prefetch, "abort": Abort, "feedback": Feedback,
     "document": Document, "status": Status, "shutdown": Shutdown}
 
 
@@ -187,6 +204,8 @@ def _type_ok(value, want: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if want == "str":
         return isinstance(value, str)
+    if want == "bool":
+        return isinstance(value, bool)
     if want == "str | None":
         return value is None or isinstance(value, str)
     if want.startswith("tuple[str"):

@@ -39,7 +39,7 @@ from pathlib import Path
 from daemon import config as config_mod
 from daemon import protocol
 from daemon.context import Workspace
-from daemon.scheduler import PRIO_INLINE, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats
+from daemon.scheduler import PRIO_INLINE, PRIO_PREFETCH, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats
 
 log = logging.getLogger("tricode.daemon")
 
@@ -570,6 +570,8 @@ class Daemon:
             return
         if kind in ("complete", "generate"):
             self._submit(conn, msg)
+        elif kind == "prefetch":
+            self._prefetch(conn, msg)
         elif kind == "abort":
             self.sched.abort(conn, msg.target)
             conn.send(protocol.ok(msg.id))
@@ -624,6 +626,20 @@ class Daemon:
                   deadline=time.monotonic() + deadline_ms / 1e3 if deadline_ms > 0 else None, arrived=now)
         self.sched.submit(job)
 
+    def _prefetch(self, conn: Connection, msg) -> None:
+        """Answer at once; queue the prefill when the model is ready and prefetch is on (else say why
+        not in the `ok`: a prefetch is advice, never an error)."""
+        e = self.engine
+        why = ("the daemon is shutting down" if self.stopping else f"the model is {e.state}" if e.state != "ready"
+               else "prefetch is off (prefetch_tokens_per_s = 0)" if self.cfg.prefetch_tokens_per_s <= 0 else "")
+        if why:
+            conn.send(protocol.ok(msg.id, queued=False, reason=why))
+            return
+        job = Job(conn=conn, msg=msg, kind="prefetch", priority=PRIO_PREFETCH, mode="", max_tokens=0,
+                  deadline=None, arrived=time.perf_counter())
+        self.sched.submit_prefetch(job)
+        conn.send(protocol.ok(msg.id, queued=True))
+
     # -- status -------------------------------------------------------------------------------------
 
     def status(self, rid: int = 0) -> dict:
@@ -656,7 +672,7 @@ class Daemon:
             "prefix_reuse": round(st.reused_tokens / (st.reused_tokens + st.prefill_tokens), 4)
             if st.reused_tokens + st.prefill_tokens else 0.0,
             "superseded": st.superseded, "aborted": st.aborted, "deadline_stops": st.deadline,
-            "loop_cuts": st.loop_cuts,
+            "loop_cuts": st.loop_cuts, "prefetch": dict(st.prefetch),
             "feedback": dict(fb),
             "acceptance_rate": round((fb["accepted"] + fb["partial"]) / decided, 4) if decided else None,
             "errors": errors, "errors_by_code": dict(st.errors), "refused_peers": st.refused_peers,
