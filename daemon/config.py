@@ -55,6 +55,7 @@ class Config:
     threshold: float = 0.0             # diffusion commit threshold; 0 = the engine's default
     # budgets
     context_tokens: int = 1024         # prompt budget of an inline completion
+    prompt_layout: str = "window"      # window: stable part first, the cursor's window last; contiguous
     refactor_context_tokens: int = 2048
     deadline_ms: int = 1000            # default time budget of an inline completion
     refactor_deadline_ms: int = 60000
@@ -80,7 +81,7 @@ class Config:
 
 
 _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
-            "log_level": LOG_LEVELS}
+            "log_level": LOG_LEVELS, "prompt_layout": ("window", "contiguous")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
             "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
             "cache_slots": 1, "batch_size": 1, "prefetch_tokens_per_s": 0, "idle_exit_minutes": 0, "tcp_port": 0}

@@ -36,6 +36,9 @@ from daemon.loops import loop_cut
 log = logging.getLogger(__name__)
 
 CLIP_STEP = 16            # lines: the prefix's left clip point moves in steps of this many lines
+LAYOUTS = ("window", "contiguous")
+NEAR_SHARE = 0.40         # window layout: the prefix part of the cursor's window
+HEAD_SHARE = 0.30         # window layout: the file's head (its first lines), a context entry
 SUFFIX_SHARE = 0.15
 EXTRA_MIN_SHARE = 0.25
 PREFIX_QUANTUM = 256      # tokens: the prefix's reserved share grows in these steps
@@ -357,6 +360,17 @@ class Workspace:
                 seen.add(s)
         return entries[:MAX_ENTRIES]
 
+    def label_of(self, path: str) -> str:
+        """The file's label in a prompt: its path relative to its workspace root, else its name."""
+        if not path:
+            return ""
+        try:
+            p = Path(path).expanduser().resolve()
+        except OSError:
+            return Path(path).name
+        r = self.root_of(p)
+        return p.relative_to(r[0]).as_posix() if r is not None else p.name
+
     def _open_text(self, p: Path) -> str | None:
         with self._lock:
             for d in self.docs.values():
@@ -502,8 +516,11 @@ class PromptBuilder:
             ids = self.tok.encode(lines[0])[:budget]
         return ids
 
-    def build(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = ()) -> Prompt:
+    def build(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = (),
+              layout: str = "contiguous", label: str = "") -> Prompt:
         tok = self.tok
+        if layout == "window" and tok.has_fim and tok.fim.get("file_sep") is not None:
+            return self.build_window(prefix, suffix, budget, extra, label)
         if not tok.has_fim:
             ids, clipped = self.clip_prefix(prefix, budget - 1)
             return Prompt([tok.bos_id] + ids, prefix_tokens=len(ids), prefix_clipped_lines=clipped, fim=False)
@@ -535,6 +552,84 @@ class PromptBuilder:
         return Prompt(ids, prefix_tokens=len(prefix_ids), suffix_tokens=len(suffix_ids),
                       context_tokens=len(ctx), context_files=files, prefix_clipped_lines=clipped,
                       stable_tokens=1 + len(ctx))
+
+
+    def build_window(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = (),
+                     label: str = "") -> Prompt:
+        """The window layout: what does not depend on the cursor first, the cursor's window last.
+
+            [bos] + extra files + [file_sep] enc(label + "\n" + head)
+                  + [fim_suffix] enc(near suffix) + [fim_prefix] enc(near prefix) + [fim_middle]
+
+        The near prefix is the last lines before the cursor (NEAR_SHARE of the budget, left clip in
+        CLIP_STEP steps), the near suffix the first lines after it (SUFFIX_SHARE). The head is the
+        file's first lines within HEAD_SHARE, stopped where the near prefix begins; its size and the
+        extra files' budget are computed from the whole file, not the cursor, so that everything up
+        to the file's FIM part stays the same while the cursor moves through the file (a move then
+        prefills only the window; a prefetch without a cursor prepares the rest). The head is laid
+        out as a context entry of its own file, which is how the model saw context in training
+        (training/fim.py)."""
+        tok = self.tok
+        sep = tok.fim["file_sep"]
+        overhead = 5
+        suffix_ids = self.clip_head(suffix, int(budget * SUFFIX_SHARE))
+        near_ids, c = self.clip_prefix(prefix, int(budget * NEAR_SHARE))
+        lines = _split_lines(prefix)
+        head_label = f"{label or 'file'}\n"
+        label_tokens = len(tok.encode(head_label))
+        head_max = int(budget * HEAD_SHARE) - label_tokens - 1
+        full_head, k = self.head_lines(prefix + suffix, head_max) if c > 0 else ([], 0)
+        e_budget = (budget - overhead - int(budget * SUFFIX_SHARE) - int(budget * NEAR_SHARE)
+                    - int(budget * HEAD_SHARE) + max(head_max - len(full_head), 0))
+        ctx, files = self._extra(extra, e_budget, sep)
+        head: list[int] = []
+        if c > 0 and k > 0:
+            head = full_head if c >= k else self.head_lines("".join(lines[:c]), head_max)[0]
+            if head:
+                head = [sep] + tok.encode(head_label) + head
+        ids = ([tok.bos_id] + ctx + head + [tok.fim["suffix"]] + suffix_ids + [tok.fim["prefix"]] + near_ids
+               + [tok.fim["middle"]])
+        return Prompt(ids, prefix_tokens=len(near_ids), suffix_tokens=len(suffix_ids),
+                      context_tokens=len(ctx) + len(head), context_files=files, prefix_clipped_lines=c,
+                      stable_tokens=1 + len(ctx) + len(head))
+
+    def head_lines(self, text: str, budget: int) -> tuple[list[int], int]:
+        """(enc(the first k lines of text), k) for the most whole lines that fit `budget` tokens."""
+        lines = _split_lines(text)
+        total, k, chunk = 0, 0, 64
+        while k < len(lines):
+            counts = self._line_counts(lines[k:k + chunk])
+            for cnt in counts:
+                if total + cnt > budget:
+                    break
+                total += cnt
+                k += 1
+            else:
+                continue
+            break
+        ids = self.tok.encode("".join(lines[:k]))
+        while len(ids) > budget and k > 0:
+            k -= 1
+            ids = self.tok.encode("".join(lines[:k]))
+        return ids, k
+
+    def _extra(self, extra, extra_budget: int, sep: int) -> tuple[list[int], list[str]]:
+        ctx: list[int] = []
+        files: list[str] = []
+        if extra and sep is not None:
+            per_entry = max(extra_budget // 2, MIN_ENTRY_TOKENS)
+            for label, content in extra:
+                left = extra_budget - len(ctx)
+                if left < MIN_ENTRY_TOKENS:
+                    break
+                if not content.endswith("\n"):
+                    content += "\n"
+                entry = self.clip_head(f"{label}\n{content}", min(left, per_entry) - 1)
+                if len(entry) < MIN_ENTRY_TOKENS // 2:
+                    continue
+                ctx += [sep] + entry
+                files.append(label)
+        return ctx, files
 
 
 # -- stop rules ----------------------------------------------------------------------------------------

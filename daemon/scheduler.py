@@ -602,7 +602,7 @@ class Engine(threading.Thread):
                     extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
                 except Exception:  # noqa: BLE001 - context is a bonus, never a failure
                     log.exception("extra context for %s", msg.path)
-            job.prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra)
+            job.prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
             job.context_ms = (time.perf_counter() - job.started) * 1e3
         self._slice(job)
         return True
@@ -723,7 +723,13 @@ class Engine(threading.Thread):
                 extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
             except Exception:  # noqa: BLE001 - context is a bonus, never a failure
                 log.exception("extra context for %s", msg.path)
-        return self.builder.build(msg.prefix, msg.suffix, budget, extra)
+        return self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
+
+    def _layout(self, job: Job) -> dict:
+        """Inline completions (and their prefetches) use the configured layout; refactors the contiguous one."""
+        if job.kind == "generate":
+            return {}
+        return {"layout": self.cfg.prompt_layout, "label": self.workspace.label_of(job.msg.path)}
 
     def _begin_prefetch(self, job: Job) -> bool:
         """Start prefilling the prompt of a completion at the prefetch's place (the part that does not
