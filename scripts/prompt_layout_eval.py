@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--layouts", default="contiguous,window")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--near-share", type=float, default=None, help="window layout: override NEAR_SHARE")
+    ap.add_argument("--head-share", type=float, default=None, help="window layout: override HEAD_SHARE")
     args = ap.parse_args(argv)
 
     import torch
@@ -37,6 +39,11 @@ def main(argv=None) -> int:
     from training.evaluate import cut_at_newline, edit_similarity, exact_match, make_fim_tasks, newline_stop
     from training.evaluate import read_heldout_files
 
+    import daemon.context as dc
+    if args.near_share is not None:
+        dc.NEAR_SHARE = args.near_share
+    if args.head_share is not None:
+        dc.HEAD_SHARE = args.head_share
     torch.set_num_threads(1)
     model_dir = args.model or default_model()
     files, info = read_heldout_files(model_dir, None)
@@ -49,7 +56,8 @@ def main(argv=None) -> int:
     builder = PromptBuilder(tok)
     tasks = make_fim_tasks(files, args.tasks, seed=args.seed, count_tokens=lambda s: len(tok.encode(s)))
     stop = newline_stop(tok.decode)
-    out: dict = {"model": str(model_dir), "tasks": len(tasks), "budget": args.budget, "layouts": {}}
+    out: dict = {"model": str(model_dir), "tasks": len(tasks), "budget": args.budget, "layouts": {},
+                 "near_share": dc.NEAR_SHARE, "head_share": dc.HEAD_SHARE}
     for layout in args.layouts.split(","):
         em = sim = 0.0
         sizes, moves, secs = [], [], []

@@ -110,3 +110,24 @@ def test_peers_and_humaneval(smoke):
         assert all(v == 0 for v in he["spec_vs_ar_mismatches"].values())
     md_targets = re.findall(r"\*\*(hit|miss)\*\*", Path(smoke[0]).read_text())
     assert md_targets      # the targets table judged something
+
+
+def test_new_place_replay_numbers(smoke):
+    _, r, _ = smoke
+    np_ = r["new_place"]
+    assert np_["files"] == 1 and set(np_["variants"]) == {"before", "plain", "plugin"}, np_
+    for label, v in np_["variants"].items():
+        assert v["open"]["latency"]["n"] == 1 and v["jump"]["latency"]["n"] == 1, (label, v)
+        assert v["all"]["model_calls"] >= 1, (label, v)
+    assert np_["variants"]["before"]["daemon"]["prefetch"]["requested"] == 0
+    assert np_["variants"]["plugin"]["lsp_prefetch"]["rested"] == 2
+    assert np_["variants"]["plugin"]["daemon"]["prefetch"]["requested"] >= 3
+    assert "### The first suggestion at a new place" in Path(smoke[0]).read_text()
+
+
+def test_function_lines_finds_places_inside_functions():
+    from bench.newplace import function_lines
+    src = ("import os\n\nclass A:\n    x = 1\n\n    def f(self, a):\n        b = a + 1\n        c = b * 2\n"
+           "        if c:\n            return c\n        return b\n\ndef g():\n    return os.sep\n")
+    got = [i for i, _ in function_lines(src)]
+    assert got == [6, 7], got       # lines followed by one of their indentation; not the class body
