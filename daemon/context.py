@@ -37,8 +37,12 @@ log = logging.getLogger(__name__)
 
 CLIP_STEP = 16            # lines: the prefix's left clip point moves in steps of this many lines
 LAYOUTS = ("window", "contiguous")
-NEAR_SHARE = 0.40         # window layout: the prefix part of the cursor's window
-HEAD_SHARE = 0.30         # window layout: the file's head (its first lines), a context entry
+# window layout shares of the budget (measured with scripts/prompt_layout_eval.py on 80 held-out
+# single-line tasks, embedded model, budget 1024: exact match 0.150 contiguous, 0.1625 window with
+# 0.40/0.30 and with 0.25/0.45; edit similarity 0.411 / 0.401 / 0.411; the smaller window prefills less
+# on a move)
+NEAR_SHARE = 0.25         # the prefix part of the cursor's window
+HEAD_SHARE = 0.45         # the file's head (its first lines), a context entry
 SUFFIX_SHARE = 0.15
 EXTRA_MIN_SHARE = 0.25
 PREFIX_QUANTUM = 256      # tokens: the prefix's reserved share grows in these steps
