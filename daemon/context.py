@@ -41,8 +41,10 @@ LAYOUTS = ("window", "contiguous")
 # single-line tasks, embedded model, budget 1024: exact match 0.150 contiguous, 0.1625 window with
 # 0.40/0.30 and with 0.25/0.45; edit similarity 0.411 / 0.401 / 0.411; the smaller window prefills less
 # on a move)
-NEAR_SHARE = 0.25         # the prefix part of the cursor's window
-HEAD_SHARE = 0.45         # the file's head (its first lines), a context entry
+NEAR_SHARE = 0.25         # the prefix part of the cursor's window, at least
+NEAR_SLACK = 0.125        # ... and up to this much more: its start moves in WINDOW_STEP-line steps
+HEAD_SHARE = 0.35         # the file's head (its first lines), a context entry
+WINDOW_STEP = 8           # lines
 SUFFIX_SHARE = 0.15
 EXTRA_MIN_SHARE = 0.25
 PREFIX_QUANTUM = 256      # tokens: the prefix's reserved share grows in these steps
@@ -565,8 +567,9 @@ class PromptBuilder:
             [bos] + extra files + [file_sep] enc(label + "\n" + head)
                   + [fim_suffix] enc(near suffix) + [fim_prefix] enc(near prefix) + [fim_middle]
 
-        The near prefix is the last lines before the cursor (NEAR_SHARE of the budget, left clip in
-        CLIP_STEP steps), the near suffix the first lines after it (SUFFIX_SHARE). The head is the
+        The near prefix is the last lines before the cursor (NEAR_SHARE of the budget and up to
+        NEAR_SLACK more: its first line is a multiple of WINDOW_STEP, so that it stays put while the
+        user types and presses Enter), the near suffix the first lines after it (SUFFIX_SHARE). The head is the
         file's first lines within HEAD_SHARE, stopped where the near prefix begins; its size and the
         extra files' budget are computed from the whole file, not the cursor, so that everything up
         to the file's FIM part stays the same while the cursor moves through the file (a move then
@@ -577,14 +580,14 @@ class PromptBuilder:
         sep = tok.fim["file_sep"]
         overhead = 5
         suffix_ids = self.clip_head(suffix, int(budget * SUFFIX_SHARE))
-        near_ids, c = self.clip_prefix(prefix, int(budget * NEAR_SHARE))
+        near_ids, c = self.clip_window(prefix, int(budget * NEAR_SHARE), int(budget * NEAR_SLACK))
         lines = _split_lines(prefix)
         head_label = f"{label or 'file'}\n"
         label_tokens = len(tok.encode(head_label))
         head_max = int(budget * HEAD_SHARE) - label_tokens - 1
         full_head, k = self.head_lines(prefix + suffix, head_max) if c > 0 else ([], 0)
         e_budget = (budget - overhead - int(budget * SUFFIX_SHARE) - int(budget * NEAR_SHARE)
-                    - int(budget * HEAD_SHARE) + max(head_max - len(full_head), 0))
+                    - int(budget * NEAR_SLACK) - int(budget * HEAD_SHARE) + max(head_max - len(full_head), 0))
         ctx, files = self._extra(extra, e_budget, sep)
         head: list[int] = []
         if c > 0 and k > 0:
@@ -596,6 +599,30 @@ class PromptBuilder:
         return Prompt(ids, prefix_tokens=len(near_ids), suffix_tokens=len(suffix_ids),
                       context_tokens=len(ctx) + len(head), context_files=files, prefix_clipped_lines=c,
                       stable_tokens=1 + len(ctx) + len(head))
+
+    def clip_window(self, prefix: str, budget: int, slack: int) -> tuple[list[int], int]:
+        """enc(the last lines of prefix) from a first line that is a multiple of WINDOW_STEP, within
+        budget + slack tokens: the fewest lines that hold `budget` tokens, rounded to the step below
+        (more lines, so the start stays where it was while the prefix grows at the cursor). Falls
+        back to clip_prefix's clip when the step's lines do not fit the slack. Returns (ids, first line)."""
+        ids, c_min = self.clip_prefix(prefix, budget)
+        if c_min == 0:
+            return ids, 0
+        lines = _split_lines(prefix)
+        exact, c_exact = None, c_min
+        # clip_prefix rounds up to CLIP_STEP; the exact point is where `budget` tokens end
+        total, i = 0, len(lines) - 1
+        counts = self._line_counts(lines)
+        while i >= 0 and total + counts[i] <= budget:
+            total += counts[i]
+            i -= 1
+        c_exact = i + 1
+        c = (c_exact // WINDOW_STEP) * WINDOW_STEP
+        if sum(counts[c:]) <= budget + slack:
+            exact = self.tok.encode("".join(lines[c:]))
+            if len(exact) <= budget + slack:
+                return exact, c
+        return ids, c_min
 
     def head_lines(self, text: str, budget: int) -> tuple[list[int], int]:
         """(enc(the first k lines of text), k) for the most whole lines that fit `budget` tokens."""

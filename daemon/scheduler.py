@@ -230,7 +230,7 @@ class Scheduler:
         if job is not None and not job.cancel.is_set():
             job.cancel.set()
             self._unqueue(job)
-            if job.decode is None or not job.decode.done:
+            if not job.slices:               # not finished yet (a finished prefetch has one slice)
                 self.stats.prefetch["dropped"] += 1
 
     def cancel(self, job: Job, code: str, message: str) -> None:
@@ -753,10 +753,12 @@ class Engine(threading.Thread):
         work = len(ids) - cache.common_prefix(ids)
         if len(ids) < 2 or work <= 0:
             st["cached"] += 1
+            job.slices = 1
             self.sched.finished(job)
             return False
         if not self.prefetch_bucket.take(work, cfg.prefetch_tokens_per_s):
             st["throttled"] += 1
+            job.slices = 1
             self.sched.finished(job)
             return False
         job.decode = Prefill(self.ck.model, ids, cache=cache, chunk=PREFETCH_CHUNK, cancel=job.cancel)
@@ -764,7 +766,7 @@ class Engine(threading.Thread):
 
     def _end_prefetch(self, job: Job) -> None:
         res = job.decode.result if job.decode is not None else None
-        job.decode = None
+        job.decode, job.slices = None, 1
         st = self.sched.stats.prefetch
         if res is not None:
             st["run"] += 1
