@@ -45,6 +45,7 @@ NEAR_SHARE = 0.25         # the prefix part of the cursor's window, at least
 NEAR_SLACK = 0.125        # ... and up to this much more: its start moves in WINDOW_STEP-line steps
 HEAD_SHARE = 0.35         # the file's head (its first lines), a context entry
 WINDOW_STEP = 8           # lines
+CURSOR_LINE_ALLOWANCE = 24  # tokens the window keeps for the cursor's (partial) line
 SUFFIX_SHARE = 0.15
 EXTRA_MIN_SHARE = 0.25
 PREFIX_QUANTUM = 256      # tokens: the prefix's reserved share grows in these steps
@@ -609,16 +610,17 @@ class PromptBuilder:
         if c_min == 0:
             return ids, 0
         lines = _split_lines(prefix)
-        exact, c_exact = None, c_min
-        # clip_prefix rounds up to CLIP_STEP; the exact point is where `budget` tokens end
-        total, i = 0, len(lines) - 1
-        counts = self._line_counts(lines)
+        # where `budget` tokens end, counted over whole lines only (the cursor's line gets a fixed
+        # allowance), so that typing within a line never moves the start
+        whole = len(lines) - (0 if prefix.endswith("\n") else 1)
+        counts = self._line_counts(lines[:whole])
+        total, i = CURSOR_LINE_ALLOWANCE, whole - 1
         while i >= 0 and total + counts[i] <= budget:
             total += counts[i]
             i -= 1
         c_exact = i + 1
         c = (c_exact // WINDOW_STEP) * WINDOW_STEP
-        if sum(counts[c:]) <= budget + slack:
+        if sum(counts[c:]) <= budget + slack - CURSOR_LINE_ALLOWANCE:
             exact = self.tok.encode("".join(lines[c:]))
             if len(exact) <= budget + slack:
                 return exact, c
