@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also replay spec against a daemon with cpu_threads = each of these (empty: none)")
     p.add_argument("--place-files", type=int, default=10, dest="place_files",
                    help="held-out files of the new-place replay (section 2: open, rest, Enter; jump; 0 = skip)")
+    p.add_argument("--place-pause", type=float, default=1.0, dest="place_pause",
+                   help="seconds the new-place replay's user pauses at a place before pressing Enter")
     p.add_argument("--peer-tasks", type=int, default=20, dest="peer_tasks")
     p.add_argument("--peers", type=_names, default=("transformers", "llama.cpp"), help="which peers to run")
     p.add_argument("--peer-threads", type=_ints, default=(0, 1), dest="peer_threads",
@@ -334,7 +336,7 @@ def main(argv=None) -> int:
                 from bench import newplace
                 try:
                     r["new_place"] = newplace.run_new_place(Path(model_dir), files, n=args.place_files,
-                                                            seed=args.seed, log=log)
+                                                            seed=args.seed, pause_s=args.place_pause, log=log)
                 except Exception as e:  # noqa: BLE001
                     r["new_place"] = {"skipped": f"{type(e).__name__}: {e}"}
                     log(f"  new-place replay failed: {e}")

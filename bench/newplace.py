@@ -112,7 +112,8 @@ def _idle(ed: Editor, uri: str, line: int, col: int) -> None:
                                                      "position": {"line": line, "character": col}})
 
 
-async def replay(ed: Editor, pfiles: Sequence[PlaceFile], *, send_idle: bool, log=print) -> list[Req]:
+async def replay(ed: Editor, pfiles: Sequence[PlaceFile], *, send_idle: bool, pause_s: float = PAUSE_S,
+                 log=print) -> list[Req]:
     reqs: list[Req] = []
     tasks: set = set()
     for fi, pf in enumerate(pfiles):
@@ -126,7 +127,7 @@ async def replay(ed: Editor, pfiles: Sequence[PlaceFile], *, send_idle: bool, lo
             if send_idle:
                 await asyncio.sleep(REST_S)
                 _idle(ed, pf.uri, line, col)
-            await asyncio.sleep(max(PAUSE_S - (time.perf_counter() - t_rest), 0.0))
+            await asyncio.sleep(max(pause_s - (time.perf_counter() - t_rest), 0.0))
             ed.insert(pf.uri, line, col, "\n" + place.indent)
             mid, fut = ed.request(pf.uri, line + 1, u16(place.indent))
             req = Req(mid, time.perf_counter(), place.indent, phase=phase)
@@ -156,7 +157,7 @@ def summarize(reqs: Sequence[Req]) -> dict:
     return out
 
 
-async def _run(env: dict, pfiles, send_idle: bool, options: dict, root: Path, log) -> dict:
+async def _run(env: dict, pfiles, send_idle: bool, options: dict, root: Path, log, pause_s: float) -> dict:
     ed = Editor(env, options, root)
     await ed.start()
     try:
@@ -168,7 +169,7 @@ async def _run(env: dict, pfiles, send_idle: bool, options: dict, root: Path, lo
             await asyncio.wait_for(fut, 60)
         ed.close(warm.uri + ".warmup.py")
         await asyncio.sleep(0.5)
-        reqs = await replay(ed, pfiles, send_idle=send_idle, log=log)
+        reqs = await replay(ed, pfiles, send_idle=send_idle, pause_s=pause_s, log=log)
         st = await ed.status()
     finally:
         await ed.stop()
@@ -186,17 +187,17 @@ VARIANTS = (("before", {"prefetch_tokens_per_s": 0, "prompt_layout": "contiguous
 
 
 def run_new_place(model_dir: Path, files, *, n: int, seed: int = 0, variants=VARIANTS, options: dict | None = None,
-                  log=print) -> dict:
+                  pause_s: float = PAUSE_S, log=print) -> dict:
     ws_tmp = tempfile.TemporaryDirectory(prefix="tricode-bench-np-")
     ws = Path(ws_tmp.name) / "project"
     pfiles = make_place_files(files, n, seed + 2000, ws)
     if not pfiles:
         return {"skipped": "no held-out file with two places in functions"}
     opts = {"debounce_ms": 30, **(options or {})}
-    res: dict = {"files": len(pfiles), "pause_s": PAUSE_S, "rest_s": REST_S, "options": opts, "variants": {}}
+    res: dict = {"files": len(pfiles), "pause_s": pause_s, "rest_s": REST_S, "options": opts, "variants": {}}
     for label, dcfg, send_idle in variants:
         with private_daemon(Path(model_dir), dcfg) as env:
-            s = asyncio.run(_run(env, pfiles, send_idle, opts, ws, log))
+            s = asyncio.run(_run(env, pfiles, send_idle, opts, ws, log, pause_s))
         s.update(daemon_config=dcfg, cursor_idle=send_idle)
         res["variants"][label] = s
         o, j = s["open"], s["jump"]
