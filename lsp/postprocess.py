@@ -34,7 +34,7 @@ class Suggestion:
 def process(raw: str, ctx: Context, plan: Plan, *, truncated: bool = False) -> Suggestion:
     text = raw.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     notes = []
-    cut = loop_cut(text, ctx.prefix.replace("\r\n", "\n").replace("\r", "\n"))
+    cut = loop_cut(text, ctx.prefix[-4000:].replace("\r\n", "\n").replace("\r", "\n"))   # reads its last lines
     if cut is not None:
         text = text[:cut]
         notes.append("cut where it began to repeat itself")
