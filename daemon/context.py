@@ -14,6 +14,12 @@ at least 25 % when there is any, and the share the prefix does not use. Everythi
 rarely comes first, and the left clip of the prefix moves in steps of CLIP_STEP lines, so that a
 keystroke at the cursor changes only the tail of the prompt and the KV cache keeps the rest.
 
+The window layout (`layout="window"`, the daemon's default for inline completions; see
+PromptBuilder.build_window) lays the same pieces out so that moving the cursor keeps the KV cache too:
+extra files and the file's head (as a context entry of its own) first, sized from the whole file, and
+only the cursor's window (near suffix, near prefix) as FIM; a prefetch without a cursor prepares the
+part before the window (`Prompt.stable_tokens`).
+
 Extra context, in this order (stable across keystrokes): the workspace files the current file
 imports (Python `import x` / `from x import y`), the other documents the editor has open (sorted by
 path), files recently saved in the workspace (watched with watchdog, sorted by path). Files that
