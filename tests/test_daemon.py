@@ -479,7 +479,8 @@ def test_prefetch_is_dropped_for_a_newer_one_and_for_a_completion(daemon):
                for i in range(3)]
         done = await c.request(Complete(doc="file:///pf2.py", prefix=body + "y = ", suffix="\n", max_tokens=6,
                                         deadline_ms=30000))
-        assert all((await f)["type"] == "ok" for f in oks)
+        acks = [await f for f in oks]
+        assert all(a["type"] == "ok" for a in acks), acks
         fresh = await c.request(Complete(doc="file:///pf2-fresh.py", prefix=body + "y = ", suffix="\n",
                                          max_tokens=6, deadline_ms=30000))
         after = (await c.request(Status()))["prefetch"]
