@@ -335,8 +335,10 @@ def main(argv=None) -> int:
             if args.place_files > 0:
                 from bench import newplace
                 try:
+                    variants = [v for v in newplace.VARIANTS if v[0] != "plain"] if args.smoke else newplace.VARIANTS
                     r["new_place"] = newplace.run_new_place(Path(model_dir), files, n=args.place_files,
-                                                            seed=args.seed, pause_s=args.place_pause, log=log)
+                                                            seed=args.seed, pause_s=args.place_pause,
+                                                            variants=variants, log=log)
                 except Exception as e:  # noqa: BLE001
                     r["new_place"] = {"skipped": f"{type(e).__name__}: {e}"}
                     log(f"  new-place replay failed: {e}")

@@ -29,7 +29,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "benchmarks.md"
     js = out.with_suffix(".json")
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--json", str(js)],
-                          cwd=REPO, capture_output=True, text=True, timeout=180)
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(js.read_text()), proc.stdout
 
@@ -115,7 +115,7 @@ def test_peers_and_humaneval(smoke):
 def test_new_place_replay_numbers(smoke):
     _, r, _ = smoke
     np_ = r["new_place"]
-    assert np_["files"] == 1 and set(np_["variants"]) == {"before", "plain", "plugin"}, np_
+    assert np_["files"] == 1 and set(np_["variants"]) == {"before", "plugin"}, np_     # --smoke: two of three
     for label, v in np_["variants"].items():
         assert v["open"]["latency"]["n"] == 1 and v["jump"]["latency"]["n"] == 1, (label, v)
         assert v["all"]["model_calls"] >= 1, (label, v)
