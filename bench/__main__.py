@@ -50,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="inline modes replayed against the daemon with its default config")
     p.add_argument("--lsp-threads", type=_ints, default=(1,), dest="lsp_threads",
                    help="also replay spec against a daemon with cpu_threads = each of these (empty: none)")
+    p.add_argument("--place-files", type=int, default=10, dest="place_files",
+                   help="held-out files of the new-place replay (section 2: open, rest, Enter; jump; 0 = skip)")
+    p.add_argument("--place-pause", type=float, default=1.0, dest="place_pause",
+                   help="seconds the new-place replay's user pauses at a place before pressing Enter")
     p.add_argument("--peer-tasks", type=int, default=20, dest="peer_tasks")
     p.add_argument("--peers", type=_names, default=("transformers", "llama.cpp"), help="which peers to run")
     p.add_argument("--peer-threads", type=_ints, default=(0, 1), dest="peer_threads",
@@ -88,6 +92,7 @@ def smoke_setup(args, tmp: Path):
     args.max_new_tokens = 8
     args.prompt_tokens = min(args.prompt_tokens, 192)
     args.lsp_sites, args.lsp_modes, args.lsp_threads = min(args.lsp_sites, 1), ("spec",), ()
+    args.place_files = min(args.place_files, 1)
     args.peer_tasks, args.humaneval_limit, args.profile_tasks = 2, min(args.humaneval_limit, 2), 1
     args.peer_threads = (0,)
     args.concurrent_tasks, args.concurrent_sizes = 2, (1, 2)
@@ -327,6 +332,16 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - reported in the doc, the rest of the bench goes on
                 r["latency"] = {"skipped": f"{type(e).__name__}: {e}"}
                 log(f"  latency section failed: {e}")
+            if args.place_files > 0:
+                from bench import newplace
+                try:
+                    variants = [v for v in newplace.VARIANTS if v[0] != "plain"] if args.smoke else newplace.VARIANTS
+                    r["new_place"] = newplace.run_new_place(Path(model_dir), files, n=args.place_files,
+                                                            seed=args.seed, pause_s=args.place_pause,
+                                                            variants=variants, log=log)
+                except Exception as e:  # noqa: BLE001
+                    r["new_place"] = {"skipped": f"{type(e).__name__}: {e}"}
+                    log(f"  new-place replay failed: {e}")
 
     if "peers" in args.sections:
         from bench import peers
@@ -378,7 +393,7 @@ def main(argv=None) -> int:
         old = json.loads(Path(args.merge).read_text())
         keys = {"decoding": ("decoding", "forward_costs", "forward_costs_prefix", "forward_costs_threads_default",
                              "spec_model", "profile"),
-                "latency": ("latency",), "peers": ("peers",), "humaneval": ("humaneval",),
+                "latency": ("latency", "new_place"), "peers": ("peers",), "humaneval": ("humaneval",),
                 "concurrency": ("concurrency",), "load": ("load",)}
         names = {"decoding": "1. decoding", "latency": "2. lsp latency", "peers": "3. peers", "humaneval": "4. humaneval",
                  "concurrency": "5. concurrency", "load": "6. load"}

@@ -359,6 +359,8 @@ def summarize(reqs: Sequence[Req], counters: dict, debounce_ms: float) -> dict:
         "split_open": split(opened) if opened else {},
         "lsp_counters": counters, "debounce_ms": debounce_ms,
         "suggestions_nonempty": sum(1 for r in answered if r.info.get("text") or r.info.get("shown")),
+        "loop_cut": sum(1 for r in by.get("daemon", []) if r.info.get("loop_cut")),
+        "model_answers": len(by.get("daemon", [])),
         "raw_cache_miss_ms": [round(r.ms, 2) for r in daemon], "raw_cache_hit_ms": [round(r.ms, 2) for r in cache],
     }
 

@@ -300,9 +300,12 @@ def markdown(r: dict) -> str:
                               f"{x['reused_tokens']:.0f} | {x['tokens']:.0f} | {x['tokens_per_forward']:.2f} |")
         md += ["", "Classes of all requests: " + "; ".join(
             f"`{mode}`: " + ", ".join(f"{k} {_pct(v)}" for k, v in s["classes"].items())
-            for mode, s in var.items()) + ".", ""]
+            for mode, s in var.items()) + ".",
+            "Model answers cut by the loop guard (daemon/loops.py): " + "; ".join(
+            f"`{mode}`: {s.get('loop_cut', 0)} of {s.get('model_answers', 0)}" for mode, s in var.items()) + ".", ""]
     elif lat:
         md += ["## 2. Keystroke-to-suggestion latency", "", f"Skipped: {lat['skipped']}", ""]
+    md += new_place(r.get("new_place"))
 
     peers = r.get("peers", {})
     if peers:
@@ -383,6 +386,34 @@ def markdown(r: dict) -> str:
     if r.get("appendix"):
         md += ["The appendix is the `--json` report of the loaded run, summarised with `--appendix`.", ""]
     return "\n".join(md)
+
+
+def new_place(np: dict | None) -> list[str]:
+    """Section 2's new-place replay (bench/newplace.py)."""
+    if not np:
+        return []
+    if "skipped" in np:
+        return ["### The first suggestion at a new place", "", f"Skipped: {np['skipped']}", ""]
+    md = ["### The first suggestion at a new place", "",
+          f"{np['files']} held-out files: open one, rest the cursor at the end of a line inside a function, wait "
+          f"{np['pause_s']:.1f} s, press Enter and ask for a completion on the fresh line (`open`); then jump to "
+          "another function of the file and do the same (`jump`). `before`: no prefetch, contiguous prompt "
+          "layout; `plain`: prefetch at didOpen only (any LSP client); `plugin`: also `tricode/cursorIdle` "
+          f"{np['rest_s'] * 1000:.0f} ms after the cursor rests (the Neovim and VS Code clients). Client-side "
+          "latency from the Enter to the response; the daemon's split is the median over model calls.", "",
+          "| variant | place | p50 / p95 ms (n) | prefill tokens | reused tokens | prefill ms | decode ms "
+          "| daemon total ms | cut for looping |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, v in np["variants"].items():
+        for phase in ("open", "jump"):
+            x = v[phase]
+            lat, sp = x["latency"], x["split"] or {}
+            md.append(f"| `{label}` | {phase} | {lat['p50']:.0f} / {lat['p95']:.0f} ({lat['n']}) | "
+                      f"{sp.get('prefill_tokens', 0):.0f} | {sp.get('reused_tokens', 0):.0f} | "
+                      f"{sp.get('prefill_ms', 0):.0f} | {sp.get('decode_ms', 0):.0f} | {sp.get('total_ms', 0):.0f} | "
+                      f"{x['loop_cut']} of {x['model_calls']} |")
+    pf = {k: v["daemon"].get("prefetch") for k, v in np["variants"].items()}
+    md += ["", "Daemon prefetch counters per variant: " + "; ".join(f"`{k}`: {v}" for k, v in pf.items()) + ".", ""]
+    return md
 
 
 def appendix(o: dict) -> list[str]:

@@ -58,6 +58,7 @@ class Config:
     threshold: float = 0.0             # diffusion commit threshold; 0 = the engine's default
     # budgets
     context_tokens: int = 1024         # prompt budget of an inline completion
+    prompt_layout: str = "window"      # window: stable part first, the cursor's window last; contiguous
     refactor_context_tokens: int = 2048
     deadline_ms: int = 1000            # default time budget of an inline completion
     refactor_deadline_ms: int = 60000
@@ -68,6 +69,7 @@ class Config:
     max_file_kb: int = 512             # files larger than this are never read for context
     cache_slots: int = 4               # KV caches kept for prefix reuse (one per recent document)
     batch_size: int = 4                # decodes run together (batched forwards); 1 = one at a time
+    prefetch_tokens_per_s: int = 2048  # prefill work a second for prefetches (lowest priority); 0 = no prefetch
     # process
     idle_exit_minutes: float = 0.0     # exit after this long without connections or requests; 0 = never
     log_level: str = "info"
@@ -91,12 +93,13 @@ class Config:
 
 
 _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
-            "log_level": LOG_LEVELS, "backend": ("local", "openai"), "remote_fallback": ("", "local"),
+            "log_level": LOG_LEVELS, "prompt_layout": ("window", "contiguous"), "backend": ("local", "openai"),
+            "remote_fallback": ("", "local"),
             "remote_prompt": ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
             "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
-            "cache_slots": 1, "batch_size": 1, "idle_exit_minutes": 0, "tcp_port": 0, "remote_timeout_ms": 100,
-            "remote_max_inflight": 1}
+            "cache_slots": 1, "batch_size": 1, "prefetch_tokens_per_s": 0, "idle_exit_minutes": 0, "tcp_port": 0,
+            "remote_timeout_ms": 100, "remote_max_inflight": 1}
 
 
 def _check(name: str, want: str, value):

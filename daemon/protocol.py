@@ -13,6 +13,7 @@ and the connection stays open.
     hello {version, client}                    hello {version, build, pid, state}
     complete {doc, prefix, suffix, ...}        result {text, mode, stats...} | error
     generate {doc, prefix, suffix, ...}        result | error        (refactors: AR, lower priority)
+    prefetch {doc, prefix, suffix, cursor}     ok                    (prefill ahead of a completion)
     abort {target}                             ok
     feedback {event, doc, shown, accepted}     ok
     document {uri, path, language, text|None}  ok                    (open/changed/closed documents)
@@ -99,6 +100,22 @@ class Generate(Complete):
 
 
 @dataclass(frozen=True)
+class Prefetch:
+    """Prepare the KV cache for a completion at this place before it is asked for (answered `ok` at
+    once; the daemon prefills at the lowest priority, drops it for a newer prefetch or a completion
+    of the same document, and bounds the work per second)."""
+    id: int = 0
+    doc: str = ""
+    prefix: str = ""
+    suffix: str = ""
+    path: str = ""
+    language: str = "python"
+    cursor: bool = True        # False: no cursor known (a file just opened): only the part of the
+                               # prompt that does not depend on the cursor (other files, the file's head)
+    type: str = "prefetch"
+
+
+@dataclass(frozen=True)
 class Abort:
     id: int = 0
     target: int = 0
@@ -139,7 +156,7 @@ class Shutdown:
 
 
 REQUESTS = {
-    "hello": Hello, "complete": Complete, "generate": Generate, "abort": Abort, "feedback": Feedback,
+    "hello": Hello, "complete": Complete, "generate": Generate, "prefetch": Prefetch, "abort": Abort, "feedback": Feedback,
     "document": Document, "status": Status, "shutdown": Shutdown}
 
 
@@ -163,6 +180,7 @@ class Result:
     prompt_tokens: int = 0     # length of the prompt the daemon built (context + suffix + prefix)
     context_ms: float = 0.0    # building that prompt (workspace context, tokenization)
     context_files: tuple[str, ...] = ()   # the extra-context files in the prompt, as labelled there
+    loop_cut: bool = False     # the text was cut where it began to repeat itself (daemon/loops.py)
     type: str = "result"
 
 

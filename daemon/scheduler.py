@@ -32,6 +32,13 @@ jobs and delivers replies. Rules:
   completions in one document prefill only what changed. A cache in use by a running decode is never
   handed to another: a second job for that document waits for the first.
 - A model reload (config change) waits until the running decodes finish; no job starts meanwhile.
+- Prefetch (`prefetch` jobs, the lowest priority): the prompt a completion at a place will have is
+  prefilled into the cache that completion will use (same (kind, document) key), in chunks of
+  PREFETCH_CHUNK tokens (engine.generate.Prefill). A prefetch takes no batch slot, starts only when
+  no other job runs or waits, advances only in rounds without another decode (so it delays a real
+  request by one chunk at most), one at a time; a newer prefetch or a completion for the same
+  (connection, document) drops it (what it prefilled stays in the cache), and a token bucket bounds
+  its prefill work (config prefetch_tokens_per_s). It is never answered beyond the `ok` at submit.
 
 Replies are produced exactly once, on the event loop thread (`Scheduler.reply`), whatever races
 between the engine finishing, an abort, a supersede and a closed connection.
@@ -53,9 +60,10 @@ from daemon.context import PromptBuilder, Workspace, finish_text, protect_specia
 
 log = logging.getLogger("tricode.daemon")
 
-PRIO_INLINE, PRIO_REFACTOR = 0, 1
+PRIO_INLINE, PRIO_REFACTOR, PRIO_PREFETCH = 0, 1, 2
 SLICE_TOKENS = 32
 AGE_S = 2.0                 # a refactor waiting this long goes ahead of inline completions
+PREFETCH_CHUNK = 64       # tokens per prefetch forward: the longest a real request waits for one
 VALID_MODES = ("", "ar", "diffusion", "spec")
 
 
@@ -93,7 +101,14 @@ class Job:
 
     @property
     def cache_key(self) -> tuple:
-        return (self.kind, self.msg.doc or self.msg.path or f"conn{self.conn.id}")
+        kind = "complete" if self.kind == "prefetch" else self.kind   # a prefetch fills the completion's cache
+        return (kind, self.msg.doc or self.msg.path or f"conn{self.conn.id}")
+
+
+def loop_context(job: Job) -> str | None:
+    """The text the loop guard reads before a completion (loops.py): inline completions only
+    (a refactor may rewrite repeated code on purpose)."""
+    return job.msg.prefix if job.kind == "complete" else None
 
 
 class CachePool:
@@ -127,6 +142,26 @@ class CachePool:
         return sum(c.k.numel() * c.k.element_size() * 2 for c in self.entries.values())
 
 
+class TokenBucket:
+    """The prefetch's work bound: `rate` prefill tokens a second, up to BURST_S seconds' worth saved
+    up (opening a few files at once prefetches them all); a prefetch that does not fit is dropped."""
+    BURST_S = 2.0
+
+    def __init__(self):
+        self.level: float | None = None
+        self.last = 0.0
+
+    def take(self, work: int, rate: float, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        cap = rate * self.BURST_S
+        self.level = cap if self.level is None else min(cap, self.level + (now - self.last) * rate)
+        self.last = now
+        if rate <= 0 or work > self.level:
+            return False
+        self.level -= work
+        return True
+
+
 class Stats:
     def __init__(self):
         self.served = 0                 # results returned
@@ -141,8 +176,10 @@ class Stats:
         self.aborted = 0
         self.deadline = 0
         self.aged = 0                   # refactors let ahead of inline completions by ageing
+        self.loop_cuts = 0              # inline completions cut where they began to repeat themselves
         self.errors: dict[str, int] = {}
         self.refused_peers = 0
+        self.prefetch = {"requested": 0, "run": 0, "tokens": 0, "dropped": 0, "throttled": 0, "cached": 0}
         self.feedback = {"accepted": 0, "rejected": 0, "partial": 0, "shown_chars": 0, "accepted_chars": 0}
         self.last_result: dict = {}
 
@@ -157,13 +194,15 @@ class Scheduler:
         self.loop = loop
         self.stats = stats
         self.cond = threading.Condition()
-        self.queues: dict[int, OrderedDict[int, deque]] = {PRIO_INLINE: OrderedDict(), PRIO_REFACTOR: OrderedDict()}
+        self.queues: dict[int, OrderedDict[int, deque]] = {PRIO_INLINE: OrderedDict(), PRIO_REFACTOR: OrderedDict(),
+                                                          PRIO_PREFETCH: OrderedDict()}
         self.running: list[Job] = []     # the decodes in the engine's batch (engine thread writes)
         self.stopping = False
         # loop-thread registries
         self.jobs: dict[tuple[int, int], Job] = {}
         self.latest: dict[tuple[int, str], Job] = {}
         self.last_aged_pop = float("-inf")      # engine thread, under cond
+        self.prefetches: dict[tuple[int, str], Job] = {}    # (connection, document) -> its prefetch
 
     # -- loop thread ----------------------------------------------------------------------------
 
@@ -186,6 +225,7 @@ class Scheduler:
                 self.stats.superseded += 1
                 self.cancel(older, protocol.SUPERSEDED, f"superseded by request {job.id}")
             self.latest[dkey] = job
+            self.drop_prefetch(dkey)
 
     def enqueue(self, job: Job) -> None:
         """Queue a registered job for the engine thread."""
@@ -194,6 +234,25 @@ class Scheduler:
             q = self.queues[job.priority]
             q.setdefault(job.conn.id, deque()).append(job)
             self.cond.notify_all()
+
+    def submit_prefetch(self, job: Job) -> None:
+        """Queue a prefetch (never answered: `replied` is set), dropping the older one of its document."""
+        job.replied = True
+        dkey = (job.conn.id, job.msg.doc or job.msg.path)
+        self.drop_prefetch(dkey)
+        self.prefetches[dkey] = job
+        self.stats.prefetch["requested"] += 1
+        with self.cond:
+            self.queues[PRIO_PREFETCH].setdefault(job.conn.id, deque()).append(job)
+            self.cond.notify_all()
+
+    def drop_prefetch(self, dkey: tuple) -> None:
+        job = self.prefetches.pop(dkey, None)
+        if job is not None and not job.cancel.is_set():
+            job.cancel.set()
+            self._unqueue(job)
+            if not job.slices:               # not finished yet (a finished prefetch has one slice)
+                self.stats.prefetch["dropped"] += 1
 
     def cancel(self, job: Job, code: str, message: str) -> None:
         """Answer `job` with an error now and stop its decode before the next forward."""
@@ -218,6 +277,8 @@ class Scheduler:
                 self.jobs.pop(key, None)
         for dkey in [k for k in self.latest if k[0] == conn.id]:
             del self.latest[dkey]
+        for dkey in [k for k in self.prefetches if k[0] == conn.id]:
+            self.drop_prefetch(dkey)
 
     def reply(self, job: Job, frame: dict) -> None:
         """Send the one reply of `job` (later calls do nothing). Loop thread only."""
@@ -239,6 +300,8 @@ class Scheduler:
         """Answer every queued and running job SHUTTING_DOWN and wake the engine so it exits."""
         for job in list(self.jobs.values()):
             self.cancel(job, protocol.SHUTTING_DOWN, "the daemon is shutting down")
+        for dkey in list(self.prefetches):
+            self.drop_prefetch(dkey)
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
@@ -268,9 +331,10 @@ class Scheduler:
 
     # -- engine thread --------------------------------------------------------------------------
 
-    def pop(self, timeout: float, busy=frozenset()) -> Job | None:
+    def pop(self, timeout: float, busy=frozenset(), skip=()) -> Job | None:
         """The next job to run (most urgent priority, connections in turn), waiting up to `timeout`
-        seconds; a job whose cache key is in `busy` (its document is being decoded) is left queued."""
+        seconds; a job whose cache key is in `busy` (its document is being decoded) or whose priority
+        is in `skip` is left queued."""
         with self.cond:
             end = time.monotonic() + timeout
             while not self.stopping:
@@ -278,6 +342,8 @@ class Scheduler:
                 if job is not None:
                     return job
                 for p in sorted(self.queues):
+                    if p in skip:
+                        continue
                     q = self.queues[p]
                     for cid in list(q):
                         dq = q[cid]
@@ -380,6 +446,7 @@ class Engine(threading.Thread):
         self.load_ms = 0.0
         self._reload = threading.Event()
         self._reload.set()
+        self.prefetch_bucket = TokenBucket()
 
     # -- configuration (loop thread) ---------------------------------------------------------------
 
@@ -414,9 +481,11 @@ class Engine(threading.Thread):
                 return
 
     def _admit(self, running: list[Job]) -> None:
-        """Fill free batch slots from the queue (waiting up to 0.5 s when nothing runs)."""
-        while len(running) < max(1, self.cfg.batch_size):
-            job = self.sched.pop(timeout=0 if running else 0.5, busy={j.cache_key for j in running})
+        """Fill free batch slots from the queue (waiting up to 0.5 s when nothing runs); a prefetch
+        takes no slot and starts only when nothing else runs."""
+        while len(real := [j for j in running if j.kind != "prefetch"]) < max(1, self.cfg.batch_size):
+            skip = (PRIO_PREFETCH,) if running else ()
+            job = self.sched.pop(timeout=0 if running else 0.5, busy={j.cache_key for j in running}, skip=skip)
             if job is None:
                 return
             try:
@@ -426,16 +495,23 @@ class Engine(threading.Thread):
                 self._internal(job, e)
 
     def _round(self, running: list[Job]) -> None:
-        """One forward for every running decode (batched by shape), then settle the finished ones."""
+        """One forward for every running decode (batched by shape), then settle the finished ones.
+        Prefetches advance only in a round without another decode, one at a time."""
         from engine.generate import step
-        try:
-            step(self.ck.model, [j.decode for j in running])
-        except Exception as e:  # noqa: BLE001
-            for job in running:
-                self._internal(job, e)
-            running.clear()
+        for job in [j for j in running if j.kind == "prefetch" and j.cancel.is_set()]:
+            running.remove(job)             # dropped: no further chunk
+            self._end_prefetch(job)
+        active = [j for j in running if j.kind != "prefetch"] or running[:1]
+        if not active:
             return
-        for job in [j for j in running if j.decode.done]:
+        try:
+            step(self.ck.model, [j.decode for j in active])
+        except Exception as e:  # noqa: BLE001
+            for job in active:
+                running.remove(job)
+                self._internal(job, e)
+            return
+        for job in [j for j in active if j.decode.done]:
             running.remove(job)
             try:
                 if self._collect(job, len(running)):
@@ -578,6 +654,8 @@ class Engine(threading.Thread):
 
     def _begin(self, job: Job) -> bool:
         """Build the job's prompt (once) and start its first slice; False when it was answered instead."""
+        if job.kind == "prefetch":
+            return self._begin_prefetch(job)
         if self.state != "ready":
             self.sched.finished(job)
             self.sched.reply_threadsafe(job, protocol.error(
@@ -599,7 +677,7 @@ class Engine(threading.Thread):
                     extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
                 except Exception:  # noqa: BLE001 - context is a bonus, never a failure
                     log.exception("extra context for %s", msg.path)
-            job.prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra)
+            job.prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
             job.context_ms = (time.perf_counter() - job.started) * 1e3
         self._slice(job)
         return True
@@ -623,25 +701,29 @@ class Engine(threading.Thread):
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
         cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
         base = list(job.tokens)
+        before = loop_context(job)
 
         def stop(tokens):
             full = base + tokens
-            if text_cut(tok.decode(full), msg.max_lines, stops) is None:
+            if text_cut(tok.decode(full), msg.max_lines, stops, before) is None:
                 return None
             lo, hi = len(base) + 1, len(full)
             while lo < hi:
                 mid = (lo + hi) // 2
-                if text_cut(tok.decode(full[:mid]), msg.max_lines, stops) is not None:
+                if text_cut(tok.decode(full[:mid]), msg.max_lines, stops, before) is not None:
                     hi = mid
                 else:
                     lo = mid + 1
             return lo - len(base)
 
         job.decode = Decode(model, job.prompt.ids + job.tokens, params, cache=cache, cancel=job.cancel,
-                            stop=stop if (msg.max_lines > 0 or stops) else None)
+                            stop=stop if (msg.max_lines > 0 or stops or before is not None) else None)
 
     def _collect(self, job: Job, others: int) -> bool:
         """Account a finished slice; True when the job goes on with another slice in the batch."""
+        if job.kind == "prefetch":
+            self._end_prefetch(job)
+            return False
         res, job.decode = job.decode.result, None
         if job.slices == 0:
             job.prefill_tokens, job.reused_tokens = res.prefill_tokens, res.reused_tokens
@@ -668,7 +750,9 @@ class Engine(threading.Thread):
     def _finish(self, job: Job, stop_reason: str, stops) -> None:
         t0 = time.perf_counter()
         raw = self.tok.decode(job.tokens)
-        text = finish_text(raw, stop_reason, job.msg.max_lines, stops)
+        before = loop_context(job)
+        text = finish_text(raw, stop_reason, job.msg.max_lines, stops, before)
+        looped = before is not None and text != finish_text(raw, stop_reason, job.msg.max_lines, stops)
         post_ms = (time.perf_counter() - t0) * 1e3
         st = self.sched.stats
         st.tokens += len(job.tokens)
@@ -679,6 +763,7 @@ class Engine(threading.Thread):
         st.reused_tokens += job.reused_tokens
         if stop_reason == "deadline":
             st.deadline += 1
+        st.loop_cuts += looped
         now = time.perf_counter()
         result = protocol.Result(
             id=job.id, text=text, mode=job.mode, stop_reason=stop_reason, tokens=len(job.tokens),
@@ -688,7 +773,8 @@ class Engine(threading.Thread):
             queue_ms=round(((job.started or now) - job.arrived) * 1e3, 3),
             prefill_ms=round(job.prefill_ms, 3), decode_ms=round(job.decode_ms, 3), post_ms=round(post_ms, 3),
             total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=len(job.prompt.ids),
-            context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files))
+            context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files),
+            loop_cut=looped)
         frame = protocol.to_wire(result)
         st.last_result = {k: frame[k] for k in ("mode", "stop_reason", "tokens", "nfe", "tokens_per_forward",
                                                 "prefill_tokens", "reused_tokens", "prefill_ms", "total_ms")}
@@ -701,6 +787,67 @@ class Engine(threading.Thread):
             self.sched.reply(job, frame)
 
         self.sched.loop.call_soon_threadsafe(deliver)
+
+    # -- prefetch ----------------------------------------------------------------------------------
+
+    def _prompt(self, job: Job, budget: int):
+        cfg, msg = self.cfg, job.msg
+        extra = []
+        if cfg.extra_context:
+            try:
+                extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
+            except Exception:  # noqa: BLE001 - context is a bonus, never a failure
+                log.exception("extra context for %s", msg.path)
+        return self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
+
+    def _layout(self, job: Job) -> dict:
+        """Inline completions (and their prefetches) use the configured layout; refactors the contiguous one."""
+        if job.kind == "generate":
+            return {}
+        return {"layout": self.cfg.prompt_layout, "label": self.workspace.label_of(job.msg.path)}
+
+    def _begin_prefetch(self, job: Job) -> bool:
+        """Start prefilling the prompt of a completion at the prefetch's place (the part that does not
+        depend on the cursor when none is known) into that completion's cache; False when there is
+        nothing to do, the model is not ready or the token bucket is empty."""
+        from engine.generate import DecodeParams, Prefill, for_device, scratch_slots
+        st = self.sched.stats.prefetch
+        if self.state != "ready" or job.cancel.is_set():
+            self.sched.finished(job)
+            return False
+        cfg = self.cfg
+        self._threads(cfg)
+        job.started = time.perf_counter()
+        job.prompt = self._prompt(job, cfg.context_tokens)
+        ids = job.prompt.ids if job.msg.cursor else job.prompt.ids[:job.prompt.stable_tokens]
+        # the size the completion will ask for, so that it gets this very cache back from the pool
+        params = for_device(self.ck.model, DecodeParams(mode=cfg.inline_mode, block_size=cfg.block_size or None,
+                                                        spec_variant=cfg.spec_variant))
+        need = len(job.prompt.ids) + cfg.max_tokens + scratch_slots(params, params.block_size) + 2
+        cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
+        work = len(ids) - cache.common_prefix(ids)
+        if len(ids) < 2 or work <= 0:
+            st["cached"] += 1
+            job.slices = 1
+            self.sched.finished(job)
+            return False
+        if not self.prefetch_bucket.take(work, cfg.prefetch_tokens_per_s):
+            st["throttled"] += 1
+            job.slices = 1
+            self.sched.finished(job)
+            return False
+        job.decode = Prefill(self.ck.model, ids, cache=cache, chunk=PREFETCH_CHUNK, cancel=job.cancel)
+        return True
+
+    def _end_prefetch(self, job: Job) -> None:
+        res = job.decode.result if job.decode is not None else None
+        job.decode, job.slices = None, 1
+        st = self.sched.stats.prefetch
+        if res is not None:
+            st["run"] += 1
+            st["tokens"] += res.prefill_tokens
+            job.prefill_tokens, job.prefill_ms = res.prefill_tokens, res.prefill_ms
+        self.sched.finished(job)
 
     # -- status (any thread) -----------------------------------------------------------------------
 

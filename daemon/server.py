@@ -40,7 +40,7 @@ from daemon import config as config_mod
 from daemon import protocol
 from daemon.context import Workspace
 from daemon.remote import CancelSignal, RemoteBackend
-from daemon.scheduler import PRIO_INLINE, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats
+from daemon.scheduler import PRIO_INLINE, PRIO_PREFETCH, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats
 
 log = logging.getLogger("tricode.daemon")
 
@@ -587,6 +587,8 @@ class Daemon:
             return
         if kind in ("complete", "generate"):
             self._submit(conn, msg)
+        elif kind == "prefetch":
+            self._prefetch(conn, msg)
         elif kind == "abort":
             self.sched.abort(conn, msg.target)
             conn.send(protocol.ok(msg.id))
@@ -667,6 +669,21 @@ class Daemon:
         else:
             self.sched.submit(job)
 
+    def _prefetch(self, conn: Connection, msg) -> None:
+        """Answer at once; queue the prefill when the model is ready and prefetch is on (else say why
+        not in the `ok`: a prefetch is advice, never an error)."""
+        e = self.engine
+        why = ("the daemon is shutting down" if self.stopping else f"the model is {e.state}" if e.state != "ready"
+               else "prefetch is off (prefetch_tokens_per_s = 0)" if self.cfg.prefetch_tokens_per_s <= 0
+               else "completions go to the remote backend" if self.remote.wants(self.cfg) else "")
+        if why:
+            conn.send(protocol.ok(msg.id, queued=False, reason=why))
+            return
+        job = Job(conn=conn, msg=msg, kind="prefetch", priority=PRIO_PREFETCH, mode="", max_tokens=0,
+                  deadline=None, arrived=time.perf_counter())
+        self.sched.submit_prefetch(job)
+        conn.send(protocol.ok(msg.id, queued=True))
+
     # -- status -------------------------------------------------------------------------------------
 
     def status(self, rid: int = 0) -> dict:
@@ -700,7 +717,7 @@ class Daemon:
             "prefix_reuse": round(st.reused_tokens / (st.reused_tokens + st.prefill_tokens), 4)
             if st.reused_tokens + st.prefill_tokens else 0.0,
             "superseded": st.superseded, "aborted": st.aborted, "deadline_stops": st.deadline,
-            "aged_refactors": st.aged,
+            "aged_refactors": st.aged, "loop_cuts": st.loop_cuts, "prefetch": dict(st.prefetch),
             "feedback": dict(fb),
             "acceptance_rate": round((fb["accepted"] + fb["partial"]) / decided, 4) if decided else None,
             "errors": errors, "errors_by_code": dict(st.errors), "refused_peers": st.refused_peers,

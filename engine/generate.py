@@ -15,7 +15,7 @@ another can run the pending forwards of many decodes as one batched forward (`st
 Every decoder stops on EOS, a stop callback (the daemon's stop strings), max_new_tokens, a deadline
 and a cancel flag checked before every forward, and returns its tokens with statistics. The KV cache
 passed in may already hold an earlier prompt: the common prefix is reused and only the rest is
-prefilled. This module knows nothing of text; `reference.py` holds the cache-free decoders that
+prefilled. `Prefill` runs a prompt into a cache and generates nothing (the daemon's prefetch). This module knows nothing of text; `reference.py` holds the cache-free decoders that
 check these.
 """
 from __future__ import annotations
@@ -265,6 +265,52 @@ class Decode:
         except StopIteration:
             self.pending = None
             self.run.result.elapsed_ms = (time.perf_counter() - self.t0) * 1e3
+
+
+class Prefill:
+    """Prefill only (the daemon's prefetch): run `prompt_ids` into `cache`, reusing its common prefix,
+    in causal forwards of at most `chunk` tokens, the cancel flag checked before each; nothing is
+    generated. Same interface as Decode (`pending`, `feed`, `done`, `result`), so `step` runs it;
+    a cancelled prefill leaves the cache holding the chunks already run, which a later prompt reuses."""
+
+    def __init__(self, model: NLDModel, prompt_ids: list[int], *, cache: KVCache, chunk: int = 64,
+                 cancel: threading.Event | None = None):
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
+        if len(prompt_ids) > cache.max_len:
+            raise CacheFullError(f"a prefill of {len(prompt_ids)} tokens does not fit a cache of {cache.max_len}")
+        self.t0 = time.perf_counter()
+        self.result = DecodeResult(tokens=[], stop_reason="length", mode="prefill")
+        self.pending: Forward | None = None
+        self._steps = self._run(list(prompt_ids), cache, chunk, cancel)
+        self.feed(None)
+
+    @property
+    def done(self) -> bool:
+        return self.pending is None
+
+    def _run(self, ids: list[int], cache: KVCache, chunk: int, cancel) -> Steps:
+        keep = cache.common_prefix(ids)
+        cache.crop(keep)
+        self.result.reused_tokens = keep
+        pos = keep
+        while pos < len(ids):
+            if cancel is not None and cancel.is_set():
+                self.result.stop_reason = "cancelled"
+                return
+            piece = ids[pos:pos + chunk]
+            yield Forward(piece, cache, pattern="causal", write=True, last_only=True, prefill=True)
+            self.result.nfe += 1
+            self.result.prefill_tokens += len(piece)
+            pos += len(piece)
+
+    def feed(self, logits: torch.Tensor | None) -> None:
+        try:
+            with torch.inference_mode():
+                self.pending = self._steps.send(logits)
+        except StopIteration:
+            self.pending = None
+            self.result.elapsed_ms = self.result.prefill_ms = (time.perf_counter() - self.t0) * 1e3
 
 
 def run_forwards(model: NLDModel, fs: list[Forward]) -> list[torch.Tensor]:

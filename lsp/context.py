@@ -2,6 +2,7 @@
 decision, post-processing and the cache need it."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from lsp.documents import Document
@@ -9,6 +10,7 @@ from lsp.documents import Document
 # What is sent to the daemon (it fits the prompt to its own token budget; this only bounds the frame).
 PREFIX_CHARS = 24_000
 SUFFIX_CHARS = 8_000
+WIRE_STEP = 64           # lines: the wire prefix's start moves in steps of this many lines
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,15 @@ class Context:
     # -- what goes on the wire ------------------------------------------------------------------------
 
     def wire_prefix(self) -> str:
+        """The prefix within PREFIX_CHARS: whole lines dropped from the start in steps of WIRE_STEP
+        lines, so that its start (the daemon's file head, daemon/context.py) stays put while the
+        cursor moves and types within a step."""
         if len(self.prefix) <= PREFIX_CHARS:
             return self.prefix
+        starts = [0] + [m.end() for m in re.finditer("\n", self.prefix)]
+        for i in range(WIRE_STEP, len(starts), WIRE_STEP):
+            if len(self.prefix) - starts[i] <= PREFIX_CHARS:
+                return self.prefix[starts[i]:]
         cut = len(self.prefix) - PREFIX_CHARS
         nl = self.prefix.find("\n", cut)
         return self.prefix[nl + 1:] if 0 <= nl < cut + 2000 else self.prefix[cut:]

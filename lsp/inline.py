@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_WAIT_S = 2.0     # an inline request waits this long for a daemon that is starting, then answers empty
 STAT_KEYS = ("mode", "tokens", "nfe", "tokens_per_forward", "accept_length", "prompt_tokens", "prefill_tokens",
-             "reused_tokens", "queue_ms", "context_ms", "prefill_ms", "decode_ms", "total_ms", "stop_reason")
+             "reused_tokens", "queue_ms", "context_ms", "prefill_ms", "decode_ms", "total_ms", "stop_reason",
+             "loop_cut")
 
 
 class CompletionFailed(Exception):

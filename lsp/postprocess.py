@@ -1,6 +1,7 @@
 """Post-processing: turn the model's raw continuation into the suggestion an editor shows.
 
-In order: keep one line (single-line) or the lines that stay in the block (multi-line, "keep the
+In order: cut where the suggestion begins to repeat itself (daemon/loops.py: a run of repeated
+tokens within a line, a repeated line or block; the daemon cuts there too and stops decoding); keep one line (single-line) or the lines that stay in the block (multi-line, "keep the
 indentation of the block"); cut where the suggestion starts repeating the code below the cursor; drop
 closing brackets/quotes the rest of the line already has, or replace that rest when the suggestion
 closes them and goes on (the replace range for auto-closed brackets); drop a suggestion that repeats
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daemon.loops import loop_cut
 from lsp.context import Context, indent_width, split_lines
 from lsp.languages import is_closer_line, scan_code
 from lsp.multiline import Plan
@@ -31,8 +33,14 @@ class Suggestion:
 
 def process(raw: str, ctx: Context, plan: Plan, *, truncated: bool = False) -> Suggestion:
     text = raw.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    lines = split_lines(text)
     notes = []
+    cut = loop_cut(text, ctx.prefix[-4000:].replace("\r\n", "\n").replace("\r", "\n"))   # reads its last lines
+    if cut is not None:
+        text = text[:cut]
+        notes.append("cut where it began to repeat itself")
+        if not text.strip():
+            return Suggestion("", 0, "repeats itself")
+    lines = split_lines(text)
 
     # the first line continues the cursor line: no second indentation after an indented cursor
     if ctx.line_prefix and not ctx.line_prefix.strip():

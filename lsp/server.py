@@ -6,7 +6,8 @@
     backend.py    the daemon connection (start, loading progress, restart once)
 
 Custom methods (namespace `tricode/`): notifications `tricode/accepted`, `tricode/rejected`,
-`tricode/partiallyAccepted` (forwarded to the daemon as feedback), request `tricode/status`;
+`tricode/partiallyAccepted` (forwarded to the daemon as feedback), `tricode/cursorIdle`
+{textDocument: {uri}, position} (the cursor rested: prefetch, lsp/prefetch.py), request `tricode/status`;
 commands `tricode.accepted` (attached to every inline item) and `tricode.refactor`.
 This module never imports torch.
 """
@@ -33,6 +34,7 @@ from lsp.backend import Backend
 from lsp import guard
 from lsp.documents import UTF8, UTF16, UTF32, Document, DocumentStore, units, uri_to_path
 from lsp.inline import CompletionFailed, InlineCompleter, Outcome
+from lsp.prefetch import Prefetcher
 from lsp.progress import WorkDone
 from lsp.settings import Settings, unwrap
 
@@ -80,6 +82,7 @@ class TricodeServer(LanguageServer):
         self.ignore = IgnoreMatcher()
         self.backend: Backend | None = None
         self.completer: InlineCompleter | None = None
+        self.prefetcher: Prefetcher | None = None
         self.actions: Actions | None = None
         self.client_name = "lsp"
         self.running_commands: dict = {}
@@ -107,6 +110,7 @@ class TricodeServer(LanguageServer):
                                progress_factory=lambda title: WorkDone(self, title),
                                on_connected=self.send_open_documents, on_problem=self.show_problem)
         self.completer = InlineCompleter(self.backend, self.settings, self.ignore)
+        self.prefetcher = Prefetcher(self.backend, self.settings, self.ignore)
         self.actions = Actions(self)
         log.info("initialized for %s: encoding %s, settings %s", self.client_name, encoding, self.settings)
 
@@ -127,6 +131,8 @@ class TricodeServer(LanguageServer):
             self.settings = new
             if self.completer is not None:
                 self.completer.configure(new)
+            if self.prefetcher is not None:
+                self.prefetcher.configure(new)
 
     async def pull_configuration(self) -> None:
         caps = self.client_capabilities
@@ -229,7 +235,8 @@ class TricodeServer(LanguageServer):
                     "position_encoding": self.documents.encoding, "documents": len(self.documents),
                     "document_problems": dict(self.documents.problems),
                     "settings": self.settings.to_dict(),
-                    "completions": self.completer.describe() if self.completer else {}},
+                    "completions": self.completer.describe() if self.completer else {},
+                    "prefetch": self.prefetcher.describe() if self.prefetcher else {}},
         }
 
     def on_cancel_request(self, msg_id) -> None:
@@ -303,6 +310,8 @@ def build(socket_path: str | None = None) -> TricodeServer:
         td = params.text_document
         doc = ls.documents.open(td.uri, td.text, td.version, td.language_id)
         ls.send_document(doc)
+        if ls.prefetcher is not None:
+            ls.prefetcher.opened(doc)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TricodeServer, params: types.DidChangeTextDocumentParams):
@@ -325,6 +334,8 @@ def build(socket_path: str | None = None) -> TricodeServer:
         doc = ls.documents.close(params.text_document.uri)
         if ls.completer is not None:
             ls.completer.forget(params.text_document.uri)
+        if ls.prefetcher is not None:
+            ls.prefetcher.forget(params.text_document.uri)
         if doc is not None:
             ls.send_document(doc, closed=True)
 
@@ -402,6 +413,20 @@ def build(socket_path: str | None = None) -> TricodeServer:
     @server.feature("tricode/partiallyAccepted")
     def tricode_partial(ls: TricodeServer, params):
         ls.feedback("partial", params)
+
+    @server.feature("tricode/cursorIdle")
+    def tricode_cursor_idle(ls: TricodeServer, params):
+        p = plain(params)
+        uri = _get(p, "textDocument")
+        uri = uri.get("uri") if isinstance(uri, dict) else _get(p, "uri")
+        pos = _get(p, "position")
+        line = pos.get("line") if isinstance(pos, dict) else None
+        doc = ls.documents.get(uri) if isinstance(uri, str) else None
+        if doc is None or not isinstance(line, int) or isinstance(line, bool) or ls.prefetcher is None:
+            log.info("tricode/cursorIdle ignored: wants {textDocument: {uri}, position: {line, character}} "
+                     "of an open document, got %r", p)
+            return
+        ls.prefetcher.rested(doc, line)
 
     @server.feature("tricode/status")
     async def tricode_status(ls: TricodeServer, params):

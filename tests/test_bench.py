@@ -119,3 +119,24 @@ def test_load_section(smoke):
         assert ld["sent"] > 0 and ld["unanswered"] == 0 and ld["errors"] == 0 and ld["servers_alive"]
         assert ld["refactors"] >= 1 and ld["rss_start_mib"] > 0 and ld["rss_end_mib"] > 0
     assert "## 6. Load" in out.read_text()
+
+
+def test_new_place_replay_numbers(smoke):
+    _, r, _ = smoke
+    np_ = r["new_place"]
+    assert np_["files"] == 1 and set(np_["variants"]) == {"before", "plugin"}, np_     # --smoke: two of three
+    for label, v in np_["variants"].items():
+        assert v["open"]["latency"]["n"] == 1 and v["jump"]["latency"]["n"] == 1, (label, v)
+        assert v["all"]["model_calls"] >= 1, (label, v)
+    assert np_["variants"]["before"]["daemon"]["prefetch"]["requested"] == 0
+    assert np_["variants"]["plugin"]["lsp_prefetch"]["rested"] == 2
+    assert np_["variants"]["plugin"]["daemon"]["prefetch"]["requested"] >= 3
+    assert "### The first suggestion at a new place" in Path(smoke[0]).read_text()
+
+
+def test_function_lines_finds_places_inside_functions():
+    from bench.newplace import function_lines
+    src = ("import os\n\nclass A:\n    x = 1\n\n    def f(self, a):\n        b = a + 1\n        c = b * 2\n"
+           "        if c:\n            return c\n        return b\n\ndef g():\n    return os.sep\n")
+    got = [i for i, _ in function_lines(src)]
+    assert got == [6, 7], got       # lines followed by one of their indentation; not the class body

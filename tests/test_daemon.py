@@ -424,6 +424,75 @@ def test_prefix_reuse_after_one_keystroke(daemon):
     assert daemon.status()["reused_tokens"] >= second["reused_tokens"]
 
 
+# -- prefetch --------------------------------------------------------------------------------------------
+
+def wait_prefetched(daemon, run: int, timeout: float = 30.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = daemon.status()
+        if st["prefetch"]["run"] >= run and not st["running"] and not st["queue_length"]:
+            return st
+        time.sleep(0.02)
+    raise AssertionError(f"no prefetch ran: {daemon.status()['prefetch']}")
+
+
+def test_prefetch_prepares_the_completions_cache(daemon):
+    """A prefetch at a place (answered `ok` at once) prefills that completion's prompt into its cache:
+    the completion that follows at the same place, after Enter and an indentation, prefills only
+    those few tokens. A prefetch without a cursor (a file just opened) prepares the part of the
+    prompt that does not depend on the cursor, which a completion anywhere in the file reuses."""
+    body = "".join(f"def handler_{i}(request, value={i}):\n    return request.process(value) + {i}\n\n"
+                   for i in range(40))
+    prefix, suffix = body + "def main(argv):\n    args = parse(argv)", "\n    run(args)\n"
+
+    async def go():
+        c = await daemon.client("prefetch")
+        run0 = (await c.request(Status()))["prefetch"]["run"]
+        ok = await c.request(protocol.Prefetch(doc="file:///pf.py", prefix=prefix, suffix=suffix))
+        await asyncio.to_thread(wait_prefetched, daemon, run0 + 1)
+        after = await c.request(Complete(doc="file:///pf.py", prefix=prefix + "\n    ", suffix=suffix,
+                                         max_tokens=8, deadline_ms=30000))
+        bad = await c.request({"type": "prefetch", "id": 9, "doc": "x", "cursor": "yes"})
+        await c.close()
+        return ok, after, bad
+
+    ok, after, bad = arun(go())
+    assert ok["type"] == "ok" and ok["queued"] is True, ok
+    assert after["type"] == "result", after
+    assert after["prompt_tokens"] > 400 and after["prefill_tokens"] <= 8, after
+    assert after["reused_tokens"] >= after["prompt_tokens"] - 8
+    assert bad["type"] == "error" and bad["code"] == protocol.BAD_REQUEST and "cursor" in bad["message"]
+    st = daemon.status()
+    assert st["prefetch"]["tokens"] >= after["prompt_tokens"] - 8
+    assert st["requests_served"] >= 1 and st["errors_by_code"].get(protocol.INTERNAL, 0) == 0
+
+
+def test_prefetch_is_dropped_for_a_newer_one_and_for_a_completion(daemon):
+    """A newer prefetch of the same document drops the older one; a completion for the document
+    drops its prefetch and is answered as usual, with the same text as without any prefetch."""
+    body = "".join(f"value_{i} = compute({i}, scale={i * 3})\n" for i in range(150))
+
+    async def go():
+        c = await daemon.client("prefetch2")
+        before = (await c.request(Status()))["prefetch"]
+        oks = [c.submit(protocol.Prefetch(doc="file:///pf2.py", prefix=body + f"x{i} = ", suffix="\n"))[1]
+               for i in range(3)]
+        done = await c.request(Complete(doc="file:///pf2.py", prefix=body + "y = ", suffix="\n", max_tokens=6,
+                                        deadline_ms=30000))
+        acks = [await f for f in oks]
+        assert all(a["type"] == "ok" for a in acks), acks
+        fresh = await c.request(Complete(doc="file:///pf2-fresh.py", prefix=body + "y = ", suffix="\n",
+                                         max_tokens=6, deadline_ms=30000))
+        after = (await c.request(Status()))["prefetch"]
+        await c.close()
+        return before, done, fresh, after
+
+    before, done, fresh, after = arun(go())
+    assert done["type"] == "result" and done["text"] == fresh["text"], (done, fresh)
+    assert after["requested"] == before["requested"] + 3
+    assert after["dropped"] >= before["dropped"] + 2, (before, after)
+
+
 def test_context_from_documents_imports_and_saves(daemon, tmp_path):
     ws = daemon.base / "ws"
     (ws / ".git").mkdir(parents=True)
@@ -714,3 +783,4 @@ def test_daemon_on_cuda():
         d.proc.terminate()
         d.proc.wait(30)
         shutil.rmtree(base, ignore_errors=True)
+

@@ -192,3 +192,69 @@ def test_watchdog_reports_saved_files(tmp_path):
         ws.close()
     finally:
         obs.stop()
+
+
+# -- the window layout (prefetch) ----------------------------------------------------------------------
+
+def _common(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_window_layout_keeps_the_stable_part_across_moves(tok):
+    """Window layout: extra files and the file's head first, identical for every cursor past the
+    head; a move to another place prefills only the window (fewer tokens than the contiguous layout),
+    typing at the cursor and Enter keep the whole prompt but its tail; the prompt fits the budget and
+    its FIM part holds the cursor's neighbourhood."""
+    b = PromptBuilder(tok)
+    text = code(600)
+    lines = text.split("\n")
+    extra = [("util.py", code(40))]
+
+    def at(line: int, layout: str):
+        off = sum(len(x) + 1 for x in lines[:line]) + len(lines[line])
+        return b.build(text[:off], text[off:], 1024, extra, layout=layout, label="pkg/mod.py")
+
+    places = (300, 420, 540)
+    for layout in ("window", "contiguous"):
+        ps = [at(n, layout) for n in places]
+        assert all(len(p.ids) <= 1024 for p in ps)
+        if layout == "window":
+            stable = ps[0].ids[:ps[0].stable_tokens]
+            assert ps[0].stable_tokens > 1024 * 0.35 and "util.py" in ps[0].context_files
+            assert all(p.ids[:p.stable_tokens] == stable for p in ps)
+            window_move = [len(q.ids) - _common(p.ids, q.ids) for p, q in zip(ps, ps[1:])]
+            head = tok.decode(stable)
+            assert "pkg/mod.py\n" in head and lines[0] in head
+            pre, mid = ps[1].ids.index(tok.fim["prefix"]), len(ps[1].ids) - 1
+            assert text.split("\n")[420] in tok.decode(ps[1].ids[pre + 1:mid])
+        else:
+            contiguous_move = [len(q.ids) - _common(p.ids, q.ids) for p, q in zip(ps, ps[1:])]
+    assert max(window_move) < min(contiguous_move), (window_move, contiguous_move)
+    # Enter at the end of the line (what the cursor-idle prefetch prepares): only new tokens at the end
+    p = at(300, "window")
+    off = sum(len(x) + 1 for x in lines[:300]) + len(lines[300])
+    q = b.build(text[:off] + "\n    ", text[off:], 1024, extra, layout="window", label="pkg/mod.py")
+    assert len(q.ids) - _common(p.ids, q.ids) <= 8
+    typed, reuse = text[:off] + "\n    ", []
+    for ch in "value = compute(x)\n    return value":
+        typed += ch
+        r = b.build(typed, text[off:], 1024, extra, layout="window", label="pkg/mod.py")
+        reuse.append(_common(q.ids, r.ids) / len(q.ids))
+        q = r
+    assert sum(x > 0.95 for x in reuse) >= len(reuse) - 1, reuse
+
+
+def test_window_layout_near_the_top_and_without_fim_tokens(tok):
+    b = PromptBuilder(tok)
+    p = b.build("def f(x):\n    return ", "\n", 512, [], layout="window", label="a.py")
+    assert p.stable_tokens == 1 and p.ids[1] == tok.fim["suffix"]       # no head: the window is the file
+    assert tok.decode(p.ids[p.ids.index(tok.fim["prefix"]) + 1:-1]) == "def f(x):\n    return "
+
+
+def test_token_bucket_bounds_the_prefetch_work():
+    from daemon.scheduler import TokenBucket
+    b = TokenBucket()
+    assert b.take(3000, 2000, now=100.0) and not b.take(1500, 2000, now=100.0)   # 2 s of burst: 4000
+    assert b.take(1000, 2000, now=100.0) and not b.take(100, 2000, now=100.01)
+    assert b.take(1000, 2000, now=100.5)                    # refilled at 2000 tokens a second
+    assert not b.take(1, 0, now=200.0)                      # rate 0: prefetch off

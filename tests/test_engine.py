@@ -317,6 +317,40 @@ def test_prefix_reuse(model64):
     assert third.tokens == generate(model64, changed, DecodeParams(mode="ar", max_new_tokens=5)).tokens
 
 
+def test_prefill_only_in_chunks_then_a_decode_reuses_it(model64):
+    """engine.generate.Prefill (the daemon's prefetch): the prompt goes into the cache in chunks,
+    nothing is generated, and a decode on that cache prefills one token and decodes exactly what a
+    fresh decode does; a cancel between chunks leaves the chunks already run, which are reused."""
+    from engine.generate import Prefill
+    rng = random.Random(5)
+    prompt = random_prompt(rng, model64.cfg.vocab_size, 70)
+    cache = model64.new_cache(256)
+    p = Prefill(model64, prompt, cache=cache, chunk=32)
+    shapes = []
+    while not p.done:
+        shapes.append(len(p.pending.ids))
+        step(model64, [p])
+    assert shapes == [32, 32, 6] and p.result.tokens == [] and p.result.prefill_tokens == 70
+    assert cache.token_ids == prompt and p.result.nfe == 3
+    again = Prefill(model64, prompt, cache=cache, chunk=32)
+    assert again.done and again.result.prefill_tokens == 0 and again.result.reused_tokens == 70
+    after = generate(model64, prompt + [9, 10], DecodeParams(mode="spec", max_new_tokens=8, block_size=4), cache=cache)
+    assert after.reused_tokens == 70 and after.prefill_tokens == 2
+    fresh = generate(model64, prompt + [9, 10], DecodeParams(mode="spec", max_new_tokens=8, block_size=4))
+    assert after.tokens == fresh.tokens
+
+    cancel = threading.Event()
+    other = random_prompt(rng, model64.cfg.vocab_size, 100)
+    cache2 = model64.new_cache(256)
+    p = Prefill(model64, other, cache=cache2, chunk=40, cancel=cancel)
+    step(model64, [p])
+    cancel.set()           # checked before the next chunk is asked for: the pending one still runs
+    step(model64, [p])
+    assert p.done and p.result.stop_reason == "cancelled" and cache2.token_ids == other[:80]
+    later = generate(model64, other, DecodeParams(mode="ar", max_new_tokens=4), cache=cache2)
+    assert later.reused_tokens == 80 and later.tokens == generate(model64, other, DecodeParams(mode="ar", max_new_tokens=4)).tokens
+
+
 def test_sampling_is_seeded_and_near_zero_temperature_is_greedy(model64):
     prompt = [0, 20, 21]
     a = generate(model64, prompt, DecodeParams(mode="spec", max_new_tokens=20, temperature=1.0, seed=1, block_size=4))

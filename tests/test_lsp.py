@@ -643,3 +643,35 @@ async def test_model_that_fails_to_load_is_reported(own_env, tmp_path):
             assert "load" in err.value.message
     finally:
         stop_pid(pid)
+
+
+async def test_prefetch_on_open_and_on_cursor_idle(shared_env):
+    """didOpen prefetches the cursor-independent part; tricode/cursorIdle prefetches a completion at
+    the end of the cursor's line (a repeat of the same line is not sent again; a malformed one is
+    ignored, the server stays up); the completion after Enter there reuses the prefilled prompt."""
+    uri = "file:///work/demo/prefetch.py"
+    text = "".join(f"def step_{i}(state):\n    state.value += {i}\n    return state\n\n" for i in range(30))
+    async with editor(shared_env) as c:
+        await wait_ready(c)
+        before = (await status(c))["daemon"]["prefetch"]
+        open_doc(c, uri, text)
+        idle = {"textDocument": {"uri": uri}, "position": {"line": 41, "character": 2}}
+        c.protocol.notify("tricode/cursorIdle", idle)
+        c.protocol.notify("tricode/cursorIdle", idle)
+        c.protocol.notify("tricode/cursorIdle", {"textDocument": "nope"})
+        deadline = time.monotonic() + 30
+        while True:
+            st = await status(c)
+            pf = st["daemon"]["prefetch"]
+            if pf["requested"] >= before["requested"] + 2 and not st["daemon"]["running"] \
+                    and not st["daemon"]["queue_length"]:
+                break
+            assert time.monotonic() < deadline, st["daemon"]["prefetch"]
+            await asyncio.sleep(0.05)
+        assert st["lsp"]["prefetch"] == {"opened": 1, "rested": 1, "skipped": 1}, st["lsp"]["prefetch"]
+        line = text.split("\n")[41]
+        edit(c, uri, 2, 41, len(line), 41, len(line), "\n    ")
+        res = await inline(c, uri, 42, 4)
+        info = plain(res.items[0].command.arguments[0]) if res.items else (await status(c))["lsp"]["completions"]["last"]
+        assert info.get("source") == "daemon", info
+        assert info["prefill_tokens"] <= 8 and info["reused_tokens"] >= info["prompt_tokens"] - 8, info

@@ -5,7 +5,8 @@ insert mode never starts), type keys through insert mode and exit 0 only when ev
 
     test_units.lua   the plugin against a scripted in-process language server (UTF-16, non-ASCII):
                      drawing, accept all/word/line, typing through, cancelling, cycling, dismiss,
-                     feedback notifications, <Tab> fall-through, toggle, refactor ranges, and the
+                     feedback notifications, <Tab> fall-through, toggle, refactor ranges, the
+                     prefetch's tricode/cursorIdle after the cursor rests, and the
                      glue over Neovim 0.12's vim.lsp.inline_completion (against a stand-in); no daemon
     test_inline.lua  the plugin against the real `tricode lsp` and a daemon on the embedded model,
                      with private XDG dirs and socket; the daemon is stopped afterwards
@@ -99,6 +100,7 @@ def test_nvim_plugin_against_scripted_server(tmp_path):
         "OK <Tab> without a suggestion runs the previous <Tab> mapping",
         "OK :TricodeToggle",
         "OK :'<,'>TricodeRefactor",
+        "OK prefetch: tricode/cursorIdle once the cursor rests on a new line",
         "OK :checkhealth tricode",
         "OK the vim.lsp.inline_completion glue",
         "PASS",

@@ -121,12 +121,12 @@ local function inline_requests()
   return count("textDocument/inlineCompletion")
 end
 
---- The tricode/* notifications sent since index `from`.
+--- The tricode/* feedback notifications sent since index `from` (not the prefetch's cursorIdle).
 local function feedback_since(from)
   local out = {}
   for i = from + 1, #Fake.notifications do
     local n = Fake.notifications[i]
-    if vim.startswith(n.method, "tricode/") then
+    if vim.startswith(n.method, "tricode/") and n.method ~= "tricode/cursorIdle" then
       out[#out + 1] = n
     end
   end
@@ -389,6 +389,33 @@ H.run(function()
   a = Fake.requests[#Fake.requests].params.arguments[1]
   check(a.action == "docstring" and a.range.start.line == a.range["end"].line, "action %s", vim.inspect(a))
   log("OK :2TricodeRefactor (whole line) and :TricodeAction docstring (at the cursor)")
+
+  -- 8b. prefetch: the cursor comes to rest on another line (normal mode) -> one tricode/cursorIdle
+  --     after prefetch_idle_ms with that line; moving on before the timer fires sends nothing for
+  --     the line passed over, and resting again on the same line sends nothing new
+  vim.cmd("stopinsert")
+  api.nvim_buf_set_lines(bufnr, 0, -1, false, { "def f():", "    a = 1", "    b = 2", "    return a" })
+  local function idles()
+    return vim.tbl_filter(function(n)
+      return n.method == "tricode/cursorIdle"
+    end, Fake.notifications)
+  end
+  local n0 = #idles()
+  api.nvim_win_set_cursor(0, { 2, 0 })
+  vim.wait(50)
+  api.nvim_win_set_cursor(0, { 3, 4 })
+  local rest = wait_for("tricode/cursorIdle", 5, function()
+    local got = idles()
+    return #got > n0 and got[#got]
+  end)
+  check(rest.params.position.line == 2 and rest.params.textDocument.uri == vim.uri_from_bufnr(bufnr),
+    "cursorIdle %s", vim.inspect(rest.params))
+  vim.wait(600)
+  check(#idles() == n0 + 1, "the passed-over line or a repeat was sent: %s", vim.inspect(idles()))
+  api.nvim_win_set_cursor(0, { 3, 0 })
+  vim.wait(600)
+  check(#idles() == n0 + 1, "a rest on the same line was sent again")
+  log("OK prefetch: tricode/cursorIdle once the cursor rests on a new line")
 
   -- 9. :checkhealth, then the server goes away: keys and ghost text are removed
   check(pcall(vim.cmd, "checkhealth tricode"), "checkhealth failed")

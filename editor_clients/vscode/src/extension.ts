@@ -22,6 +22,7 @@ import {
 import { findTricode } from "./executable";
 import { FeedbackTracker, INLINE_ACCEPTED } from "./feedback";
 import { askInstruction, REFACTOR_COMMAND, REFACTORS, report, runRefactor } from "./refactor";
+import { CursorIdle } from "./prefetch";
 import { documentSelector, SECTION, SettingsSync } from "./settings";
 import { describe, Phase, StatusItem, TricodeStatus } from "./status";
 
@@ -379,6 +380,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     () => config().get<number>("statusPollSeconds", 5),
   );
   context.subscriptions.push(output, status);
+  context.subscriptions.push(
+    new CursorIdle(
+      sendFeedback,
+      () => (config().get<boolean>("enabled", true) ? config().get<number>("prefetchIdleMs", 300) : 0),
+      (doc) => wanted(doc),
+    ),
+  );
 
   for (const r of REFACTORS) {
     context.subscriptions.push(

@@ -37,6 +37,9 @@ M.defaults = {
     prev = "<M-[>",
     dismiss = "<C-]>",
   },
+  -- Prefetch: when the cursor rests this long (ms) on a new line, the daemon prepares a completion
+  -- there (the tricode/cursorIdle notification); 0 turns it off.
+  prefetch_idle_ms = 300,
   -- The statusline refreshes the server's tricode/status at most this often (ms).
   status_interval_ms = 5000,
   -- Echo refactor progress and results.

@@ -163,6 +163,7 @@ local function on_attach(args)
     M.engine().attach(bufnr)
   end
   require("tricode.keymaps").attach(bufnr)
+  require("tricode.prefetch").attach(bufnr)
   require("tricode.status").request(client)
 end
 
@@ -178,6 +179,7 @@ local function on_detach(args)
     end
     M.engine().detach(bufnr)
     require("tricode.keymaps").detach(bufnr)
+    require("tricode.prefetch").detach(bufnr)
   end)
 end
 
