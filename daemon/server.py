@@ -675,7 +675,7 @@ class Daemon:
         e = self.engine
         why = ("the daemon is shutting down" if self.stopping else f"the model is {e.state}" if e.state != "ready"
                else "prefetch is off (prefetch_tokens_per_s = 0)" if self.cfg.prefetch_tokens_per_s <= 0
-               else "completions go to the remote backend" if self.remote.wants(self.cfg) else "")
+               else "completions go to the remote backend" if self.cfg.backend == "openai" else "")
         if why:
             conn.send(protocol.ok(msg.id, queued=False, reason=why))
             return
