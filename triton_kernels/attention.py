@@ -145,13 +145,14 @@ def attention_reference(q, k, v, *, prefix_len: int, pattern: str, group: int = 
                                      (torch.float16, torch.bfloat16, torch.float32, torch.float64),
                                      "attention_reference")
     mask, is_causal = None, False
+    # the additive form of the mask (what SDPA would turn a boolean mask into, per call)
     if pattern == "causal" and T > 1:
         if prefix_len == 0:
             is_causal = True  # square causal: SDPA's own (top-left aligned) mask is the rule
         else:
-            mask = _cached_mask(T, prefix_len, pattern, group, q.device)
+            mask = _cached_mask(T, prefix_len, pattern, group, q.device, q.dtype)
     elif pattern == "quadratic":
-        mask = _cached_mask(T, prefix_len, pattern, group, q.device)
+        mask = _cached_mask(T, prefix_len, pattern, group, q.device, q.dtype)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     if Hq != Hkv:
