@@ -12,6 +12,14 @@ for a whole draft pass, or a boolean row mask [T] when draft and verify rows sha
 
 q/k/v and gate/up are held fused (one matmul each) for speed; checkpoint.py maps the Hugging Face
 tensor names onto them.
+
+The forward is kept lean because on a CPU a small model's step costs its op count (each aten op is
+microseconds of dispatch; the matmuls are tiny): the hidden state stays 2-D [B*T, h] (a linear layer
+on it is one matmul, no reshapes), `rms_norm` is F.rms_norm's arithmetic in a third of the ops, RoPE
+rows come from a table computed once per model and rotate q and k in place in one pass without a
+cat, a layer's new K and V reach the cache with one copy, the masks are slices of banded masks built
+once per step width (triton_kernels/attention.py), and no-op dtype casts are skipped. It stays the
+eager reference: engine/runner.py runs the same layers from CUDA graphs on a GPU.
 """
 from __future__ import annotations
 

@@ -491,8 +491,8 @@ def part_steps(model, cache, deadline: float) -> list[list[str]]:
     wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("embed"))
     bound = wbytes / bw / 1e6
     rows.append(["weight-read bound (weights except the embedding / measured copy bandwidth)", f"{bound:.2f}",
-                 f"{wbytes / 1e9:.2f} GB at {bw:.0f} GB/s"])
-    log(f"weight-read bound {bound:.2f} ms ({wbytes / 1e9:.2f} GB at {bw:.0f} GB/s)")
+                 f"{wbytes / 1e6:.1f} MB at {bw:.1f} GB/s"])
+    log(f"weight-read bound {bound:.2f} ms ({wbytes / 1e6:.1f} MB at {bw:.1f} GB/s)")
     eager = EagerRunner(model)
     fast = CudaGraphRunner(model, capture_after=1) if DEV == "cuda" else _StaticEager(model)
     P = cache.length
