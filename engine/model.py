@@ -209,8 +209,9 @@ class NLDModel(nn.Module):
         """(cos, sin, positions) for positions 0..n-1 at least: cos/sin [1, N, 1, D], positions [N].
         Computed once per model (grown in powers of two), so a cached forward slices rows instead of
         computing trig and building position tensors."""
-        if self._table is None or self._table[2].numel() < n:
-            p = self.head.weight
+        p = self.head.weight
+        t = self._table
+        if t is None or t[2].numel() < n or t[0].device != p.device or t[0].dtype != p.dtype:  # grown, moved, cast
             positions = torch.arange(max(1024, 1 << max(0, n - 1).bit_length()), device=p.device)
             cos, sin = _rope_tables(self.inv_freq, self.rope_magnitude, positions, p.dtype)
             self._table = (cos[None, :, None, :], sin[None, :, None, :], positions)

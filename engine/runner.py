@@ -176,11 +176,11 @@ class CudaGraphRunner:
             del self.graphs[k]
             g = None
         if g is None:
+            self._forget_dead()
             ref, n = self.seen.get(k, (None, 0))
             n = n + 1 if ref is not None and ref() is f.cache else 1
             self.seen[k] = (weakref.ref(f.cache), n)
             if n < self.capture_after:
-                self._forget_dead()
                 return self.eager.run(fs)
             t0 = time.perf_counter()
             if self.pool is None:
