@@ -306,6 +306,7 @@ def main(argv=None) -> int:
                 r["forward_costs"] += [dict(x, threads=th) for x in rows]
             torch.set_num_threads(default_threads)
             r["forward_costs_threads_default"] = default_threads
+            r["weight_read_bound"] = decoding.weight_read_bound(model)
             if "single" in res:
                 acc = {n: s.get("mean_accept_length") for n, s in res["single"]["configs"].items()
                        if n.startswith("spec")}
@@ -392,7 +393,7 @@ def main(argv=None) -> int:
     if args.merge is not None:
         old = json.loads(Path(args.merge).read_text())
         keys = {"decoding": ("decoding", "forward_costs", "forward_costs_prefix", "forward_costs_threads_default",
-                             "spec_model", "profile"),
+                             "spec_model", "profile", "weight_read_bound"),
                 "latency": ("latency", "new_place"), "peers": ("peers",), "humaneval": ("humaneval",),
                 "concurrency": ("concurrency",), "load": ("load",)}
         names = {"decoding": "1. decoding", "latency": "2. lsp latency", "peers": "3. peers", "humaneval": "4. humaneval",

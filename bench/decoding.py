@@ -258,12 +258,48 @@ def forward_costs(model, prefix_len: int, *, blocks: Sequence[int] = DEFAULT_BLO
         for what, pattern, T, group in shapes:
             x = ids[:, prefix_len:prefix_len + T] if T <= 300 else ids[:, :T]
             ms = timed(lambda: model(x, cache, pattern=pattern, write=False, group=group))
-            rows.append({"what": what, "pattern": pattern, "T": T, "ms": round(ms, 3)})
+            rows.append({"what": what, "pattern": pattern, "T": T, "ms": round(ms, 3),
+                         "aten_ops": aten_ops(lambda: model(x, cache, pattern=pattern, write=False, group=group))})
     base = next(r["ms"] for r in rows if r["what"] == "AR step")
+    bound = weight_read_bound(model)["ms"]
     for r in rows:
         r["ms"] = round(r["ms"], 3)
         r["x_ar_step"] = round(r["ms"] / base, 2) if base else 0.0
+        if not r["what"].startswith("prefill"):
+            r["bound_share"] = round(bound / r["ms"], 3) if r["ms"] else 0.0
     return rows
+
+
+def aten_ops(fn) -> int:
+    """aten ops (nested calls included, as torch.profiler counts them) one call of fn dispatches."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+def weight_read_bound(model, repeat: int = 5) -> dict:
+    """The floor of a forward that reads every weight once (the embedding excepted: a forward reads
+    only its rows): weight bytes / memory bandwidth, measured as a large copy (bytes read + written)
+    on the model's device."""
+    import torch
+    p0 = model.head.weight
+    nbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("embed"))
+    n = 1 << 28 if p0.is_cuda else 1 << 26
+    a = torch.empty(n, dtype=torch.uint8, device=p0.device).fill_(1)
+    b = torch.empty_like(a)
+    ts = []
+    for _ in range(repeat):
+        if p0.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        b.copy_(a)
+        if p0.is_cuda:
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    gbps = 2 * n / min(ts) / 1e9
+    return {"weight_bytes": nbytes, "gbps": round(gbps, 1), "ms": round(nbytes / gbps / 1e6, 3)}
 
 
 def spec_speedup_model(costs: list[dict], accept: dict[str, float]) -> list[dict]:

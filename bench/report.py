@@ -92,6 +92,25 @@ def targets(r: dict) -> list[dict]:
                             "measured": f"{b:.2f}x ({dec['spec_vs_ar_mismatches'].get(best)} mismatches)",
                             "hit": b >= SPEC_VS_AR and dec["spec_vs_ar_mismatches"].get(best) == 0,
                             "by": f"{b / SPEC_VS_AR:.2f}x the goal"})
+    # issue 12: the forward itself (default torch threads)
+    th0 = r.get("forward_costs_threads_default")
+    fc = {x["what"]: x for x in r.get("forward_costs", []) if x.get("threads", th0) == th0}
+    ar_step = fc.get("AR step")
+    if ar_step and "aten_ops" in ar_step:
+        out.append({"what": "aten ops per one-token forward (torch.profiler, nested ops counted)", "goal": "<= 400",
+                    "measured": str(ar_step["aten_ops"]), "hit": ar_step["aten_ops"] <= 400,
+                    "by": f"{ar_step['aten_ops'] / 400:.2f}x the goal"})
+    v4 = fc.get("verify b4")
+    if ar_step and v4:
+        out.append({"what": "4-token verify / one-token step (ms)", "goal": "<= 1.15x",
+                    "measured": f"{v4['x_ar_step']:.2f}x ({v4['ms']:.2f} vs {ar_step['ms']:.2f} ms)",
+                    "hit": v4["x_ar_step"] <= 1.15, "by": f"{v4['x_ar_step'] / 1.15:.2f}x the goal"})
+    if dec and "ar" in dec["configs"] and r["spec_default"] in dec["configs"]:
+        a, sp = dec["configs"]["ar"], dec["configs"][r["spec_default"]]
+        if sp["decode_ms_median"]:
+            d = a["decode_ms_median"] / sp["decode_ms_median"]
+            out.append({"what": f"`{r['spec_default']}` vs `ar` decode phase (single-line, median)", "goal": ">= 2x",
+                        "measured": f"{d:.2f}x", "hit": d >= 2.0, "by": f"{d / 2.0:.2f}x the goal"})
     peers = r.get("peers", {})
     groups = peers.get("by_threads") or ({str(peers.get("threads")): peers["engines"]} if peers.get("engines") else {})
     for th, eng in groups.items():
@@ -235,9 +254,15 @@ def markdown(r: dict) -> str:
         if fc:
             md += [f"**Cost of one forward** (median of repeats, over a cache of {r['forward_costs_prefix']} tokens; "
                    "what each decoder step costs):", "",
-                   "| torch threads | forward | pattern | tokens | ms | x AR step |", "|---|---|---|---|---|---|"]
+                   "| torch threads | forward | pattern | tokens | ms | x AR step | aten ops | share of weight-read bound |",
+                   "|---|---|---|---|---|---|---|---|"]
             md += [f"| {x.get('threads', '-')} | {x['what']} | {x['pattern']} | {x['T']} | {x['ms']:.2f} | "
-                   f"{x['x_ar_step']:.2f} |" for x in fc]
+                   f"{x['x_ar_step']:.2f} | {x.get('aten_ops', '-')} | "
+                   f"{_pct(x['bound_share']) if 'bound_share' in x else '-'} |" for x in fc]
+            wb = r.get("weight_read_bound")
+            if wb:
+                md += ["", f"Weight-read bound: {wb['weight_bytes'] / 1e6:.1f} MB of weights (the embedding excepted) "
+                           f"at {wb['gbps']:.1f} GB/s (a large copy on this machine) = {wb['ms']:.2f} ms per forward."]
             md.append("")
         sm = r.get("spec_model")
         if sm:

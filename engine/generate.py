@@ -31,6 +31,7 @@ import torch
 from engine.kv_cache import CacheFullError, KVCache
 from engine.lookup import LOOKUP_TOKENS, Lookup
 from engine.model import NLDModel
+from engine.runner import runner_for
 from triton_kernels.unmask import unmask_step
 from triton_kernels.verify import verify_greedy, verify_sample
 
@@ -314,19 +315,11 @@ class Prefill:
 
 
 def run_forwards(model: NLDModel, fs: list[Forward]) -> list[torch.Tensor]:
-    """Run forwards of one key as a single batched forward; logits [T, V] for each."""
+    """Run forwards of one key as a single batched forward; logits [T, V] for each. The model's
+    runner (runner.py, chosen by device) decides how: eagerly, or as a captured CUDA graph."""
     f = fs[0]
     assert all(g.key == f.key for g in fs), "only forwards of one key batch together"
-    device = model.head.weight.device
-    net = model.prefill_twin if f.prefill and model.prefill_twin is not None else model
-    with torch.inference_mode():
-        x = torch.tensor([g.ids for g in fs], dtype=torch.long, device=device)
-        positions = None if f.positions is None else torch.tensor([g.positions for g in fs], device=device)
-        lora = torch.tensor(f.lora, device=device) if isinstance(f.lora, tuple) else f.lora
-        logits = net(x, [g.cache for g in fs] if len(fs) > 1 else f.cache, pattern=f.pattern,
-                     write=f.write, positions=positions, group=f.group, lora=lora, last_only=f.last_only)
-        logits[..., model.cfg.mask_token_id] = float("-inf")  # the mask id is never a prediction
-    return list(logits)
+    return runner_for(model).run(fs)
 
 
 def generate(model: NLDModel, prompt_ids: list[int], params: DecodeParams, *, cache: KVCache | None = None,

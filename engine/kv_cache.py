@@ -21,9 +21,10 @@ class CacheFullError(RuntimeError):
 class KVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, *,
                  batch: int = 1, device=None, dtype=torch.float32):
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # One buffer [layer, k|v, batch, kv head, slot, dim]: a forward writes a layer's new K and V
+        # with one copy (model.py); k and v are views of it.
+        self.kv = torch.zeros((n_layers, 2, batch, n_kv_heads, max_len, head_dim), device=device, dtype=dtype)
+        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
         self.max_len = max_len
         self.length = 0
         self.token_ids: list[int] = []
@@ -44,8 +45,7 @@ class KVCache:
     def move(self, src: torch.Tensor, dst_start: int) -> None:
         """Copy the K/V at absolute slots `src` (ascending, all >= dst_start) to dst_start.. in order."""
         n = src.numel()
-        self.k[:, :, :, dst_start:dst_start + n] = self.k[:, :, :, src]
-        self.v[:, :, :, dst_start:dst_start + n] = self.v[:, :, :, src]
+        self.kv[..., dst_start:dst_start + n, :] = self.kv[..., src, :]
 
     def common_prefix(self, ids: list[int]) -> int:
         n = 0

@@ -12,6 +12,14 @@ for a whole draft pass, or a boolean row mask [T] when draft and verify rows sha
 
 q/k/v and gate/up are held fused (one matmul each) for speed; checkpoint.py maps the Hugging Face
 tensor names onto them.
+
+The forward is kept lean because on a CPU a small model's step costs its op count (each aten op is
+microseconds of dispatch; the matmuls are tiny): the hidden state stays 2-D [B*T, h] (a linear layer
+on it is one matmul, no reshapes), `rms_norm` is F.rms_norm's arithmetic in a third of the ops, RoPE
+rows come from a table computed once per model and rotate q and k in place in one pass without a
+cat, a layer's new K and V reach the cache with one copy, the masks are slices of banded masks built
+once per step width (triton_kernels/attention.py), and no-op dtype casts are skipped. It stays the
+eager reference: engine/runner.py runs the same layers from CUDA graphs on a GPU.
 """
 from __future__ import annotations
 
@@ -55,31 +63,78 @@ class Layer(nn.Module):
         self.down = nn.Linear(cfg.intermediate_size, h, bias=False)
 
     def forward(self, x, cos, sin, qscale, attend, lora):
-        """attend(q [B,Hq,T,D], k [B,Hkv,T,D], v) -> [B,Hq,T,D]: where the K/V go and which mask applies."""
-        B, T, _ = x.shape
-        hn = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
-        q, k, v = self.qkv(hn).view(B, T, -1, self.d).split([self.n_q, self.n_kv, self.n_kv], dim=2)
-        q = rotate(q, cos, sin).transpose(1, 2)
+        """x [B*T, h] -> [B*T, h] (rows batch-major); cos, sin [1 or B, T, 1, D] from `NLDModel.rope`.
+
+        attend(q [B, Hq, T, D], kv [B, T, 2, Hkv, D]) -> [B, Hq, T, D]: where the K/V go and which mask
+        applies. kv holds the rotated keys ([..., 0, :, :]) and the values side by side, as the fused
+        projection wrote them, so that a cache takes both with one copy.
+        The hidden state stays 2-D: a linear layer on [N, h] is one matmul, on [B, T, h] a reshape
+        around it."""
+        T = cos.shape[1]
+        B = x.shape[0] // T
+        hn = rms_norm(x, self.input_norm, self.eps)
+        y = self.qkv(hn).view(B, T, self.n_q + 2 * self.n_kv, self.d)
+        rotate_(y[:, :, :self.n_q + self.n_kv], cos, sin)      # q and k heads in one pass, in place
+        q = y[:, :, :self.n_q].transpose(1, 2)
         if qscale is not None:
             q = q * qscale.view(-1, 1, T, 1).to(q.dtype)
-        a = attend(q, rotate(k, cos, sin).transpose(1, 2), v.transpose(1, 2))
-        a = a.transpose(1, 2).reshape(B, T, -1)
+        a = attend(q, y[:, :, self.n_q:].view(B, T, 2, self.n_kv, self.d))
+        a = a.transpose(1, 2).reshape(B * T, self.n_q * self.d)
         out = self.o(a)
         if self.o_lora is not None:
             if isinstance(lora, torch.Tensor):
-                out = out + self.o_lora(a) * lora.view(1, -1, 1).to(out.dtype)
+                out = out + self.o_lora(a) * lora.repeat(B).view(-1, 1).to(out.dtype)
             elif lora:
                 out = out + self.o_lora(a)
         x = x + out
-        hn = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps)
-        gate, up = self.gate_up(hn).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        hn = rms_norm(x, self.post_norm, self.eps)
+        gu = self.gate_up(hn)
+        i = gu.shape[-1] // 2
+        return x + self.down(F.silu(gu[:, :i]) * gu[:, i:])
 
 
-def rotate(x, cos, sin):
-    """RoPE in the half-split convention of Hugging Face Llama checkpoints. x: [B, T, H, D]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def rms_norm(x, weight, eps: float):
+    """F.rms_norm, in the same arithmetic (fp32 and fp64: pow, mean, + eps, rsqrt, x * r, * weight, in
+    that order), in a third of its ops: the composite F.rms_norm dispatches ~24 aten ops on a CPU,
+    mostly no-op dtype casts, and a forward runs 2 per layer. Half precision keeps F.rms_norm (it
+    computes in fp32)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    # x*x is pow(x, 2) and sum / n is mean, bit for bit; the scalars are tensors of x's dtype, which
+    # spares the cast of a wrapped Python number in every op that takes one
+    n, e = _scalar(x.shape[-1], x), _scalar(eps, x)
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).div_(n).add_(e)) * weight
+
+
+_SCALARS: dict = {}
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim tensor of `like`'s dtype and device holding `value`, made once."""
+    key = (value, like.dtype, like.device)
+    t = _SCALARS.get(key)
+    if t is None:
+        t = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return t
+
+
+def rotate_(x, cos, sin):
+    """RoPE in place, in the half-split convention of Hugging Face Llama checkpoints. x: [B, T, H, D].
+
+    `sin` carries the sign of rotate-half (its first half negated, see NLDModel.rope), so
+    rotate_half(x) * sin == swap_halves(x) * sin_signed exactly (negation is exact), and swapping the
+    halves is one flip of a [.., 2, D/2] view: no cat, no neg."""
+    B, T, H, d = x.shape
+    swapped = x.view(B, T, H, 2, d // 2).flip(-2).view(B, T, H, d)
+    swapped.mul_(sin)
+    x.mul_(cos).add_(swapped)
+
+
+def _rope_tables(inv_freq: torch.Tensor, magnitude: float, positions: torch.Tensor, dtype: torch.dtype):
+    """cos, sign-folded sin [..., D] for float positions [...]: the one definition of the rope values."""
+    angles = positions.float()[..., None] * inv_freq.float()
+    cos, sin = angles.cos() * magnitude, angles.sin() * magnitude
+    return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
 class NLDModel(nn.Module):
@@ -94,6 +149,7 @@ class NLDModel(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._impl: str | None = None
         self._twin: list[NLDModel] = []     # a list keeps the twin out of this module's parameters
+        self._table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None   # see rope_at
 
     @property
     def prefill_twin(self) -> "NLDModel | None":
@@ -144,13 +200,22 @@ class NLDModel(nn.Module):
         return self._impl
 
     def rope(self, positions: torch.Tensor):
-        """positions [T] or [B, T] -> cos, sin [1 or B, T, 1, D]."""
-        angles = positions.float().reshape(-1, positions.shape[-1], 1) * self.inv_freq.float()
-        angles = torch.cat((angles, angles), dim=-1)
-        dtype = self.head.weight.dtype
-        cos = (angles.cos() * self.rope_magnitude).to(dtype)[:, :, None, :]
-        sin = (angles.sin() * self.rope_magnitude).to(dtype)[:, :, None, :]
-        return cos, sin
+        """positions [T] or [B, T] -> cos, sign-folded sin [1 or B, T, 1, D] (see `rotate_`)."""
+        cos, sin = _rope_tables(self.inv_freq, self.rope_magnitude, positions.reshape(-1, positions.shape[-1]),
+                                self.head.weight.dtype)
+        return cos[:, :, None, :], sin[:, :, None, :]
+
+    def rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cos, sin, positions) for positions 0..n-1 at least: cos/sin [1, N, 1, D], positions [N].
+        Computed once per model (grown in powers of two), so a cached forward slices rows instead of
+        computing trig and building position tensors."""
+        p = self.head.weight
+        t = self._table
+        if t is None or t[2].numel() < n or t[0].device != p.device or t[0].dtype != p.dtype:  # grown, moved, cast
+            positions = torch.arange(max(1024, 1 << max(0, n - 1).bit_length()), device=p.device)
+            cos, sin = _rope_tables(self.inv_freq, self.rope_magnitude, positions, p.dtype)
+            self._table = (cos[None, :, None, :], sin[None, :, None, :], positions)
+        return self._table
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | Sequence[KVCache], *, pattern: str = "causal",
                 write: bool = True, positions: torch.Tensor | None = None, group: int = 0,
@@ -170,31 +235,46 @@ class NLDModel(nn.Module):
         starts = [c.length for c in caches]
         for c in caches:
             c.reserve(T)
-        if positions is None:
-            positions = torch.arange(T, device=input_ids.device) + torch.tensor(
-                starts, device=input_ids.device)[:, None]
-        cos, sin = self.rope(positions)
-        qscale = query_scale(self.cfg, positions)
-        x = self.embed(input_ids)
+        if positions is None and len(caches) == 1:
+            # the common case: rows of the model's rope table, no trig and no position tensor
+            cos, sin, pos = self.rope_table(starts[0] + T)
+            cos, sin = cos[:, starts[0]:starts[0] + T], sin[:, starts[0]:starts[0] + T]
+            last = starts[0] + T - 1
+        else:
+            if positions is None:
+                positions = torch.arange(T, device=input_ids.device) + torch.tensor(
+                    starts, device=input_ids.device)[:, None]
+            cos, sin = self.rope(positions)
+            pos, last = positions, None
+        qscale = None
+        r = self.cfg.rope_scaling
+        if r is not None and r.query_scale_beta and (last is None or last >= r.original_max_position_embeddings):
+            qscale = query_scale(self.cfg, pos if positions is not None else pos[starts[0]:starts[0] + T])
+        x = self.embed(input_ids).view(B * T, -1)
         impl = self.kernel_impl
+        # per-forward views of every cache: the slots this pass writes and the keys it reads
+        slots = [c.kv[:, :, :rows, :, s:s + T] for c, s in zip(caches, starts)]
+        keys = [(c.k[:, :rows, :, :s + T], c.v[:, :rows, :, :s + T]) for c, s in zip(caches, starts)]
         for i, layer in enumerate(self.layers):
-            def attend(q, k, v, i=i):
+            def attend(q, kv, i=i):
                 out = []
-                for r, (c, s) in enumerate(zip(caches, starts)):
-                    sl = slice(r * rows, (r + 1) * rows)
-                    c.k[i, :rows, :, s:s + T] = k[sl]
-                    c.v[i, :rows, :, s:s + T] = v[sl]
-                    out.append(attention(q[sl].to(c.k.dtype), c.k[i, :rows, :, :s + T], c.v[i, :rows, :, :s + T],
-                                         prefix_len=s, pattern=pattern, group=group, impl=impl))
-                return (out[0] if len(out) == 1 else torch.cat(out)).to(q.dtype)
+                kv = kv.permute(2, 0, 3, 1, 4)               # [2, B, Hkv, T, D], as a cache slot holds it
+                for r, (slot, (k, v), s) in enumerate(zip(slots, keys, starts)):
+                    slot[i].copy_(kv[:, r * rows:(r + 1) * rows] if len(slots) > 1 else kv)
+                    qr = q[r * rows:(r + 1) * rows] if len(slots) > 1 else q
+                    if qr.dtype != k.dtype:
+                        qr = qr.to(k.dtype)
+                    out.append(attention(qr, k[i], v[i], prefix_len=s, pattern=pattern, group=group, impl=impl))
+                a = out[0] if len(out) == 1 else torch.cat(out)
+                return a if a.dtype == q.dtype else a.to(q.dtype)
             x = layer(x, cos, sin, qscale, attend, lora)
         if last_only:
-            x = x[:, -1:]
-        logits = self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps))
+            x = x.view(B, T, -1)[:, -1]
+        logits = self.head(rms_norm(x, self.norm, self.cfg.rms_norm_eps))
         if write:
             for r, c in enumerate(caches):
                 c.commit(input_ids[r * rows].tolist())
-        return logits
+        return logits.view(B, 1 if last_only else T, -1)
 
     def hidden_masked(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                       lora: bool | torch.Tensor = False) -> torch.Tensor:
@@ -203,13 +283,15 @@ class NLDModel(nn.Module):
         cos, sin = self.rope(positions)
         qscale = query_scale(self.cfg, positions)
 
-        def attend(q, k, v):
+        def attend(q, kv):
+            k, v = kv.transpose(1, 3).unbind(2)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
-        x = self.embed(input_ids)
+        B, T = input_ids.shape
+        x = self.embed(input_ids).view(B * T, -1)
         for layer in self.layers:
             x = layer(x, cos, sin, qscale, attend, lora)
-        return F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps)
+        return F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps).view(B, T, -1)
 
     def forward_masked(self, input_ids, positions, mask, lora: bool = False) -> torch.Tensor:
         return self.head(self.hidden_masked(input_ids, positions, mask, lora))

@@ -6,19 +6,23 @@ Run from the repository root with the repo importable (scripts/gpu_check.sh does
 
 Needs only torch and triton (no network, installs nothing); pytest is used when present. Parts:
 
-1. correctness: `pytest -m gpu tests/test_kernels.py`, or, without pytest (or if pytest cannot
+1. correctness: `pytest -m gpu tests/test_kernels.py tests/test_runner.py tests/test_engine.py`, or, without pytest (or if pytest cannot
    collect the tests there), the same checks called directly (triton_kernels.testing).
 2. attention kernel vs torch scaled_dot_product_attention with the same mask, at the 8B attention
    shape (Hq 32, Hkv 8, D 128, bf16, batch 1, a 4096-token prefix): median time over CUDA events
    (L2 flushed before each run), K/V bytes per second, useful TFLOP/s (visible query-key pairs only);
-   then a short sweep of tile configurations, so that the defaults can be tuned from one run; and the
-   verify/unmask kernels vs their torch references at V = 131072.
+   then a short sweep of tile configurations, so that the defaults can be tuned from one run;
+   `attention_cached` (the CUDA-graph steps' attention: lengths on the device) vs SDPA with a sweep
+   of its key splits; and the verify/unmask kernels vs their torch references at V = 131072.
 3. the whole model with random weights (engine.model.NLDModel, bf16): causal forwards of 1, 8, 16, 32
    tokens after a 4096-token prefill, a block (draft) pass and a quadratic step, AR tokens/s and
-   self-speculation tokens/s at an assumed acceptance of 7 drafts per 32-token block.
+   self-speculation tokens/s at an assumed acceptance of 7 drafts per 32-token block; then per step
+   shape the eager runner vs the CUDA-graph runner (engine/runner.py): wall ms per forward, share of
+   the weight-read bound (weight bytes / measured copy bandwidth), ratio to a one-token step; AR
+   tokens/s through generate() eager vs graphs.
 
 Each part is guarded: a failure is printed and recorded, and the report still prints. The whole run
-stays within a time budget (--budget-s, default 450 s), skipping what no longer fits. The markdown
+stays within a time budget (--budget-s, default 300 s), skipping what no longer fits. The markdown
 report is printed last and written to --out.
 
 `--cpu-smoke` runs the same plumbing on CPU at toy shapes under TRITON_INTERPRET=1 (no timings worth
@@ -144,7 +148,8 @@ def part_tests(timeout_s: float) -> list[list[str]]:
     if importlib.util.find_spec("pytest") is not None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_kernels.py", "-q", "-rf",
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_kernels.py", "tests/test_runner.py",
+               "tests/test_engine.py", "-q", "-rf",
                "-p", "no:cacheprovider"]
         t0 = time.time()
         try:
@@ -159,7 +164,7 @@ def part_tests(timeout_s: float) -> list[list[str]]:
         collected = summary and "error" not in summary
         if r is not None and collected:
             failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in lines if ln.startswith("FAILED ")]
-            rows.append(["pytest -m gpu tests/test_kernels.py", "PASS" if r.returncode == 0 else "FAIL",
+            rows.append(["pytest -m gpu tests/test_kernels.py tests/test_runner.py tests/test_engine.py", "PASS" if r.returncode == 0 else "FAIL",
                          f"{summary} ({time.time() - t0:.0f}s)" + (f"; failed: {', '.join(failed)}" if failed else "")])
             return rows
         rows.append(["pytest -m gpu", "n/a", f"pytest could not run the tests ({summary or 'no summary'}); "
@@ -264,6 +269,55 @@ def _sweep(name, T, run_triton, t_default, until) -> list[str]:
     return [name, f"{t_default * 1e3:.1f}", f"{best * 1e3:.1f}", best_cfg, str(tried)]
 
 
+def part_cached_attention(until: float) -> list[list[str]]:
+    """attention_cached (what a CUDA-graph step runs: lengths on the device, grid fixed by the cache
+    capacity) vs SDPA over the same keys, then a sweep of its key splits / tile sizes per shape."""
+    from triton_kernels.attention import attention_cached
+    rows = []
+    cap = PREFIX + GROUP * BLOCK + 64              # the cache a step reads: capacity > length
+    for pattern, T, group in ATTN_CASES:
+        name = f"{pattern} T={T}" + (f" (group {group})" if group else "")
+        try:
+            gen = torch.Generator(device=DEV).manual_seed(1)
+            q = torch.randn(1, HQ, T, D, generator=gen, device=DEV).to(ATTN_DTYPE)
+            kc = torch.randn(1, HKV, cap, D, generator=gen, device=DEV).to(ATTN_DTYPE)
+            vc = torch.randn(1, HKV, cap, D, generator=gen, device=DEV).to(ATTN_DTYPE)
+            lengths = torch.tensor([PREFIX + T], device=DEV)
+            out = torch.empty_like(q)
+            k, v = kc[:, :, :PREFIX + T], vc[:, :, :PREFIX + T]
+            dense = attention_mask(T, PREFIX, pattern, group, device=DEV)
+            mask = None if pattern == "block" or (pattern == "causal" and T == 1) else dense
+            ref = _sdpa(q.float(), k.float(), v.float(), mask, True)
+            got = attention_cached(q, kc, vc, lengths, pattern=pattern, group=group, out=out)
+            err = float((got.float() - ref).abs().max())
+            t = bench_ms(lambda: attention_cached(q, kc, vc, lengths, pattern=pattern, group=group, out=out))
+            t_sdpa = bench_ms(lambda: _sdpa(q, k, v, mask, True))
+            best, best_cfg = t, "default"
+            if time.time() < until:
+                for splits in (1, 4, 8, 16, 32, 64, 128):
+                    for bn in (32, 64, 128):
+                        if time.time() > until:
+                            break
+                        try:
+                            ts = bench_ms(lambda: attention_cached(q, kc, vc, lengths, pattern=pattern, group=group,
+                                                                   out=out, num_splits=splits, block_n=bn),
+                                          warmup=2, iters=10)
+                        except Exception as e:  # noqa: BLE001
+                            log(f"cached sweep {name} splits={splits} block_n={bn}: {type(e).__name__}")
+                            continue
+                        if ts < best:
+                            best, best_cfg = ts, f"num_splits={splits}, block_n={bn}"
+            rows.append([name, f"{t * 1e3:.1f}", f"{t_sdpa * 1e3:.1f}", f"{t_sdpa / t:.2f}x", f"{best * 1e3:.1f}",
+                         best_cfg, f"{err:.2e}"])
+            log(f"attention_cached {name}: {t * 1e3:.1f} us (best {best * 1e3:.1f}: {best_cfg}), "
+                f"sdpa {t_sdpa * 1e3:.1f} us, max err {err:.2e}")
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append([name, "FAILED", f"{type(e).__name__}: {str(e)[:120]}", "", "", "", ""])
+        free()
+    return rows
+
+
 def part_small_kernels() -> list[list[str]]:
     from triton_kernels.unmask import unmask_step_reference, unmask_step_triton
     from triton_kernels.verify import (verify_greedy_reference, verify_greedy_triton, verify_sample_reference,
@@ -360,8 +414,9 @@ def part_model(deadline: float) -> list[list[str]]:
                     (", write" if write else ", no write")
             rows.append([label, f"{ms:.2f}", f"{T / ms * 1e3:.0f} tok/s processed"])
             log(f"model {label}: {ms:.2f} ms")
+        rows += part_steps(model, cache, deadline)
         if ("causal", 1) in times:
-            rows.append(["AR decode (1-token forwards)", f"{times[('causal', 1)]:.2f} per token",
+            rows.append(["AR decode (1-token forwards, eager)", f"{times[('causal', 1)]:.2f} per token",
                          f"{1e3 / times[('causal', 1)]:.1f} tok/s"])
         if ("block", BLOCK) in times and ("causal", BLOCK) in times:
             step = times[("block", BLOCK)] + times[("causal", BLOCK)]
@@ -371,6 +426,147 @@ def part_model(deadline: float) -> list[list[str]]:
             step = times[("quadratic", GROUP * BLOCK)]
             rows.append([f"spec, quadratic: one {BLOCK}x{GROUP} forward per step, 7+1 tokens/step",
                          f"{step:.2f} per step", f"{8e3 / step:.1f} tok/s (assumed acceptance 7/32)"])
+    return rows
+
+
+def hbm_gbps() -> float:
+    """Device memory bandwidth, measured: a large copy (bytes read + written) / time."""
+    n = (1 << 30) if DEV == "cuda" else (1 << 24)
+    a = torch.empty(n, dtype=torch.int8, device=DEV)
+    b = torch.empty_like(a)
+    ms = bench_ms(lambda: b.copy_(a), warmup=3, iters=10, flush=False)
+    del a, b
+    return 2 * n / ms / 1e6
+
+
+class _StaticEager:
+    """--cpu-smoke stand-in for the CUDA-graph runner: runs static_forward (what a graph captures)
+    eagerly, so that the plumbing is checked without CUDA."""
+
+    name = "static_forward (eager, smoke)"
+
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, fs):
+        from engine.runner import static_forward
+        f = fs[0]
+        dev = self.model.head.weight.device
+        start = torch.tensor([f.cache.length], device=dev)
+        T = len(f.ids)
+        pos = torch.tensor(f.positions, device=dev) if f.positions else start + torch.arange(T, device=dev)
+        lora = torch.tensor(f.lora, device=dev) if isinstance(f.lora, tuple) else f.lora
+        with torch.inference_mode():
+            out = static_forward(self.model, f.cache, torch.tensor([f.ids], device=dev), start, pos,
+                                 pattern=f.pattern, group=f.group, lora=lora, last_only=f.last_only)
+        if f.write:
+            f.cache.commit(list(f.ids))
+        return list(out)
+
+
+def wall_ms(fn, *, warmup: int = 3, iters: int = 15, after=None) -> float:
+    """Median wall-clock ms of fn() followed by a device sync (what a decoder waits for: it reads the
+    logits back before its next step), host work included."""
+    times = []
+    for i in range(warmup + iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+        if after:
+            after()
+    return statistics.median(times)
+
+
+def part_steps(model, cache, deadline: float) -> list[list[str]]:
+    """Per step shape: eager vs the device's runner (CUDA graphs), wall ms per forward (host included),
+    share of the weight-read bound (weight bytes read once / measured bandwidth), and the ratio to a
+    one-token step; then AR tokens/s through `generate` (eager vs runner) and spec tokens/s predicted
+    from the step times at an assumed acceptance."""
+    from engine.generate import DecodeParams, Forward, generate
+    from engine.runner import CudaGraphRunner, EagerRunner
+    rows = []
+    bw = hbm_gbps()
+    wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("embed"))
+    bound = wbytes / bw / 1e6
+    rows.append(["weight-read bound (weights except the embedding / measured copy bandwidth)", f"{bound:.2f}",
+                 f"{wbytes / 1e6:.1f} MB at {bw:.1f} GB/s"])
+    log(f"weight-read bound {bound:.2f} ms ({wbytes / 1e6:.1f} MB at {bw:.1f} GB/s)")
+    eager = EagerRunner(model)
+    fast = CudaGraphRunner(model, capture_after=1) if DEV == "cuda" else _StaticEager(model)
+    P = cache.length
+    crop = lambda: cache.crop(P)  # noqa: E731
+    M = model.cfg.mask_token_id
+    quad_pos = tuple(p for i in range(BLOCK) for p in [P + i] + list(range(P + i + 1, P + i + 1 + BLOCK)))
+    shapes = [("AR step (causal 1)", Forward([7], cache, "causal", True)),
+              (f"verify (causal {BLOCK})", Forward(list(range(7, 7 + BLOCK)), cache, "causal", True)),
+              (f"draft (block {BLOCK})", Forward([7] + [M] * (BLOCK - 1), cache, "block", False)),
+              (f"quadratic step ({BLOCK}x{GROUP})", Forward([M] * (GROUP * BLOCK), cache, "quadratic", False,
+                                                            lora=False, positions=quad_pos, group=GROUP))]
+    times = {}
+    for label, f in shapes:
+        if time.time() > deadline:
+            rows.append([label, "skipped (time budget)", ""])
+            continue
+        try:
+            t_e = wall_ms(lambda: eager.run([f]), after=crop)
+            t0 = time.time()
+            fast.run([f])                                 # capture (graphs) or first call
+            crop()
+            first = (time.time() - t0) * 1e3
+            t_f = wall_ms(lambda: fast.run([f]), after=crop)
+            times[label] = (t_e, t_f)
+            rows.append([f"{label}: eager / {fast.name}", f"{t_e:.2f} / {t_f:.2f}",
+                         f"{bound / t_e:.0%} / {bound / t_f:.0%} of the weight-read bound; "
+                         f"capture or first call {first:.0f} ms"])
+            log(f"step {label}: eager {t_e:.2f} ms, {fast.name} {t_f:.2f} ms (bound {bound:.2f})")
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append([label, "FAILED", f"{type(e).__name__}: {str(e)[:200]}"])
+            crop()
+    one = times.get("AR step (causal 1)")
+    if one:
+        for label, (t_e, t_f) in times.items():
+            if label != "AR step (causal 1)":
+                rows.append([f"{label} / one-token step", f"{t_e / one[0]:.2f}x / {t_f / one[1]:.2f}x", "eager / runner"])
+        v = times.get(f"verify (causal {BLOCK})")
+        d = times.get(f"draft (block {BLOCK})")
+        if v and d:
+            rows.append([f"spec, linear (predicted): draft + verify per step, 7+1 tokens/step",
+                         f"{d[0] + v[0]:.2f} / {d[1] + v[1]:.2f}",
+                         f"{8e3 / (d[0] + v[0]):.1f} / {8e3 / (d[1] + v[1]):.1f} tok/s eager / runner "
+                         "(assumed acceptance 7/32)"])
+        q = times.get(f"quadratic step ({BLOCK}x{GROUP})")
+        if q:
+            rows.append(["spec, quadratic (predicted): one step, 7+1 tokens/step", f"{q[0]:.2f} / {q[1]:.2f}",
+                         f"{8e3 / q[0]:.1f} / {8e3 / q[1]:.1f} tok/s eager / runner (assumed acceptance 7/32)"])
+    # AR end to end through generate(): the decoder, its Python and the runner together
+    if time.time() < deadline:
+        try:
+            prompt = [1] + list(range(10, 10 + min(PREFIX, 512) - 1))
+            n_new = 8 if SMOKE else 64
+            dec_cache = model.new_cache(len(prompt) + n_new + 64)
+            res = {}
+            for label, runner in (("eager", eager), (fast.name, fast)):
+                model.__dict__["_runner"] = runner
+                params = DecodeParams(mode="ar", max_new_tokens=n_new)
+                generate(model, prompt, params, cache=dec_cache)          # warm-up (captures)
+                r = generate(model, prompt, params, cache=dec_cache)
+                res[label] = r
+                toks = len(r.tokens) - 1
+                dec_ms = r.elapsed_ms - r.prefill_ms
+                rows.append([f"AR decode through generate(), {label}", f"{dec_ms / max(toks, 1):.2f} per token",
+                             f"{toks / dec_ms * 1e3:.1f} tok/s ({toks} tokens after a {len(prompt)}-token prompt)"])
+                log(f"AR generate {label}: {toks / dec_ms * 1e3:.1f} tok/s")
+            a, b = list(res.values())
+            rows.append(["AR tokens: runner == eager", "yes" if a.tokens == b.tokens else "NO",
+                         "random weights; bf16 ties may differ" if a.tokens != b.tokens else ""])
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append(["AR decode through generate()", "FAILED", f"{type(e).__name__}: {str(e)[:200]}"])
+        finally:
+            model.__dict__.pop("_runner", None)
     return rows
 
 
@@ -388,7 +584,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="docs/gpu_check.md", help="where to write the markdown report")
-    ap.add_argument("--budget-s", type=float, default=450.0, help="overall time budget in seconds")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="overall time budget in seconds")
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-model", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
@@ -435,6 +631,10 @@ def main() -> int:
     if sweep_rows:
         sections.append("### Tile sweep (triton)\n\n" + table(["case", "default us", "best us", "best config", "configs"],
                                                                sweep_rows))
+    section("2a. attention_cached (CUDA-graph steps: lengths on the device) vs SDPA, with a sweep",
+            part_cached_attention, ["case", "cached us", "SDPA us", "speedup", "best us", "best config",
+                                    "max abs err vs fp32 SDPA"],
+            0 if args.no_sweep else min(budget_end - 120, time.time() + 60))
     section("2b. Verify / unmask kernels vs torch references", part_small_kernels,
             ["op", "triton us", "logits TB/s", "torch us", "speedup"])
     if not args.skip_model:

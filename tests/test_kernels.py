@@ -32,7 +32,13 @@ import torch
 import triton_kernels
 from triton_kernels import attention, attention_mask, unmask_step, verify_greedy, verify_sample
 from triton_kernels._common import interpreted
-from triton_kernels.attention import _attn_fwd_kernel, attention_reference, attention_triton
+from triton_kernels.attention import (
+    _attn_fwd_kernel,
+    attention_cached,
+    attention_cached_reference,
+    attention_reference,
+    attention_triton,
+)
 from triton_kernels.testing import (
     CHI2_999,
     chi_square,
@@ -291,6 +297,37 @@ def test_attention_kernel(pattern, group, B, Hq, Hkv, P, T, D, splits, strided, 
     g = gen_for("attn", pattern, group, B, Hq, Hkv, P, T, D, splits, strided, dtype)
     q, k, v = _attn_inputs(g, B, Hq, Hkv, P, T, D, dtype, strided)
     _check_attention_kernel(q, k, v, P, pattern, group, dtype, num_splits=splits)
+
+
+@kernel_test
+@pytest.mark.parametrize("pattern, group", PATTERN_CASES)
+@pytest.mark.parametrize("T, splits", [(1, None), (1, 5), (4, 3), (7, 1)])
+def test_attention_cached_kernel(pattern, group, T, splits):
+    """The cached form (lengths on the device, the whole cache passed) equals its reference, per row
+    of a batch whose rows have different lengths, for any number of key splits."""
+    T = _T_for(pattern, group, T)
+    B, Hq, Hkv, S, D = 2, 8, 2, 90, 32
+    g = gen_for("cached", pattern, group, T, splits)
+    q = randn(g, B, Hq, T, D)
+    kv = randn(g, 2, B, Hkv, S, D)                  # k and v as views of one buffer, like the KV cache
+    lengths = torch.tensor([T + 41, T + 2], device=DEV)
+    out = torch.full_like(q, float("nan"))
+    got = attention_cached(q, kv[0], kv[1], lengths, pattern=pattern, group=group, num_splits=splits, out=out)
+    assert got is out
+    ref = attention_cached_reference(q.double(), kv[0].double(), kv[1].double(), lengths, pattern=pattern,
+                                     group=group)
+    assert rel_err(out, ref) < TOL[torch.float32]
+
+
+@host_test
+def test_attention_cached_argument_errors():
+    q, k = torch.zeros(1, 4, 2, 16), torch.zeros(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="lengths must be a 1-D integer tensor"):
+        attention_cached_reference(q, k, k, torch.tensor([3.0]), pattern="causal")
+    with pytest.raises(ValueError, match="do not fit"):
+        attention_cached_reference(torch.zeros(1, 4, 9, 16), k, k, torch.tensor([9]), pattern="causal")
+    with pytest.raises(ValueError, match="outside"):
+        attention_cached_reference(q, k, k, torch.tensor([9]), pattern="causal")
 
 
 @kernel_test

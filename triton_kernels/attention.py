@@ -34,7 +34,6 @@ scale folded in). What it knows beyond the textbook version:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -62,10 +61,30 @@ def _check_pattern(T: int, prefix_len: int, pattern: str, group: int) -> None:
         require(T % group == 0, f"pattern 'quadratic': T={T} is not a multiple of group={group}")
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_mask(T: int, prefix_len: int, pattern: str, group: int, device: torch.device) -> torch.Tensor:
-    # The reference builds the same mask once per forward instead of once per layer; read-only.
-    return attention_mask(T, prefix_len, pattern, group, device=device)
+_BANDS: dict = {}
+
+
+def _cached_mask(T: int, prefix_len: int, pattern: str, group: int, device: torch.device,
+                 dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """`attention_mask(T, prefix_len, ...)` as a read-only view of a band built once per (T, pattern).
+
+    The band is [T, K + T]: K all-visible columns (the longest prefix seen so far, grown in powers of
+    two) followed by the pattern's T x T rule among new keys; the mask for a prefix of P <= K keys is
+    its last P + T columns. A decode step (P grows by one every step) then costs one slice instead
+    of building a mask. A floating `dtype` gives SDPA's additive form (0 visible, -inf hidden): what
+    SDPA would convert a boolean mask into on every call, per layer.
+    """
+    key = (T, pattern, group, device, dtype)
+    band = _BANDS.get(key)
+    if band is None or band.shape[1] - T < prefix_len:
+        k = max(256, next_pow2(prefix_len))
+        band = attention_mask(T, k, pattern, group, device=device)
+        if dtype != torch.bool:
+            band = torch.zeros(band.shape, dtype=dtype, device=device).masked_fill_(~band, float("-inf"))
+        if len(_BANDS) >= 64:
+            _BANDS.clear()
+        _BANDS[key] = band
+    return band[:, band.shape[1] - T - prefix_len:]
 
 
 def attention_mask(T: int, prefix_len: int, pattern: str, group: int = 0, device=None) -> torch.Tensor:
@@ -126,13 +145,14 @@ def attention_reference(q, k, v, *, prefix_len: int, pattern: str, group: int = 
                                      (torch.float16, torch.bfloat16, torch.float32, torch.float64),
                                      "attention_reference")
     mask, is_causal = None, False
+    # the additive form of the mask (what SDPA would turn a boolean mask into, per call)
     if pattern == "causal" and T > 1:
         if prefix_len == 0:
             is_causal = True  # square causal: SDPA's own (top-left aligned) mask is the rule
         else:
-            mask = _cached_mask(T, prefix_len, pattern, group, q.device)
+            mask = _cached_mask(T, prefix_len, pattern, group, q.device, q.dtype)
     elif pattern == "quadratic":
-        mask = _cached_mask(T, prefix_len, pattern, group, q.device)
+        mask = _cached_mask(T, prefix_len, pattern, group, q.device, q.dtype)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     if Hq != Hkv:
@@ -208,21 +228,31 @@ def _attn_tiles(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, t, tile_
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, Out, Opart, Mpart, Lpart,
+    Q, K, V, Out, Opart, Mpart, Lpart, Lens,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_ot,
-    H_KV, T, P, group, qk_scale, tiles_per_split, n_splits,
+    H_KV, T, P_arg, group, qk_scale, tiles_arg, n_splits,
     G: tl.constexpr, PATTERN: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DYN_LEN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_s = tl.program_id(2)
     b = pid_bh // H_KV
     kvh = pid_bh % H_KV
-    L = P + T
+    if DYN_LEN:
+        # Cached form: the keys a row sees (prefix + new) come from a device tensor, so that one
+        # launch (or one captured CUDA graph) serves every step; the split covers a share of them.
+        L = tl.load(Lens + b).to(tl.int32)
+        P = L - T
+        tiles_per_split = tl.cdiv(tl.cdiv(L, BLOCK_N), n_splits)
+    else:
+        P = P_arg
+        L = P_arg + T
+        tiles_per_split = tiles_arg
     R = T * G
 
     # Row r of the tile is query token r // G of query head kvh * G + r % G (GQA packing).
@@ -381,14 +411,127 @@ def attention_triton(q, k, v, *, prefix_len: int, pattern: str, group: int = 0,
         opart = mpart = lpart = out  # unused
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _attn_fwd_kernel[(n_m, B * Hkv, num_splits)](
-        q, k, v, out, opart, mpart, lpart,
+        q, k, v, out, opart, mpart, lpart, out,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         Hkv, T, prefix_len, max(int(group), 1), scale * _LOG2E, tiles_per_split, num_splits,
         G=G, PATTERN=_PATTERN_ID[pattern], HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
-        SPLIT=split, DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+        SPLIT=split, DOT_PRECISION=precision, DYN_LEN=False, num_warps=num_warps, num_stages=num_stages,
+    )
+    if split:
+        block_r = 16 if interp else 32
+        _attn_combine_kernel[(triton.cdiv(R, block_r), B * Hkv)](
+            opart, mpart, lpart, out,
+            out.stride(0), out.stride(1), out.stride(2),
+            Hkv, T, num_splits,
+            G=G, HEAD_DIM=D, BLOCK_R=block_r, num_warps=4,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached form: lengths on the device (CUDA-graph steps)
+# --------------------------------------------------------------------------------------------------
+
+# Launch settings for the cached form, per shape class (see scripts/gpu_check.py's sweep): the decode
+# shapes (R = T * G rows <= 64) take one row tile and split the keys so that about two programs run
+# per SM; a wide step (the quadratic one) splits only when its row tiles leave the GPU idle.
+DECODE_BLOCK_N = 64
+DECODE_WAVES = 2
+
+
+def _check_cached(q, k_cache, v_cache, lengths, pattern, group, name):
+    for n, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require(isinstance(x, torch.Tensor) and x.dim() == 4, f"{name}: {n} must be a 4-D tensor ([B, H, len, D])")
+    require(isinstance(lengths, torch.Tensor) and lengths.dim() == 1 and not lengths.dtype.is_floating_point,
+            f"{name}: lengths must be a 1-D integer tensor [B] (keys each row sees: prefix + new tokens)")
+    B, Hq, T, D = q.shape
+    require(k_cache.shape == v_cache.shape, f"{name}: k_cache and v_cache shapes differ")
+    Bk, Hkv, S, Dk = k_cache.shape
+    require(Bk == B and Dk == D and lengths.shape[0] == B,
+            f"{name}: batch/head_dim mismatch: q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, "
+            f"lengths {tuple(lengths.shape)}")
+    require(Hkv >= 1 and Hq % Hkv == 0, f"{name}: Hq={Hq} is not a multiple of Hkv={Hkv}")
+    require(1 <= T <= S, f"{name}: T={T} new tokens do not fit a cache of {S} slots")
+    require(q.dtype == k_cache.dtype == v_cache.dtype, f"{name}: q, k_cache, v_cache must share one dtype")
+    _check_pattern(T, 0, pattern, group)
+    return B, Hq, Hkv, T, S, D
+
+
+def attention_cached_reference(q, k_cache, v_cache, lengths, *, pattern: str, group: int = 0,
+                               scale: float | None = None) -> torch.Tensor:
+    """`attention_cached` by definition: row b is `attention_reference` over the first lengths[b]
+    slots of its cache (reads the lengths on the host: a test reference, not a graph step)."""
+    _check_cached(q, k_cache, v_cache, lengths, pattern, group, "attention_cached_reference")
+    T = q.shape[2]
+    outs = []
+    for b, n in enumerate(lengths.tolist()):
+        require(T <= n <= k_cache.shape[2], f"attention_cached_reference: lengths[{b}]={n} outside [{T}, {k_cache.shape[2]}]")
+        outs.append(attention_reference(q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n],
+                                        prefix_len=n - T, pattern=pattern, group=group, scale=scale))
+    return torch.cat(outs)
+
+
+def attention_cached(q, k_cache, v_cache, lengths, *, pattern: str, group: int = 0, scale: float | None = None,
+                     out: torch.Tensor | None = None, num_splits: int | None = None, block_m: int | None = None,
+                     block_n: int | None = None, num_warps: int | None = None,
+                     num_stages: int | None = None) -> torch.Tensor:
+    """Attention of q [B, Hq, T, D] over a whole cache k_cache, v_cache [B, Hkv, S, D] (slots beyond
+    each row's length are ignored) where row b's new tokens sit at slots [lengths[b] - T, lengths[b]).
+
+    The lengths stay on the device and the launch grid depends only on shapes (S, not the lengths),
+    so a step that calls this can be captured once as a CUDA graph and replayed at every length.
+    The key range splits into `num_splits` shares computed in the kernel from the length
+    (flash-decoding); the same kernel as `attention_triton` otherwise (mask rule, GQA packing)."""
+    B, Hq, Hkv, T, S, D = _check_cached(q, k_cache, v_cache, lengths, pattern, group, "attention_cached")
+    require(q.dtype in (torch.float16, torch.bfloat16, torch.float32),
+            f"attention_cached: dtype must be fp16, bf16 or fp32, got {q.dtype}")
+    require(D in (16, 32, 64, 128), f"attention_cached: head_dim must be 16, 32, 64 or 128, got {D}")
+    for n, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require(x.stride(-1) == 1, f"attention_cached: {n} must be contiguous in its last dim")
+    require_triton_device(_attn_fwd_kernel, "attention_cached", q, k_cache, v_cache, lengths)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    G = Hq // Hkv
+    R = T * G
+    interp = interpreted(_attn_fwd_kernel)
+    fp32 = q.dtype == torch.float32
+    if block_m is None:
+        block_m = 16 if interp else min(32 if fp32 else 128, max(16, next_pow2(R)))
+    if block_n is None:
+        block_n = 16 if interp else (32 if fp32 else DECODE_BLOCK_N)
+    if num_warps is None:
+        num_warps = 8 if (block_m >= 128 or fp32) else 4
+    if num_stages is None:
+        num_stages = 3 if block_m <= 32 else 2
+    n_m = triton.cdiv(R, block_m)
+    max_tiles = triton.cdiv(S, block_n)
+    if num_splits is None:
+        programs = n_m * B * Hkv
+        sms = _sm_count(q.device)
+        num_splits = 1 if programs >= sms else min(triton.cdiv(DECODE_WAVES * sms, programs), max(1, max_tiles // 2))
+    require(num_splits >= 1, f"attention_cached: num_splits must be >= 1, got {num_splits}")
+    split = num_splits > 1
+    if split:
+        opart = torch.empty((B * Hkv, num_splits, R, D), device=q.device, dtype=torch.float32)
+        mpart = torch.empty((B * Hkv, num_splits, R), device=q.device, dtype=torch.float32)
+        lpart = torch.empty_like(mpart)
+    else:
+        opart = mpart = lpart = out
+    _attn_fwd_kernel[(n_m, B * Hkv, num_splits)](
+        q, k_cache, v_cache, out, opart, mpart, lpart, lengths,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        Hkv, T, 0, max(int(group), 1), scale * _LOG2E, 0, num_splits,
+        G=G, PATTERN=_PATTERN_ID[pattern], HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
+        SPLIT=split, DOT_PRECISION="ieee" if fp32 else "tf32", DYN_LEN=True,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if split:
         block_r = 16 if interp else 32
