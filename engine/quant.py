@@ -22,6 +22,16 @@ QuantLinear is the layer: the same `module(x)` call as nn.Linear. After its buff
                 scale and zero folded into its (scale, offset) pairs: W = (code - 8) * s + (8 - z) * s)
   otherwise     the weight dequantized once to the activation dtype and F.linear (CUDA 8 bits; CPU
                 shapes PyTorch's int4 kernel does not take: N not a multiple of 16, G not 32..256)
+On a CPU the weight-only kernels are used for calls of at most KERNEL_MAX_ROWS rows (decode steps,
+verify blocks); a longer call (a prompt prefill) dequantizes the layer's weight for that call and runs
+the float GEMM, which costs one pass over the weight against the rows' many: PyTorch's weight-only CPU
+kernels are tuned for a few rows. The dequantized values are exactly the kernels' (code times an fp16
+scale is exact in fp32), so only the summation order differs, as it does between any two GEMM shapes.
+Which CPUs get the kernels: PyTorch 2.13's int8/int4 weight-only CPU kernels measured 6-10x SLOWER than
+the fp32 GEMM at the embedded model's shapes on an AVX2-only CPU (docs/quantization.md), so
+by default they are used only where torch reports AVX512 (`TRICODE_CPU_QUANT=kernels` forces them,
+`=dequantized` forces the float fallback); elsewhere a quantized checkpoint runs dequantized weights:
+the quantized model's quality, the float model's speed and memory.
 This module knows nothing of files; checkpoint.py reads the tensors into the buffers.
 """
 from __future__ import annotations
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 QUANT_METHOD = "tricode-rtn"
 BITS = (4, 8)
 CPU_INT4_GROUPS = (32, 64, 128, 256)      # what torch._weight_int4pack_mm_for_cpu accepts
+KERNEL_MAX_ROWS = 32
 # The Hugging Face linear tensors that get quantized (suffix after `encoder.layers.{i}.`).
 QUANTIZED_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -85,6 +96,15 @@ class QuantSpec:
             raise QuantError(f"quant_method {method!r} is not supported (tricode reads {QUANT_METHOD!r}, "
                              f"written by `tricode quantize`)")
         return cls(bits=section.get("bits"), group_size=section.get("group_size"))
+
+
+def cpu_kernels_wanted() -> bool:
+    """Whether CPU QuantLinear layers use PyTorch's weight-only kernels (module doc)."""
+    import os
+    choice = os.environ.get("TRICODE_CPU_QUANT", "auto")
+    if choice in ("kernels", "dequantized"):
+        return choice == "kernels"
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def check_shape(spec: QuantSpec, name: str, n: int, k: int) -> None:
@@ -163,17 +183,18 @@ class QuantLinear(nn.Module):
         if dev.type == "cuda" and spec.bits == 4 and spec.group_size >= 16 and not spec.group_size & (spec.group_size - 1):
             self.scales = self.scales.to(dtype)
             self.backend = "triton-w4a16"
-        elif dev.type == "cpu" and spec.bits == 8:
-            self.scales = self.scales.view(-1).to(dtype).contiguous()
+        elif dev.type == "cpu" and spec.bits == 8 and cpu_kernels_wanted():
+            self.register_buffer("row_scales", self.scales.view(-1).to(dtype).contiguous())
+            del self.scales
             self.backend = "cpu-int8"
-        elif dev.type == "cpu" and spec.bits == 4 and spec.group_size in CPU_INT4_GROUPS and self.out_features % 16 == 0:
+        elif (dev.type == "cpu" and spec.bits == 4 and spec.group_size in CPU_INT4_GROUPS
+              and self.out_features % 16 == 0 and cpu_kernels_wanted()):
             codes = unpack_int4(self.qweight).to(torch.int32)
             s = self.scales.float()
             offset = (8 - self.qzeros.float()) * s
             # [K/G, N, 2] (scale, offset) pairs: W = (code - 8) * scale + offset
             self.register_buffer("scale_offset", torch.stack((s.T, offset.T), dim=-1).to(dtype).contiguous())
-            self.qweight = torch._convert_weight_to_int4pack_for_cpu(codes, 2)
-            del self.scales, self.qzeros
+            self.register_buffer("int4pack", torch._convert_weight_to_int4pack_for_cpu(codes, 2))
             self.backend = "cpu-int4"
         else:
             weight = dequantize(self.stored(), spec).to(dtype)
@@ -187,10 +208,16 @@ class QuantLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self.backend == "cpu-int8":
-            y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
+            if x2.shape[0] <= KERNEL_MAX_ROWS:
+                y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.row_scales)
+            else:
+                y = F.linear(x2, self.qweight.to(x.dtype) * self.row_scales[:, None])
         elif self.backend == "cpu-int4":
-            y = torch._weight_int4pack_mm_for_cpu(x2.contiguous(), self.qweight, self.spec.group_size,
-                                                  self.scale_offset)
+            if x2.shape[0] <= KERNEL_MAX_ROWS:
+                y = torch._weight_int4pack_mm_for_cpu(x2.contiguous(), self.int4pack, self.spec.group_size,
+                                                      self.scale_offset)
+            else:   # the stored form is kept for this (the kernel's packed layout is PyTorch's own)
+                y = F.linear(x2, dequantize(self.stored(), self.spec).to(x.dtype))
         elif self.backend == "triton-w4a16":
             y = w4a16_matmul(x2.contiguous(), self.qweight, self.scales, self.qzeros, self.spec.group_size,
                              impl="triton")
