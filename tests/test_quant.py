@@ -129,8 +129,9 @@ def _layer(w, spec, dtype=torch.float32):
     (4, 16, 96, "dequantized"),     # group 16: not a group PyTorch's CPU int4 kernel takes
     (4, 32, 40, "dequantized"),     # N not a multiple of 16
 ])
-@pytest.mark.parametrize("rows", [1, 4, 33])
-def test_cpu_quant_linear_matches_the_dequantized_matmul(bits, group, n, backend, rows):
+@pytest.mark.parametrize("rows", [1, 4, 32, 33])     # 33: past KERNEL_MAX_ROWS, the per-call dequantized GEMM
+def test_cpu_quant_linear_matches_the_dequantized_matmul(bits, group, n, backend, rows, monkeypatch):
+    monkeypatch.setenv("TRICODE_CPU_QUANT", "kernels")
     g = gen_for(bits, group, n, rows)
     w = torch.randn(n, 256, generator=g) * 0.05
     layer, got_backend, ref_w = _layer(w, QuantSpec(bits, group))
@@ -172,7 +173,9 @@ def _dequantized_float_model(float_ckpt, quant_dir):
 
 @host_test
 @pytest.mark.parametrize("key, backend", [((8, None), "cpu-int8"), ((4, 32), "cpu-int4"), ((4, 16), "dequantized")])
-def test_quantized_checkpoint_loads_and_matches_its_dequantized_weights(float_ckpt, quant_ckpts, key, backend):
+def test_quantized_checkpoint_loads_and_matches_its_dequantized_weights(float_ckpt, quant_ckpts, key, backend,
+                                                                        monkeypatch):
+    monkeypatch.setenv("TRICODE_CPU_QUANT", "kernels")
     path = quant_ckpts[key]
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["quantization"]["bits"] == key[0] and cfg["quantization"]["group_size"] == key[1]
@@ -204,8 +207,10 @@ def test_quantized_logits_stay_close_to_the_float_model(float_ckpt, quant_ckpts,
 
 
 @host_test
+@pytest.mark.parametrize("cpu_quant", ["kernels", "dequantized"])
 @pytest.mark.parametrize("key", [(8, None), (4, 32)])
-def test_greedy_spec_equals_ar_on_a_quantized_model(quant_ckpts, key):
+def test_greedy_spec_equals_ar_on_a_quantized_model(quant_ckpts, key, cpu_quant, monkeypatch):
+    monkeypatch.setenv("TRICODE_CPU_QUANT", cpu_quant)
     m = load_checkpoint(quant_ckpts[key], device="cpu").model
     rng = random.Random(11)
     for block in (4, 8):
@@ -218,10 +223,23 @@ def test_greedy_spec_equals_ar_on_a_quantized_model(quant_ckpts, key):
 
 
 @host_test
-def test_quantized_model_uses_less_memory(float_ckpt, quant_ckpts):
+def test_quantized_model_uses_less_memory(float_ckpt, quant_ckpts, monkeypatch):
+    monkeypatch.setenv("TRICODE_CPU_QUANT", "kernels")
     sizes = {k: memory_bytes(load_checkpoint(p, device="cpu").model) for k, p in quant_ckpts.items()}
     full = memory_bytes(load_checkpoint(float_ckpt, device="cpu").model)
-    assert sizes[4, 32] < sizes[8, None] < full
+    assert sizes[8, None] < full and sizes[4, 32] < full
+
+
+@host_test
+def test_cpu_backend_choice(quant_ckpts, monkeypatch):
+    import torch.backends.cpu
+    monkeypatch.setenv("TRICODE_CPU_QUANT", "dequantized")
+    m = load_checkpoint(quant_ckpts[8, None], device="cpu").model
+    assert m.layers[0].o.backend == "dequantized"
+    monkeypatch.setenv("TRICODE_CPU_QUANT", "auto")
+    m = load_checkpoint(quant_ckpts[4, 32], device="cpu").model
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert m.layers[0].o.backend == ("cpu-int4" if avx512 else "dequantized")
 
 
 @host_test
