@@ -15,7 +15,7 @@ tiny, and the head decides every argmax (it is 7% of an 8B model; keeping it 16-
 choice and keeps greedy decoding closest to the float model).
 
 QuantLinear is the layer: the same `module(x)` call as nn.Linear. After its buffers are filled,
-`prepare(device)` turns them into the form its matmul wants:
+`prepare(dtype)` turns them into the form its matmul wants on their device:
   CUDA, 4 bits  the Triton w4a16 kernel on the packed bytes as stored
   CPU, 8 bits   torch._weight_int8pack_mm (int8 weight, per-row scale)
   CPU, 4 bits   torch._weight_int4pack_mm_for_cpu (weight repacked by _convert_weight_to_int4pack_for_cpu,
@@ -26,8 +26,8 @@ On a CPU the weight-only kernels are used for calls of at most KERNEL_MAX_ROWS r
 verify blocks); a longer call (a prompt prefill) dequantizes the layer's weight for that call and runs
 the float GEMM, which costs one pass over the weight against the rows' many: PyTorch's weight-only CPU
 kernels are tuned for a few rows. The dequantized values are exactly the kernels' (code times an fp16
-scale is exact in fp32), so only the summation order differs, as it does between any two GEMM shapes.
-Which CPUs get the kernels: PyTorch 2.13's int8/int4 weight-only CPU kernels measured 6-10x SLOWER than
+scale is exact in fp32; fp32 activations), so only the summation order differs, as it does between any two GEMM shapes.
+Which CPUs get the kernels: PyTorch 2.13's int8/int4 weight-only CPU kernels measured 6-15x SLOWER than
 the fp32 GEMM at the embedded model's shapes on an AVX2-only CPU (docs/quantization.md), so
 by default they are used only where torch reports AVX512 (`TRICODE_CPU_QUANT=kernels` forces them,
 `=dequantized` forces the float fallback); elsewhere a quantized checkpoint runs dequantized weights:
