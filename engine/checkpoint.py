@@ -18,6 +18,7 @@ import torch
 
 from engine.config import ModelConfig, rope_inv_freq
 from engine.model import NLDModel
+from engine.quant import QUANTIZED_LINEARS, QuantError, QuantSpec, prepare_layers, quantize_layers
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,23 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 
 
 # Hugging Face tensor name -> (our parameter name, slot in a fused parameter or None).
-def _name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
+def _name_map(cfg: ModelConfig, quant: QuantSpec | None = None) -> dict[str, tuple[str, int | None]]:
+    """With `quant`, each quantized linear `X.weight` is its stored tensors `X.qweight`, `X.scales`...
+    (engine/quant.py), fused along the output rows like the weights."""
+    m = _float_name_map(cfg)
+    if quant is None:
+        return m
+    out = {}
+    for hf, (ours, slot) in m.items():
+        if hf.removesuffix(".weight").split(".", 3)[-1] in QUANTIZED_LINEARS:
+            for t in quant.tensor_names():
+                out[hf.removesuffix("weight") + t] = (ours.removesuffix("weight") + t, slot)
+        else:
+            out[hf] = (ours, slot)
+    return out
+
+
+def _float_name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
     m = {"encoder.embed_tokens.weight": ("embed.weight", None),
          "encoder.norm.weight": ("norm", None),
          "diffusion_head.weight": ("head.weight", None)}
@@ -88,7 +105,7 @@ def _name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
 
 def _fused_rows(cfg: ModelConfig, ours: str, slot: int) -> slice:
     d = cfg.head_dim
-    if ours.endswith("qkv.weight"):
+    if ".qkv." in ours:
         sizes = [cfg.num_attention_heads * d, cfg.num_key_value_heads * d, cfg.num_key_value_heads * d]
     else:
         sizes = [cfg.intermediate_size] * 2
@@ -115,6 +132,21 @@ def read_config(path: Path) -> ModelConfig:
         raise CheckpointError(f"{f}: required key {e.args[0]!r} is missing") from None
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{f}: {e}") from None
+
+
+def read_quantization(path: Path) -> QuantSpec | None:
+    """config.json's `quantization` section (None for a float checkpoint)."""
+    f = path / "config.json"
+    try:
+        section = json.loads(f.read_text()).get("quantization")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{f}: cannot read ({e})") from None
+    if section is None:
+        return None
+    try:
+        return QuantSpec.from_config(section)
+    except QuantError as e:
+        raise CheckpointError(f"{f}: quantization: {e}") from None
 
 
 def _weight_files(path: Path) -> dict[str, Path]:
@@ -160,7 +192,11 @@ def _read_tensors(files: dict[str, Path], wanted: list[str]):
 
 def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True) -> Checkpoint:
     """Build the model from an NLD checkpoint directory. With dtype "auto" (the default) on a CPU
-    with native bf16, the fp32 model gets a bf16 twin for prompt prefills (NLDModel.prefill_twin)."""
+    with native bf16, the fp32 model gets a bf16 twin for prompt prefills (NLDModel.prefill_twin).
+
+    A quantized checkpoint (config.json `quantization`, engine/quant.py) gets QuantLinear layers and no
+    twin: a twin would need float copies of the weights the quantization was meant to save, and one
+    set of quantized layers serving every pass keeps greedy spec == ar."""
     auto = dtype is None or dtype == "auto"
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -171,8 +207,9 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
         raise CheckpointError(f"{path / 'tokenizer.json'}: missing; the checkpoint needs its tokenizer")
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
+    quant = read_quantization(path)
     files = _weight_files(path)
-    names = _name_map(cfg)
+    names = _name_map(cfg, quant)
     missing = [n for n in names if n not in files]
     if missing:
         where = "model.safetensors.index.json" if (path / "model.safetensors.index.json").is_file() else "model.safetensors"
@@ -181,10 +218,15 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
 
     with torch.device("meta"):
         model = NLDModel(cfg)
+        if quant is not None:
+            try:
+                quantize_layers(model, quant)
+            except QuantError as e:
+                raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     model.to_empty(device=device)
     model.to(dtype)
     model.inv_freq = rope_inv_freq(cfg)[0].to(device)  # to_empty left the buffer uninitialised
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
     with torch.no_grad():
         for name, t in _read_tensors(files, list(names)):
             ours, slot = names[name]
@@ -192,14 +234,16 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
             if tuple(t.shape) != tuple(target.shape):
                 raise CheckpointError(f"{files[name]}: tensor {name!r} has shape {tuple(t.shape)}, "
                                       f"config.json implies {tuple(target.shape)}")
-            target.copy_(t.to(dtype))
+            target.copy_(t.to(target.dtype))
+    backends = prepare_layers(model, dtype) if quant is not None else {}
     if lora and (path / "linear_spec_lora").is_dir():
         _load_lora(model, path / "linear_spec_lora", dtype)
     model.eval()
     model.requires_grad_(False)
-    if auto and device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
+    if auto and quant is None and device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
         model.add_prefill_twin(torch.bfloat16)
-    log.info("loaded %s: %.1fM parameters, %s %s%s%s", path, cfg.num_parameters / 1e6, device, dtype,
+    log.info("loaded %s: %.1fM parameters, %s %s%s%s%s", path, cfg.num_parameters / 1e6, device, dtype,
+             f", {quant.bits}-bit weights {backends}" if quant else "",
              ", drafter LoRA" if model.has_lora else "", ", bf16 prefill" if model.prefill_twin else "")
     return Checkpoint(path=path, config=cfg, model=model, device=device, dtype=dtype)
 
@@ -238,6 +282,10 @@ def _load_lora(model: NLDModel, d: Path, dtype) -> None:
 
 def hf_state_dict(model: NLDModel) -> dict[str, torch.Tensor]:
     """The model's weights under the Hugging Face names (fused tensors split back)."""
+    from engine.quant import quantized_spec
+    if quantized_spec(model) is not None:
+        raise ValueError("a model loaded from a quantized checkpoint cannot be saved as float weights; "
+                         "quantize the float checkpoint again instead")
     cfg, params, out = model.cfg, dict(model.named_parameters()), {}
     for name, (ours, slot) in _name_map(cfg).items():
         t = params[ours] if slot is None else params[ours][_fused_rows(cfg, ours, slot)]

@@ -20,6 +20,11 @@ Needs only torch and triton (no network, installs nothing); pytest is used when 
    shape the eager runner vs the CUDA-graph runner (engine/runner.py): wall ms per forward, share of
    the weight-read bound (weight bytes / measured copy bandwidth), ratio to a one-token step; AR
    tokens/s through generate() eager vs graphs.
+4. 4-bit weights (engine/quant.py, triton_kernels/w4a16.py, groups of 128): the w4a16 matmul vs the
+   bf16 torch matmul at the 8B linear shapes for 1/8/32 rows and a 512-row prefill (checked against
+   the reference first); the whole 8B model with w4a16 layers (1/8/32-token causal forwards after a
+   4096-token prefill, to read against part 3); and the 14B model with w4a16 layers: peak GPU
+   memory after a 4096-token prefill plus decode steps, against a 12 GiB consumer card.
 
 Each part is guarded: a failure is printed and recorded, and the report still prints. The whole run
 stays within a time budget (--budget-s, default 300 s), skipping what no longer fits. The markdown
@@ -571,6 +576,126 @@ def part_steps(model, cache, deadline: float) -> list[list[str]]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Part 4: 4-bit weights
+# --------------------------------------------------------------------------------------------------
+
+W4_GROUP = 32 if SMOKE else 128
+
+
+def _cfg(size: str):
+    from engine.config import ModelConfig
+    if SMOKE:
+        return ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D)
+    h, i, n = {"8B": (4096, 14336, 34), "14B": (5120, 16384, 40)}[size]
+    return ModelConfig(vocab_size=131072, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+
+
+def _random_w4_model(cfg):
+    """NLDModel with random bf16 embed/head/norms and random 4-bit layers (codes, fp16 scales around
+    0.02/8, zeros), built without ever holding the float layer weights."""
+    from engine.model import NLDModel
+    from engine.quant import QuantSpec, prepare_layers, quantize_layers
+    with torch.device("meta"):
+        model = NLDModel(cfg)
+        quantize_layers(model, QuantSpec(4, W4_GROUP))
+    model.to_empty(device=DEV)
+    model.to(ATTN_DTYPE)
+    from engine.config import rope_inv_freq
+    model.inv_freq = rope_inv_freq(cfg)[0].to(DEV)
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith("inv_freq"):
+                continue
+            if t.dtype == torch.uint8:
+                hi = 16 if name.endswith("qzeros") else 256
+                t.copy_(torch.randint(0, hi, t.shape, generator=gen, device=DEV, dtype=torch.int32).to(torch.uint8))
+            elif name.endswith("scales"):
+                t.fill_(0.02 / 8)
+            elif "norm" in name:
+                t.fill_(1.0)
+            else:
+                t.normal_(0, 0.02, generator=gen)
+    prepare_layers(model, ATTN_DTYPE)
+    model.eval()
+    return model
+
+
+def part_w4a16_matmul() -> list[list[str]]:
+    from engine.quant import QuantSpec, quantize_weight
+    from triton_kernels.w4a16 import w4a16_matmul_reference, w4a16_matmul_triton
+
+    cfg = _cfg("8B")
+    h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    shapes = [("qkv", (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd, h),
+              ("o", h, cfg.num_attention_heads * hd), ("gate_up", 2 * i, h), ("down", h, i)]
+    rows = []
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    for name, n, k in shapes:
+        w = torch.randn(n, k, generator=gen, device=DEV) * 0.02
+        t = quantize_weight(w, QuantSpec(4, W4_GROUP))
+        wb = w.to(ATTN_DTYPE)
+        del w
+        wbytes = t["qweight"].numel() + t["scales"].numel() * 2 + t["qzeros"].numel()
+        for m in ((1, 33) if SMOKE else (1, 8, 32, 512)):
+            x = torch.randn(m, k, generator=gen, device=DEV).to(ATTN_DTYPE)
+            got = w4a16_matmul_triton(x, t["qweight"], t["scales"], t["qzeros"], W4_GROUP)
+            ref = w4a16_matmul_reference(x, t["qweight"], t["scales"], t["qzeros"], W4_GROUP)
+            err = float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-6))
+            t_q = bench_ms(lambda: w4a16_matmul_triton(x, t["qweight"], t["scales"], t["qzeros"], W4_GROUP))
+            t_b = bench_ms(lambda: x @ wb.T)
+            rows.append([f"{name} {n}x{k}, M={m}", f"{t_q * 1e3:.1f}", f"{wbytes / t_q / 1e9:.2f}",
+                         f"{t_b * 1e3:.1f}", f"{t_b / t_q:.2f}x", f"{err:.1e}"])
+            log(f"w4a16 {name} M={m}: {t_q * 1e3:.1f} us vs bf16 {t_b * 1e3:.1f} us (rel err {err:.1e})")
+        del wb, t
+        free()
+    return rows
+
+
+def part_w4a16_model(deadline: float) -> list[list[str]]:
+    rows = []
+    for size, T_list in (("8B", (1, 8, 32)), ("14B", (1, 8))):
+        if time.time() > deadline:
+            rows.append([f"{size} w4a16", "skipped (time budget)", ""])
+            continue
+        free()
+        if DEV == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.time()
+        model = _random_w4_model(_cfg(size))
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        backend = model.layers[0].qkv.backend
+        rows.append([f"{size} w4a16 model (random weights, groups of {W4_GROUP}, {backend})",
+                     f"built in {time.time() - t0:.0f}s", f"weights {weights / 2**30:.2f} GiB"])
+        gen = torch.Generator(device=DEV).manual_seed(1)
+        with torch.inference_mode():
+            cache = model.new_cache(PREFIX + 64)
+            prompt = torch.randint(0, model.cfg.vocab_size, (1, PREFIX), generator=gen, device=DEV)
+            sync()
+            t0 = time.time()
+            model(prompt, cache, last_only=True)
+            sync()
+            rows.append([f"{size} w4a16 prefill {PREFIX} tokens (first call)", f"{(time.time() - t0) * 1e3:.0f}", ""])
+            crop = lambda: cache.crop(PREFIX)  # noqa: E731
+            for T in T_list:
+                x = torch.randint(0, model.cfg.vocab_size, (1, T), generator=gen, device=DEV)
+                ms = bench_ms(lambda: model(x, cache), warmup=3, iters=10, flush=False, after=crop)
+                rows.append([f"{size} w4a16 causal forward, T={T}, write", f"{ms:.2f}",
+                             f"{1e3 / ms:.1f} forwards/s" + (" (AR tok/s)" if T == 1 else "")])
+                log(f"{size} w4a16 T={T}: {ms:.2f} ms")
+        if DEV == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            verdict = "fits" if peak < 12 * 0.93 else "does NOT fit"   # ~7% for the CUDA context and the display
+            rows.append([f"{size} w4a16 peak GPU memory (weights + {PREFIX}-token KV + activations)",
+                         f"{peak:.2f} GiB", f"{verdict} a 12 GiB card (allowing ~0.8 GiB for context)"])
+        del model, cache
+        free()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
 
@@ -588,6 +713,7 @@ def main() -> int:
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-model", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--skip-w4", action="store_true", help="skip part 4 (4-bit weights)")
     ap.add_argument("--cpu-smoke", action="store_true", help="toy shapes on CPU under the interpreter (script check)")
     args = ap.parse_args()
 
@@ -640,9 +766,18 @@ def main() -> int:
     if not args.skip_model:
         if budget_end - time.time() > 60:
             section("3. Whole model, 8B shape, random weights (engine.model.NLDModel, bf16, batch 1, "
-                    f"{PREFIX}-token prefix)", part_model, ["what", "ms", "throughput"], budget_end - 10)
+                    f"{PREFIX}-token prefix)", part_model, ["what", "ms", "throughput"],
+                    budget_end - (10 if args.skip_w4 else 100))     # part 4 keeps ~90 s
         else:
             sections.append("## 3. Whole model\n\nskipped: time budget spent")
+    if not args.skip_w4:
+        section(f"4a. w4a16 matmul (groups of {W4_GROUP}) vs bf16 torch matmul, 8B linear shapes",
+                part_w4a16_matmul, ["shape, rows", "w4a16 us", "weight TB/s", "bf16 us", "speedup", "rel err"])
+        if budget_end - time.time() > 60:
+            section(f"4b. Whole model with w4a16 layers (8B, 14B; {PREFIX}-token prefix)", part_w4a16_model,
+                    ["what", "ms", "detail"], budget_end - 10)
+        else:
+            sections.append("## 4b. Whole model with w4a16 layers\n\nskipped: time budget spent")
     report = head + "\n\n" + "\n\n".join(sections) + f"\n\nTotal wall time {elapsed():.0f}s.\n"
     out = Path(args.out)
     if not out.is_absolute():

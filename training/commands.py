@@ -1,4 +1,4 @@
-"""CLI subcommands for the embedded model: `tricode train` and `tricode eval`."""
+"""CLI subcommands for the embedded model: `tricode train`, `tricode eval` and `tricode quantize`."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,44 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from engine.checkpoint import CheckpointError
+    from engine.quant import QuantError, QuantSpec
+    from engine.quantize import quantize_checkpoint
+
+    if args.bits not in (4, 8):
+        print(f"tricode quantize: --bits must be 4 or 8, got {args.bits}", file=sys.stderr)
+        return 2
+    group = args.group_size if args.group_size is not None else (128 if args.bits == 4 else None)
+    if args.bits == 8 and group is not None:
+        print("tricode quantize: 8-bit weights use one scale per output row (PyTorch's int8 kernel); "
+              "--group-size applies to --bits 4 only", file=sys.stderr)
+        return 2
+    bar = None
+
+    def progress(done, total, name):
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="tensor", desc="quantize", file=sys.stderr, disable=args.quiet)
+        bar.update(1)
+
+    try:
+        spec = QuantSpec(bits=args.bits, group_size=group)
+        summary = quantize_checkpoint(args.model, args.out, spec, progress=progress)
+    except (CheckpointError, QuantError) as e:
+        print(f"tricode quantize: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{summary['quantized']} of {summary['tensors']} tensors quantized to {args.bits} bits"
+          f"{f' (groups of {group})' if group else ' (per output row)'}; weights "
+          f"{summary['bytes_in'] / 2**20:.1f} MiB -> {summary['bytes_out'] / 2**20:.1f} MiB; written to {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train the embedded tri-mode model (resumable; see docs/model_card.md)")
     p.add_argument("--data-dir", type=Path, default=REPO / "data", help="corpus, tokenizer and packed rows")
@@ -74,6 +112,14 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_train)
     from training.evaluate import add_eval_command
     add_eval_command(sub)
+    p = sub.add_parser("quantize", help="write a weight-only quantized copy of a checkpoint (int8 or int4)")
+    p.add_argument("--model", type=Path, required=True, help="float NLD checkpoint directory")
+    p.add_argument("--bits", type=int, required=True, help="4 or 8")
+    p.add_argument("--group-size", type=int, dest="group_size",
+                   help="4 bits: inputs per scale/zero group (default 128; the CPU kernel takes 32, 64, 128, 256)")
+    p.add_argument("--out", type=Path, required=True, help="new directory for the quantized checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_quantize)
 
 
 def main(argv: list[str] | None = None) -> int:

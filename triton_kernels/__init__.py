@@ -4,6 +4,8 @@
   "causal", "block" and "quadratic" patterns; attention_mask(...) is the rule as a dense mask.
 - verify_greedy / verify_sample: accepted draft count and next token for self-speculation.
 - unmask_step: one diffusion step (argmax, confidence, threshold, at-least-one commit).
+- w4a16.w4a16_matmul: 4-bit weight x 16-bit activation matmul (engine/quant.py's layers; imported
+  from its module, not re-exported here).
 
 Every public function takes impl="reference" (torch, any device) or impl="triton" (CUDA tensors, or
 CPU tensors when TRITON_INTERPRET=1 was set before this package was first imported). Importing this
