@@ -24,6 +24,8 @@ def cmd_train(args) -> int:
         overrides["init"] = str(args.init)
     cfg = replace(cfg, compile=args.compile, **overrides)
     data_dir = args.data_dir
+    if args.carry_out is not None:
+        return _cumulative(args, cfg)
     if not (data_dir / "tokenizer.json").is_file() or not (data_dir / f"train_{cfg.seq_len}.npy").is_file():
         print(f"preparing data in {data_dir} (corpus, split, tokenizer, packing)...", file=sys.stderr)
         prepare_data(data_dir, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, seed=cfg.seed,
@@ -43,6 +45,49 @@ def cmd_train(args) -> int:
         print(f"held-out loss: AR {losses['ar']:.3f}, masked {losses['dlm_ce']:.3f}", file=sys.stderr)
     out = export(state, data_dir, args.out, heldout_loss=losses, shards=args.shards)
     print(f"checkpoint written to {out}", file=sys.stderr)
+    return 0
+
+
+def _cumulative(args, cfg) -> int:
+    """One run of cumulative training (training/cumulative.py): continue from --carry-in (or the state
+    already in --carry-out), train for --minutes or --run-steps, leave the state in --carry-out."""
+    from training import carry, cumulative
+    from training.datapack import ensure_unpacked
+
+    if (args.minutes is None) == (args.run_steps is None):
+        raise SystemExit("a cumulative run (--carry-out) needs exactly one budget: --minutes M or --run-steps N")
+    data_dir = ensure_unpacked(args.data_dir, cfg.seq_len)
+    budget = carry.CarryBudget(max_files=args.carry_files, file_bytes=int(args.carry_file_mib * carry.MiB),
+                               total_bytes=None if args.carry_total_mib is None else int(args.carry_total_mib * carry.MiB))
+    plan = cumulative.RunPlan(minutes=args.minutes, steps=args.run_steps, rewarm=args.rewarm,
+                              cooldown=args.cooldown, save_every_s=args.save_every)
+    try:
+        cumulative.run(cfg, data_dir, args.carry_out, plan, carry_in=args.carry_in, device=args.device,
+                       budget=budget)
+    except carry.CarryError as e:
+        raise SystemExit(str(e))
+    if args.export:
+        out = cumulative.export_carry(args.carry_out, data_dir, args.out, shards=args.shards)
+        print(f"checkpoint written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from training import carry, cumulative
+    try:
+        out = cumulative.export_carry(args.carry, args.data_dir, args.out, shards=args.shards)
+    except carry.CarryError as e:
+        raise SystemExit(str(e))
+    print(f"checkpoint written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from training.datapack import build_pack
+    rep = build_pack(args.data_dir, args.out, max_mib=args.max_mib, seq_len=args.seq_len,
+                     heldout_rows=args.heldout_rows, log=lambda m: print(m, file=sys.stderr))
+    print(f"pack written to {args.out}: {rep['train_rows']:,} train rows ({rep['train_tokens']:,} tokens), "
+          f"{rep['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
     return 0
 
 
@@ -71,7 +116,34 @@ def add_commands(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     p.add_argument("--shards", type=int, default=1, help="write the weights in this many safetensors shards")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
+    c = p.add_argument_group("cumulative runs (training/cumulative.py): a state that travels in few small files")
+    c.add_argument("--carry-out", type=Path, dest="carry_out",
+                   help="run cumulatively: write the travelling state and runs.jsonl here")
+    c.add_argument("--carry-in", type=Path, dest="carry_in",
+                   help="continue from this state (default: the one already in --carry-out, if any)")
+    c.add_argument("--run-steps", type=int, dest="run_steps", help="this run's step budget (instead of --minutes)")
+    c.add_argument("--cooldown", type=float, default=0.2, help="share of the run spent decaying the rate")
+    c.add_argument("--rewarm", type=int, default=50, help="warm-up steps of a continuing run")
+    c.add_argument("--save-every", type=float, default=60.0, dest="save_every", help="seconds between saves")
+    c.add_argument("--carry-files", type=int, default=6, dest="carry_files", help="at most this many state files")
+    c.add_argument("--carry-file-mib", type=float, default=16.0, dest="carry_file_mib", help="MiB per state file")
+    c.add_argument("--carry-total-mib", type=float, dest="carry_total_mib",
+                   help="at most this many MiB in all (what may travel back up with the code)")
+    c.add_argument("--export", action="store_true", help="after the run, export the checkpoint to --out")
     p.set_defaults(func=cmd_train)
+    e = sub.add_parser("export", help="the NLD checkpoint of a cumulative training state (--carry)")
+    e.add_argument("--carry", type=Path, required=True, help="folder of state-*.safetensors and runs.jsonl")
+    e.add_argument("--data-dir", type=Path, default=REPO / "data", help="tokenizer.json and heldout_files.txt")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--shards", type=int, default=1)
+    e.set_defaults(func=cmd_export)
+    k = sub.add_parser("pack", help="the compressed training set that travels to a GPU machine")
+    k.add_argument("--data-dir", type=Path, default=REPO / "data", help="prepared data (train/heldout rows, tokenizer)")
+    k.add_argument("--out", type=Path, default=REPO / "data" / "pack")
+    k.add_argument("--max-mib", type=float, default=24.0, dest="max_mib", help="size limit of the whole pack")
+    k.add_argument("--seq-len", type=int, default=1024, dest="seq_len")
+    k.add_argument("--heldout-rows", type=int, default=256, dest="heldout_rows")
+    k.set_defaults(func=cmd_pack)
     from training.evaluate import add_eval_command
     add_eval_command(sub)
 
