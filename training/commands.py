@@ -74,11 +74,16 @@ def _cumulative(args, cfg) -> int:
 
 def cmd_export(args) -> int:
     from training import carry, cumulative
+    import json
+    from training.datapack import ensure_unpacked
     try:
         out = cumulative.export_carry(args.carry, args.data_dir, args.out, shards=args.shards)
     except carry.CarryError as e:
         raise SystemExit(str(e))
     print(f"checkpoint written to {out}", file=sys.stderr)
+    if args.check:
+        res = cumulative.quick_check(out, ensure_unpacked(args.data_dir), args.check, device=args.device)
+        print("quick check: " + json.dumps(res), flush=True)
     return 0
 
 
@@ -136,6 +141,8 @@ def add_commands(sub) -> None:
     e.add_argument("--data-dir", type=Path, default=REPO / "data", help="tokenizer.json and heldout_files.txt")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--shards", type=int, default=1)
+    e.add_argument("--check", type=int, default=0, help="then greedy spec vs ar on this many held-out rows")
+    e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_export)
     k = sub.add_parser("pack", help="the compressed training set that travels to a GPU machine")
     k.add_argument("--data-dir", type=Path, default=REPO / "data", help="prepared data (train/heldout rows, tokenizer)")

@@ -27,7 +27,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import socket
+import threading
 import statistics
 import sys
 import time
@@ -181,6 +183,10 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
     t_loop = last_save = time.time()
     budget_s = None if plan.minutes is None else plan.minutes * 60
     i = 0
+    stop = threading.Event()   # SIGTERM (the session's `timeout`): finish the step, save, leave
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log(f"run {rec['run']}: {rec['parameters'] / 1e6:.1f}M parameters on {rec['device']}, from step {start}; "
         f"budget {plan.minutes} min / {plan.steps} steps; data {data.shape[0]:,} rows")
     while True:
@@ -188,6 +194,9 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
         if end is not None and i >= end:
             break
         elapsed = time.time() - t_loop
+        if stop.is_set():
+            log(f"SIGTERM at run step {i}: saving and stopping")
+            break
         if budget_s is not None:
             if elapsed >= budget_s:
                 break
@@ -225,8 +234,12 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
             rec["train_loss"] = round(statistics.fmean(losses[-10:]), 4) if losses else None
             save(final=False)
             last_save = time.time()
+    if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
     rec["train_loss"] = round(statistics.fmean(losses[-10:]), 4) if losses else None
-    if held_path.is_file():
+    if stop.is_set():
+        rec["stopped"] = "SIGTERM"
+    elif held_path.is_file():
         held = evaluate_loss(model, np.load(held_path), cfg, device, batches=plan.eval_batches)
         rec["heldout_loss"] = {k: round(v, 4) for k, v in held.items()}
         log(f"held-out loss: AR {held['ar']:.3f}, masked {held['dlm_ce']:.3f}")
@@ -261,3 +274,25 @@ def export_carry(carry_dir: Path, data_dir: Path, out: Path, shards: int = 1) ->
         info["heldout_loss"] = runs[-1]["heldout_loss"]
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
+
+
+def quick_check(model_dir: Path, data_dir: Path, n: int = 8, device=None, prompt_tokens: int = 256,
+                new_tokens: int = 32, block: int = 4) -> dict:
+    """Greedy `ar` and `spec` on `n` held-out rows (the first `prompt_tokens` as the prompt): how many
+    agree token for token, and spec's tokens per forward. A smoke check of a fresh export, not the
+    evaluation (that is `tricode eval`)."""
+    from engine.checkpoint import load_checkpoint
+    from engine.generate import DecodeParams, generate
+
+    seq = json.loads((Path(model_dir) / "training.json").read_text())["train_config"]["seq_len"]
+    rows = np.load(Path(data_dir) / f"heldout_{seq}.npy", mmap_mode="r")[:n]
+    ck = load_checkpoint(model_dir, device=str(pick_device(device)))
+    same, tpf = 0, []
+    for r in rows:
+        prompt = [int(t) for t in r[:prompt_tokens]]
+        ar = generate(ck.model, prompt, DecodeParams(mode="ar", max_new_tokens=new_tokens))
+        sp = generate(ck.model, prompt, DecodeParams(mode="spec", max_new_tokens=new_tokens, block_size=block))
+        same += sp.tokens == ar.tokens
+        tpf.append(sp.tokens_per_forward)
+    return {"rows": len(rows), "spec_equals_ar": same, "spec_tpf_mean": round(statistics.fmean(tpf), 3) if tpf else None,
+            "device": str(ck.device), "dtype": str(ck.dtype)}
