@@ -81,6 +81,20 @@ note "start: out $OUT_DIR, data $DATA, carry-in $CARRY_IN, preset $PRESET, budge
   "$PYTHON" -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])"
   git -C "$ROOT" log -1 --format='commit %H %s' 2>/dev/null || true; } > "$LOGS/machine.txt" 2>&1
 
+# What the state may weigh: it must come back (8 files, 64 MiB together, with runs.jsonl and the logs)
+# and travel up again next time with everything else in the working tree (64 MiB): the tree as it
+# arrived here, less the state it brought (replaced next time), less a margin.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then   # here: what would travel (not ignored) + the pack
+    TREE=$( { git ls-files -z -co --exclude-standard; find "$DATA" -type f -not -name '*.npy' -print0; } \
+           | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+else                                                            # there: everything that arrived but the state
+    TREE=$(find . -type f -not -path './.git/*' -not -path "./${CARRY_IN#./}/*" -not -path "./${OUT_DIR#$ROOT/}/*" \
+           -not -name '*.npy' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+fi
+ROOM_MIB=$(awk "BEGIN { r = 64 - $TREE / 1048576 - 1; if (r > 62) r = 62; printf \"%.1f\", r }")
+note "working tree here ${TREE} bytes without the state: the state may take ${ROOM_MIB} MiB"
+echo "tree_bytes=$TREE room_mib=$ROOM_MIB" >> "$LOGS/machine.txt"
+
 # the data: decompress the pack while the tests run (CPU work, the GPU is busy elsewhere)
 "$PYTHON" -c "import sys; from training.datapack import ensure_unpacked; ensure_unpacked(sys.argv[1])" "$DATA" \
     > "$LOGS/unpack.log" 2>&1 &
@@ -134,11 +148,11 @@ if [[ $UNPACK_RC -ne 0 ]]; then
 elif [[ $TRAIN_S -lt 20 ]]; then
     note "(c) training skipped: only $(left)s left"
 else
-    MIN=$(awk "BEGIN { printf \"%.2f\", ($TRAIN_S - 25) / 60 }")   # ~25 s: start-up, compile, held-out loss
-    note "(c) training for ${MIN} min (hard stop after ${TRAIN_S}s)"
+    STOP_AT=$(( $(date +%s) + TRAIN_S - 20 ))   # ~20 s for the held-out loss and the last save
+    note "(c) training until $(date -u -d @$STOP_AT +%H:%M:%S) UTC (hard stop after ${TRAIN_S}s)"
     timeout --signal=TERM "$TRAIN_S" "$PYTHON" -m training.commands train --device "$DEVICE" --preset "$PRESET" \
-        --data-dir "$DATA" "${CARRY_ARGS[@]}" --carry-out "$OUT_DIR/carry" --minutes "$MIN" \
-        --carry-files 6 --carry-file-mib 16 "${TRAIN_SIZE[@]}" "${EXTRA[@]}" > "$LOGS/train.log" 2>&1
+        --data-dir "$DATA" "${CARRY_ARGS[@]}" --carry-out "$OUT_DIR/carry" --stop-at "$STOP_AT" \
+        --carry-files 6 --carry-file-mib 16 --carry-total-mib "$ROOM_MIB" "${TRAIN_SIZE[@]}" "${EXTRA[@]}" > "$LOGS/train.log" 2>&1
     note "(c) training rc=$? $(grep -E 'done:|error|Error' "$LOGS/train.log" | tail -2 | tr '\n' ' ')"
 fi
 pack_logs

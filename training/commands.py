@@ -54,9 +54,16 @@ def _cumulative(args, cfg) -> int:
     from training import carry, cumulative
     from training.datapack import ensure_unpacked
 
-    if (args.minutes is None) == (args.run_steps is None):
-        raise SystemExit("a cumulative run (--carry-out) needs exactly one budget: --minutes M or --run-steps N")
+    if (args.minutes is None and args.stop_at is None) == (args.run_steps is None):
+        raise SystemExit("a cumulative run (--carry-out) needs exactly one budget: --minutes M (or --stop-at T) "
+                         "or --run-steps N")
     data_dir = ensure_unpacked(args.data_dir, cfg.seq_len)
+    if args.stop_at is not None:   # an absolute deadline: the time spent starting up counts too
+        import time
+        left = (args.stop_at - time.time()) / 60
+        if left <= 0:
+            raise SystemExit(f"--stop-at is {-left:.1f} min in the past: nothing to train")
+        args.minutes = left if args.minutes is None else min(args.minutes, left)
     budget = carry.CarryBudget(max_files=args.carry_files, file_bytes=int(args.carry_file_mib * carry.MiB),
                                total_bytes=None if args.carry_total_mib is None else int(args.carry_total_mib * carry.MiB))
     plan = cumulative.RunPlan(minutes=args.minutes, steps=args.run_steps, rewarm=args.rewarm,
@@ -101,7 +108,8 @@ def add_commands(sub) -> None:
     p.add_argument("--data-dir", type=Path, default=REPO / "data", help="corpus, tokenizer and packed rows")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "train", help="resume state")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "model", help="where the finished checkpoint goes")
-    p.add_argument("--preset", choices=("tiny", "small", "base"))
+    from training.presets import PRESETS
+    p.add_argument("--preset", choices=tuple(PRESETS))
     p.add_argument("--steps", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--micro-batch", type=int, dest="micro_batch")
@@ -127,6 +135,8 @@ def add_commands(sub) -> None:
     c.add_argument("--carry-in", type=Path, dest="carry_in",
                    help="continue from this state (default: the one already in --carry-out, if any)")
     c.add_argument("--run-steps", type=int, dest="run_steps", help="this run's step budget (instead of --minutes)")
+    c.add_argument("--stop-at", type=float, dest="stop_at",
+                   help="end the run by this UNIX time (start-up included); with --minutes, whichever is first")
     c.add_argument("--cooldown", type=float, default=0.2, help="share of the run spent decaying the rate")
     c.add_argument("--rewarm", type=int, default=50, help="warm-up steps of a continuing run")
     c.add_argument("--save-every", type=float, default=60.0, dest="save_every", help="seconds between saves")

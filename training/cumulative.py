@@ -51,7 +51,7 @@ RUN_FIELDS = ("steps", "micro_batch", "compile", "warmup", "lr", "batch", "min_l
 
 @dataclass(frozen=True)
 class RunPlan:
-    minutes: float | None = None    # this run's training budget (wall clock), or
+    minutes: float | None = None    # this run's budget (wall clock from the start of run(): loading, training), or
     steps: int | None = None        # a step budget (deterministic)
     rewarm: int = 50                # warm-up steps of every run after the first (the first: cfg.warmup)
     cooldown: float = 0.2           # share of the run spent decaying the rate to lr * min_lr_ratio
@@ -169,7 +169,16 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
                    end=_now(), wall_s=round(time.time() - t_start, 1), train_s=round(time.time() - t_loop, 1),
                    complete=final)
         rec["tokens_per_s"] = round(rec["tokens_run"] / max(rec["train_s"], 1e-9))
-        rec["carry"] = carry.save_carry(carry_out, model, opt, meta, budget)
+        try:
+            rec["carry"] = carry.save_carry(carry_out, model, opt, meta, budget)
+        except carry.CarryError as e:
+            if budget.total_bytes is None:
+                raise
+            # over the upload room: keep the state anyway (it still comes back), and say that the next
+            # lease cannot take it along unless the working tree shrinks
+            rec["carry"] = carry.save_carry(carry_out, model, opt, meta,
+                                            carry.CarryBudget(budget.max_files, budget.file_bytes))
+            rec["carry_warning"] = f"over the {budget.total_bytes / carry.MiB:.1f} MiB total: {e}"
         _write_runs(carry_out, history + [rec])
 
     mask = objective.training_mask(cfg.seq_len, cfg.block, device)
@@ -193,7 +202,7 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
         end = sched.end if plan.steps is None else plan.steps
         if end is not None and i >= end:
             break
-        elapsed = time.time() - t_loop
+        elapsed = time.time() - t_start      # the budget counts from the start: loading is part of the run
         if stop.is_set():
             log(f"SIGTERM at run step {i}: saving and stopping")
             break
