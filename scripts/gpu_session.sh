@@ -125,6 +125,8 @@ if [[ $CHECK_BUDGET -ge 30 ]]; then
     timeout $((CHECK_BUDGET + 30)) scripts/gpu_check.sh --skip-tests --budget-s "$CHECK_BUDGET" \
         --out "$LOGS/gpu_check.md" "${SMOKE_FLAG[@]}" > "$LOGS/gpu_check.log" 2>&1
     note "(b) gpu_check rc=$?"
+elif [[ $CHECK_S -le 0 ]]; then
+    note "(b) gpu_check skipped (--check-s 0)"
 else
     note "(b) gpu_check skipped: only $(left)s left"
 fi

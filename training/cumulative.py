@@ -243,16 +243,17 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
             rec["train_loss"] = round(statistics.fmean(losses[-10:]), 4) if losses else None
             save(final=False)
             last_save = time.time()
-    if old_handler is not None:
-        signal.signal(signal.SIGTERM, old_handler)
     rec["train_loss"] = round(statistics.fmean(losses[-10:]), 4) if losses else None
     if stop.is_set():
         rec["stopped"] = "SIGTERM"
-    elif held_path.is_file():
+    save(final=True)              # the state first: a kill during the evaluation loses only its figure
+    if not stop.is_set() and held_path.is_file():
         held = evaluate_loss(model, np.load(held_path), cfg, device, batches=plan.eval_batches)
         rec["heldout_loss"] = {k: round(v, 4) for k, v in held.items()}
+        _write_runs(carry_out, history + [rec])
         log(f"held-out loss: AR {held['ar']:.3f}, masked {held['dlm_ce']:.3f}")
-    save(final=True)
+    if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
     log(f"run {rec['run']} done: steps {rec['step_start']} -> {rec['step_end']}, {rec['tokens_run']:,} tokens "
         f"in {rec['train_s']} s; state {rec['carry']['format']} in {rec['carry']['files']} files "
         f"({rec['carry']['bytes'] / 2**20:.1f} MiB) at {carry_out}")
