@@ -97,7 +97,7 @@ def cmd_export(args) -> int:
 def cmd_pack(args) -> int:
     from training.datapack import build_pack
     rep = build_pack(args.data_dir, args.out, max_mib=args.max_mib, seq_len=args.seq_len,
-                     heldout_rows=args.heldout_rows, log=lambda m: print(m, file=sys.stderr))
+                     heldout_rows=args.heldout_rows, start_row=args.start_row, log=lambda m: print(m, file=sys.stderr))
     print(f"pack written to {args.out}: {rep['train_rows']:,} train rows ({rep['train_tokens']:,} tokens), "
           f"{rep['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
     return 0
@@ -160,6 +160,8 @@ def add_commands(sub) -> None:
     k.add_argument("--max-mib", type=float, default=24.0, dest="max_mib", help="size limit of the whole pack")
     k.add_argument("--seq-len", type=int, default=1024, dest="seq_len")
     k.add_argument("--heldout-rows", type=int, default=256, dest="heldout_rows")
+    k.add_argument("--start-row", type=int, default=0, dest="start_row",
+                   help="take rows from here on (wrapping): another slice of the corpus for another lease")
     k.set_defaults(func=cmd_pack)
     from training.evaluate import add_eval_command
     add_eval_command(sub)
