@@ -95,9 +95,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from training.datapack import build_pack
-    rep = build_pack(args.data_dir, args.out, max_mib=args.max_mib, seq_len=args.seq_len,
-                     heldout_rows=args.heldout_rows, start_row=args.start_row, log=lambda m: print(m, file=sys.stderr))
+    from training.datapack import PackError, build_pack
+    try:
+        rep = build_pack(args.data_dir, args.out, max_mib=args.max_mib, seq_len=args.seq_len,
+                         heldout_rows=args.heldout_rows, start_row=args.start_row,
+                         log=lambda m: print(m, file=sys.stderr))
+    except (PackError, FileNotFoundError) as e:
+        raise SystemExit(f"tricode pack: {e}")
     print(f"pack written to {args.out}: {rep['train_rows']:,} train rows ({rep['train_tokens']:,} tokens), "
           f"{rep['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
     return 0

@@ -88,7 +88,9 @@ def build_pack(data_dir: str | os.PathLike, out: str | os.PathLike, *, max_mib: 
         shutil.copy(data_dir / name, out / name)
         fixed += (out / name).stat().st_size
     held_xz = _xz(np.asarray(held))
-    fixed += len(held_xz) + 4096                      # + pack.json
+    src = data_dir / "data_report.json"
+    source_report = json.loads(src.read_text()) if src.is_file() else None
+    fixed += len(held_xz) + 8192 + len(json.dumps(source_report, indent=1, sort_keys=True))   # + pack.json
     room = int(max_mib * MiB) - fixed
     if room <= 0:
         raise PackError(f"{max_mib} MiB leaves no room for training rows (tokenizer and held-out rows "
@@ -102,12 +104,12 @@ def build_pack(data_dir: str | os.PathLike, out: str | os.PathLike, *, max_mib: 
     while True:
         rows = np.asarray(train[np.sort(order[:n])]) if n < n_total else np.asarray(train)
         blob = _xz(rows)
-        if len(blob) <= room or n <= CHUNK_ROWS:
+        if len(blob) <= room:
             break
-        n = int(n * room / len(blob) * 0.995)
-        log(f"pack: {len(blob) / MiB:.1f} MiB is over the room of {room / MiB:.1f} MiB; retrying with {n} rows")
-    if len(blob) > room:
-        raise PackError(f"even {n} rows take {len(blob)} bytes, over the {room} bytes left")
+        if n <= 1:
+            raise PackError(f"even {n} row takes {len(blob)} bytes, over the {room} bytes left")
+        n = max(1, min(n - 1, int(n * room / len(blob) * 0.995)))
+        log(f"pack: {len(blob) / MiB:.2f} MiB is over the room of {room / MiB:.2f} MiB; retrying with {n} rows")
     (out / f"train_{seq_len}.npy.xz").write_bytes(blob)
     (out / f"heldout_{seq_len}.npy.xz").write_bytes(held_xz)
     for stale in (out / f"train_{seq_len}.npy", out / f"heldout_{seq_len}.npy"):
@@ -117,9 +119,8 @@ def build_pack(data_dir: str | os.PathLike, out: str | os.PathLike, *, max_mib: 
            "heldout_rows": int(held.shape[0]), "train_sha256": _sha(rows), "heldout_sha256": _sha(held),
            "compression": f"lzma preset {XZ_PRESET} of .npy", "bytes_per_token": round(len(blob) / rows.size, 3),
            "checks": checks, "seconds": round(time.time() - t0, 1)}
-    src = data_dir / "data_report.json"
-    if src.is_file():
-        rep["source_report"] = json.loads(src.read_text())
+    if source_report is not None:
+        rep["source_report"] = source_report
     (out / "pack.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
     rep["bytes"] = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log(f"pack: {rep['train_rows']:,} of {n_total:,} rows ({rep['train_tokens']:,} tokens, "
