@@ -172,3 +172,12 @@ def test_a_damaged_pack_is_refused(tmp_path):
     (tmp_path / "pack" / "pack.json").write_text(json.dumps(info))
     with pytest.raises(PackError, match="damaged"):
         ensure_unpacked(tmp_path / "pack", 64)
+
+
+def test_a_state_over_the_upload_room_still_comes_back_with_a_warning(tmp_path):
+    data = data_dir(tmp_path)
+    rec = cumulative.run(CFG, data, tmp_path / "out", cumulative.RunPlan(steps=1, cooldown=0.0), device="cpu",
+                         budget=carry.CarryBudget(max_files=6, file_bytes=16 * carry.MiB, total_bytes=1000),
+                         log=lambda m: None)
+    assert "over the" in rec["carry_warning"] and rec["carry"]["bytes"] <= carry.RETURN_TOTAL
+    assert carry.read_carry(tmp_path / "out")[0]["step"] == 1

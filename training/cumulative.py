@@ -174,10 +174,10 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
         except carry.CarryError as e:
             if budget.total_bytes is None:
                 raise
-            # over the upload room: keep the state anyway (it still comes back), and say that the next
-            # lease cannot take it along unless the working tree shrinks
-            rec["carry"] = carry.save_carry(carry_out, model, opt, meta,
-                                            carry.CarryBudget(budget.max_files, budget.file_bytes))
+            # over the upload room: keep the state anyway within the return limit (it still comes
+            # back), and say that the next lease cannot take it along unless the working tree shrinks
+            rec["carry"] = carry.save_carry(carry_out, model, opt, meta, carry.CarryBudget(
+                budget.max_files, budget.file_bytes, max(budget.total_bytes, carry.RETURN_TOTAL)))
             rec["carry_warning"] = f"over the {budget.total_bytes / carry.MiB:.1f} MiB total: {e}"
         _write_runs(carry_out, history + [rec])
 
