@@ -24,6 +24,8 @@ def cmd_train(args) -> int:
         overrides["init"] = str(args.init)
     cfg = replace(cfg, compile=args.compile, **overrides)
     data_dir = args.data_dir
+    if args.carry_out is not None:
+        return _cumulative(args, cfg)
     if not (data_dir / "tokenizer.json").is_file() or not (data_dir / f"train_{cfg.seq_len}.npy").is_file():
         print(f"preparing data in {data_dir} (corpus, split, tokenizer, packing)...", file=sys.stderr)
         prepare_data(data_dir, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, seed=cfg.seed,
@@ -84,12 +86,72 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def _cumulative(args, cfg) -> int:
+    """One run of cumulative training (training/cumulative.py): continue from --carry-in (or the state
+    already in --carry-out), train for --minutes or --run-steps, leave the state in --carry-out."""
+    from training import carry, cumulative
+    from training.datapack import ensure_unpacked
+
+    if (args.minutes is None and args.stop_at is None) == (args.run_steps is None):
+        raise SystemExit("a cumulative run (--carry-out) needs exactly one budget: --minutes M (or --stop-at T) "
+                         "or --run-steps N")
+    data_dir = ensure_unpacked(args.data_dir, cfg.seq_len)
+    if args.stop_at is not None:   # an absolute deadline: the time spent starting up counts too
+        import time
+        left = (args.stop_at - time.time()) / 60
+        if left <= 0:
+            raise SystemExit(f"--stop-at is {-left:.1f} min in the past: nothing to train")
+        args.minutes = left if args.minutes is None else min(args.minutes, left)
+    budget = carry.CarryBudget(max_files=args.carry_files, file_bytes=int(args.carry_file_mib * carry.MiB),
+                               total_bytes=None if args.carry_total_mib is None else int(args.carry_total_mib * carry.MiB))
+    plan = cumulative.RunPlan(minutes=args.minutes, steps=args.run_steps, rewarm=args.rewarm,
+                              cooldown=args.cooldown, save_every_s=args.save_every)
+    try:
+        cumulative.run(cfg, data_dir, args.carry_out, plan, carry_in=args.carry_in, device=args.device,
+                       budget=budget)
+    except carry.CarryError as e:
+        raise SystemExit(str(e))
+    if args.export:
+        out = cumulative.export_carry(args.carry_out, data_dir, args.out, shards=args.shards)
+        print(f"checkpoint written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from training import carry, cumulative
+    import json
+    from training.datapack import ensure_unpacked
+    try:
+        out = cumulative.export_carry(args.carry, args.data_dir, args.out, shards=args.shards)
+    except carry.CarryError as e:
+        raise SystemExit(str(e))
+    print(f"checkpoint written to {out}", file=sys.stderr)
+    if args.check:
+        res = cumulative.quick_check(out, ensure_unpacked(args.data_dir), args.check, device=args.device)
+        print("quick check: " + json.dumps(res), flush=True)
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from training.datapack import PackError, build_pack
+    try:
+        rep = build_pack(args.data_dir, args.out, max_mib=args.max_mib, seq_len=args.seq_len,
+                         heldout_rows=args.heldout_rows, start_row=args.start_row,
+                         log=lambda m: print(m, file=sys.stderr))
+    except (PackError, FileNotFoundError) as e:
+        raise SystemExit(f"tricode pack: {e}")
+    print(f"pack written to {args.out}: {rep['train_rows']:,} train rows ({rep['train_tokens']:,} tokens), "
+          f"{rep['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
+    return 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train the embedded tri-mode model (resumable; see docs/model_card.md)")
     p.add_argument("--data-dir", type=Path, default=REPO / "data", help="corpus, tokenizer and packed rows")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "train", help="resume state")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "model", help="where the finished checkpoint goes")
-    p.add_argument("--preset", choices=("tiny", "small", "base"))
+    from training.presets import PRESETS
+    p.add_argument("--preset", choices=tuple(PRESETS))
     p.add_argument("--steps", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--micro-batch", type=int, dest="micro_batch")
@@ -109,7 +171,40 @@ def add_commands(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     p.add_argument("--shards", type=int, default=1, help="write the weights in this many safetensors shards")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
+    c = p.add_argument_group("cumulative runs (training/cumulative.py): a state that travels in few small files")
+    c.add_argument("--carry-out", type=Path, dest="carry_out",
+                   help="run cumulatively: write the travelling state and runs.jsonl here")
+    c.add_argument("--carry-in", type=Path, dest="carry_in",
+                   help="continue from this state (default: the one already in --carry-out, if any)")
+    c.add_argument("--run-steps", type=int, dest="run_steps", help="this run's step budget (instead of --minutes)")
+    c.add_argument("--stop-at", type=float, dest="stop_at",
+                   help="end the run by this UNIX time (start-up included); with --minutes, whichever is first")
+    c.add_argument("--cooldown", type=float, default=0.2, help="share of the run spent decaying the rate")
+    c.add_argument("--rewarm", type=int, default=50, help="warm-up steps of a continuing run")
+    c.add_argument("--save-every", type=float, default=60.0, dest="save_every", help="seconds between saves")
+    c.add_argument("--carry-files", type=int, default=6, dest="carry_files", help="at most this many state files")
+    c.add_argument("--carry-file-mib", type=float, default=16.0, dest="carry_file_mib", help="MiB per state file")
+    c.add_argument("--carry-total-mib", type=float, dest="carry_total_mib",
+                   help="at most this many MiB in all (what may travel back up with the code)")
+    c.add_argument("--export", action="store_true", help="after the run, export the checkpoint to --out")
     p.set_defaults(func=cmd_train)
+    e = sub.add_parser("export", help="the NLD checkpoint of a cumulative training state (--carry)")
+    e.add_argument("--carry", type=Path, required=True, help="folder of state-*.safetensors and runs.jsonl")
+    e.add_argument("--data-dir", type=Path, default=REPO / "data", help="tokenizer.json and heldout_files.txt")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--shards", type=int, default=1)
+    e.add_argument("--check", type=int, default=0, help="then greedy spec vs ar on this many held-out rows")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_export)
+    k = sub.add_parser("pack", help="the compressed training set that travels to a GPU machine")
+    k.add_argument("--data-dir", type=Path, default=REPO / "data", help="prepared data (train/heldout rows, tokenizer)")
+    k.add_argument("--out", type=Path, default=REPO / "data" / "pack")
+    k.add_argument("--max-mib", type=float, default=24.0, dest="max_mib", help="size limit of the whole pack")
+    k.add_argument("--seq-len", type=int, default=1024, dest="seq_len")
+    k.add_argument("--heldout-rows", type=int, default=256, dest="heldout_rows")
+    k.add_argument("--start-row", type=int, default=0, dest="start_row",
+                   help="take rows from here on (wrapping): another slice of the corpus for another lease")
+    k.set_defaults(func=cmd_pack)
     from training.evaluate import add_eval_command
     add_eval_command(sub)
     p = sub.add_parser("quantize", help="write a weight-only quantized copy of a checkpoint (int8 or int4)")

@@ -495,10 +495,15 @@ def load_packed(data_dir: str | os.PathLike, split: str, seq_len: int,
 def prepare_data(data_dir: str | os.PathLike = "data", seq_len: int = 1024,
                  vocab_size: int = 8192, seed: int = 0, fim_rate: float = 0.5,
                  max_tokenizer_bytes: int = 40_000_000, roots=None,
-                 log=print) -> dict:
+                 log=print, tokenizer: str | os.PathLike | None = None, train_seeds: int = 1) -> dict:
     """The whole data pipeline: collect the corpus, split it, write the manifests, train the
     tokenizer on the train split (``tokenizer.json``), pack ``train_<seq_len>.npy`` and
-    ``heldout_<seq_len>.npy``. Returns a report dict (also saved as ``data_report.json``)."""
+    ``heldout_<seq_len>.npy``. Returns a report dict (also saved as ``data_report.json``).
+
+    ``tokenizer``: reuse this ``tokenizer.json`` instead of training one (a new model that keeps the
+    shipped vocabulary). ``train_seeds`` > 1: the train split is packed that many times with seeds
+    ``seed, seed+1, ...`` (each a different FIM arrangement and order of the same files) and the rows
+    concatenated: more distinct rows than repeating one packing for several epochs."""
     from training import corpus, tokenizer as tkz
 
     out = Path(data_dir)
@@ -519,17 +524,28 @@ def prepare_data(data_dir: str | os.PathLike = "data", seq_len: int = 1024,
     sample = tkz.sample_texts([f.text for f in train], max_tokenizer_bytes,
                               keys=[f.key for f in train])
     t1 = time.perf_counter()
-    tok = tkz.train_tokenizer(sample, vocab_size, out / "tokenizer.json")
-    rep["tokenizer_train_mb"] = round(sum(len(t.encode()) for t in sample) / 1e6, 2)
+    if tokenizer is not None:
+        tok = tkz.from_file(tokenizer)
+        if tok.get_vocab_size() != vocab_size:
+            raise ValueError(f"{tokenizer} has {tok.get_vocab_size()} tokens, not vocab_size={vocab_size}")
+        if Path(tokenizer).resolve() != (out / "tokenizer.json").resolve():
+            (out / "tokenizer.json").write_bytes(Path(tokenizer).read_bytes())
+        rep["tokenizer_from"] = str(tokenizer)
+    else:
+        tok = tkz.train_tokenizer(sample, vocab_size, out / "tokenizer.json")
+        rep["tokenizer_train_mb"] = round(sum(len(t.encode()) for t in sample) / 1e6, 2)
     rep["tokenizer_seconds"] = round(time.perf_counter() - t1, 1)
     rep["heldout_chars_per_token"] = round(tkz.chars_per_token(tok, [f.text for f in held]), 3)
-    log(f"tokenizer: vocab {tok.get_vocab_size()}, trained on {rep['tokenizer_train_mb']} MB in "
-        f"{rep['tokenizer_seconds']} s; held-out chars/token {rep['heldout_chars_per_token']}")
+    log(f"tokenizer: vocab {tok.get_vocab_size()}, {rep.get('tokenizer_from') or 'trained on %s MB' % rep['tokenizer_train_mb']} "
+        f"in {rep['tokenizer_seconds']} s; held-out chars/token {rep['heldout_chars_per_token']}")
 
+    if train_seeds < 1:
+        raise ValueError(f"train_seeds must be >= 1, got {train_seeds}")
     for split, group in (("train", train), ("heldout", held)):
         pst = PackStats()
-        arr = pack_corpus(group, tok, seq_len, fim_rate, seed, stats=pst)
-        meta = {"seed": seed, "fim_rate": fim_rate, "files": len(group),
+        seeds = [seed + i for i in range(train_seeds if split == "train" else 1)]
+        arr = np.concatenate([pack_corpus(group, tok, seq_len, fim_rate, s, stats=pst) for s in seeds])
+        meta = {"seed": seed, "seeds": seeds, "fim_rate": fim_rate, "files": len(group),
                 "stats": {k: v for k, v in vars(pst).items()}}
         save_packed(arr, out, split, meta)
         rep[split] = {"rows": int(arr.shape[0]), "tokens": int(arr.size),

@@ -22,17 +22,7 @@ from engine.config import ModelConfig
 from engine.model import NLDModel
 from training import objective
 
-# Sizes measured on the 2-core CPU (docs/model_card.md): forward cost is dominated by per-op
-# overhead up to ~25M parameters there, so the largest model under the 40 MB fp16 limit that keeps a
-# one-token forward fast wins.
-PRESETS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16),
-    "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
-                  num_key_value_heads=2, head_dim=64),
-    "base": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
-                 num_key_value_heads=2, head_dim=64),
-}
+from training.presets import PRESETS  # noqa: E402  (torch-free: the CLI lists them)
 
 
 FIT_AT = 40  # with steps == 0, the step at which the schedule's length is fixed
