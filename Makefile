@@ -9,8 +9,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# downloads made by the installs stay in the build folder, not in the user's home
-export PIP_CACHE_DIR ?= $(CURDIR)/build/pip-cache
+# pip's cache (downloads, and the wheel llama-cpp-python builds from source for the remote-backend
+# tests: ~10 min on 2 cores) lives in the user's cache folder, so a second checkout or a fresh clone
+# on the same machine reuses it; npm's stays in the build folder
+XDG_CACHE_HOME ?= $(HOME)/.cache
+export PIP_CACHE_DIR ?= $(XDG_CACHE_HOME)/tricode/pip
 export npm_config_cache ?= $(CURDIR)/build/npm-cache
 
 .PHONY: run test bench install vscode clean

@@ -61,14 +61,15 @@ def cmd_quantize(args) -> int:
         print("tricode quantize: 8-bit weights use one scale per output row (PyTorch's int8 kernel); "
               "--group-size applies to --bits 4 only", file=sys.stderr)
         return 2
-    bar = None
+    tty = sys.stderr.isatty()
 
     def progress(done, total, name):
-        nonlocal bar
-        if bar is None:
-            from tqdm import tqdm
-            bar = tqdm(total=total, unit="tensor", desc="quantize", file=sys.stderr, disable=args.quiet)
-        bar.update(1)
+        """A progress bar on a terminal, a line per tenth of the work otherwise (no dependency)."""
+        if args.quiet or not (tty or done == total or done % max(total // 10, 1) == 0):
+            return
+        line = f"[{'#' * (30 * done // total):<30}] {done}/{total} tensors  {name}"
+        print(("\r" + line[:100].ljust(100)) if tty else line, end="" if tty and done < total else "\n",
+              file=sys.stderr, flush=True)
 
     try:
         spec = QuantSpec(bits=args.bits, group_size=group)
@@ -76,9 +77,6 @@ def cmd_quantize(args) -> int:
     except (CheckpointError, QuantError) as e:
         print(f"tricode quantize: {e}", file=sys.stderr)
         return 2
-    finally:
-        if bar is not None:
-            bar.close()
     print(f"{summary['quantized']} of {summary['tensors']} tensors quantized to {args.bits} bits"
           f"{f' (groups of {group})' if group else ' (per output row)'}; weights "
           f"{summary['bytes_in'] / 2**20:.1f} MiB -> {summary['bytes_out'] / 2**20:.1f} MiB; written to {args.out}",
