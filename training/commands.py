@@ -67,7 +67,7 @@ def cmd_quantize(args) -> int:
         """A progress bar on a terminal, a line per tenth of the work otherwise (no dependency)."""
         if args.quiet or not (tty or done == total or done % max(total // 10, 1) == 0):
             return
-        line = f"[{'#' * (30 * done // total):<30}] {done}/{total} tensors  {name}"
+        line = f"quantize: [{'#' * (30 * done // total):<30}] {done}/{total} tensors  {name}"
         print(("\r" + line[:100].ljust(100)) if tty else line, end="" if tty and done < total else "\n",
               file=sys.stderr, flush=True)
 
