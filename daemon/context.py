@@ -554,24 +554,9 @@ class PromptBuilder:
         prefix_ids, clipped = self.clip_prefix(prefix, p_max)
         p_reserved = min(p_max, -(-(len(prefix_ids) + 1) // PREFIX_QUANTUM) * PREFIX_QUANTUM)
         extra_budget = budget - overhead - len(suffix_ids) - p_reserved
-        ctx: list[int] = []
-        files: list[str] = []
-        entries: list[list[int]] = []
         sep = tok.fim.get("file_sep")
-        if extra and (sep is not None or not tok.has_fim):
-            per_entry = max(extra_budget // 2, MIN_ENTRY_TOKENS)
-            for label, content in extra:
-                left = extra_budget - len(ctx)
-                if left < MIN_ENTRY_TOKENS:
-                    break
-                if not content.endswith("\n"):
-                    content += "\n"
-                entry = self.clip_head(f"{label}\n{content}", min(left, per_entry) - 1)
-                if len(entry) < MIN_ENTRY_TOKENS // 2:
-                    continue
-                ctx += ([sep] if sep is not None else []) + entry
-                entries.append(entry)
-                files.append(label)
+        # a FIM tokenizer without a file separator has no way to mark another file: no extra context
+        ctx, files, entries = self._extra(extra if (sep is not None or not tok.has_fim) else (), extra_budget, sep)
         if tok.has_fim:
             ids = ([tok.bos_id] + ctx + [tok.fim["suffix"]] + suffix_ids + [tok.fim["prefix"]] + prefix_ids
                    + [tok.fim["middle"]])
@@ -610,7 +595,7 @@ class PromptBuilder:
         full_head, k = self.head_lines(prefix + suffix, head_max) if c > 0 else ([], 0)
         e_budget = (budget - overhead - int(budget * SUFFIX_SHARE) - int(budget * NEAR_SHARE)
                     - int(budget * NEAR_SLACK) - int(budget * HEAD_SHARE) + max(head_max - len(full_head), 0))
-        ctx, files = self._extra(extra, e_budget, sep)
+        ctx, files, _ = self._extra(extra, e_budget, sep)
         head: list[int] = []
         if c > 0 and k > 0:
             head = full_head if c >= k else self.head_lines("".join(lines[:c]), head_max)[0]
@@ -667,10 +652,13 @@ class PromptBuilder:
             ids = self.tok.encode("".join(lines[:k]))
         return ids, k
 
-    def _extra(self, extra, extra_budget: int, sep: int) -> tuple[list[int], list[str]]:
+    def _extra(self, extra, extra_budget: int, sep: int | None) -> tuple[list[int], list[str], list[list[int]]]:
+        """The extra files within `extra_budget` tokens, in order: (ids, labels, each entry's ids). An
+        entry is enc(label + "\n" + content), clipped at line boundaries, behind `sep` when there is one."""
         ctx: list[int] = []
         files: list[str] = []
-        if extra and sep is not None:
+        entries: list[list[int]] = []
+        if extra:
             per_entry = max(extra_budget // 2, MIN_ENTRY_TOKENS)
             for label, content in extra:
                 left = extra_budget - len(ctx)
@@ -681,9 +669,10 @@ class PromptBuilder:
                 entry = self.clip_head(f"{label}\n{content}", min(left, per_entry) - 1)
                 if len(entry) < MIN_ENTRY_TOKENS // 2:
                     continue
-                ctx += [sep] + entry
+                ctx += ([sep] if sep is not None else []) + entry
+                entries.append(entry)
                 files.append(label)
-        return ctx, files
+        return ctx, files, entries
 
 
 # -- stop rules ----------------------------------------------------------------------------------------
