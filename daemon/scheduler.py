@@ -670,14 +670,7 @@ class Engine(threading.Thread):
         job.engine_key = self.loaded_key
         if job.prompt is None:
             job.started = time.perf_counter()
-            budget = cfg.context_tokens if job.kind == "complete" else cfg.refactor_context_tokens
-            extra = []
-            if cfg.extra_context:
-                try:
-                    extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
-                except Exception:  # noqa: BLE001 - context is a bonus, never a failure
-                    log.exception("extra context for %s", msg.path)
-            job.prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
+            job.prompt = self._prompt(job, cfg.context_tokens if job.kind == "complete" else cfg.refactor_context_tokens)
             job.context_ms = (time.perf_counter() - job.started) * 1e3
         self._slice(job)
         return True
@@ -791,6 +784,8 @@ class Engine(threading.Thread):
     # -- prefetch ----------------------------------------------------------------------------------
 
     def _prompt(self, job: Job, budget: int):
+        """The job's prompt within `budget` tokens, with the workspace's extra files (for completions,
+        refactors and prefetches alike, so that a prefetch prepares exactly what a completion asks for)."""
         cfg, msg = self.cfg, job.msg
         extra = []
         if cfg.extra_context:
