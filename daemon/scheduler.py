@@ -661,7 +661,7 @@ class Engine(threading.Thread):
             self.sched.reply_threadsafe(job, protocol.error(
                 job.id, protocol.NOT_READY, f"the model is {self.state}: {self.error or self.stage}"))
             return False
-        cfg, msg = self.cfg, job.msg
+        cfg = self.cfg
         self._threads(cfg)
         if job.slices and job.engine_key != self.loaded_key:
             # a sliced job resumed after a model reload: its tokens belong to the old model; start over
