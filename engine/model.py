@@ -114,7 +114,8 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     key = (value, like.dtype, like.device)
     t = _SCALARS.get(key)
     if t is None:
-        t = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        with torch.inference_mode(False):   # made once, used by decoding and by training's autograd alike
+            t = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
     return t
 
 
@@ -212,9 +213,10 @@ class NLDModel(nn.Module):
         p = self.head.weight
         t = self._table
         if t is None or t[2].numel() < n or t[0].device != p.device or t[0].dtype != p.dtype:  # grown, moved, cast
-            positions = torch.arange(max(1024, 1 << max(0, n - 1).bit_length()), device=p.device)
-            cos, sin = _rope_tables(self.inv_freq, self.rope_magnitude, positions, p.dtype)
-            self._table = (cos[None, :, None, :], sin[None, :, None, :], positions)
+            with torch.inference_mode(False):   # a cached table must stay usable outside inference mode
+                positions = torch.arange(max(1024, 1 << max(0, n - 1).bit_length()), device=p.device)
+                cos, sin = _rope_tables(self.inv_freq, self.rope_magnitude, positions, p.dtype)
+                self._table = (cos[None, :, None, :], sin[None, :, None, :], positions)
         return self._table
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | Sequence[KVCache], *, pattern: str = "causal",
