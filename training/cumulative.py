@@ -41,7 +41,7 @@ import torch
 
 from engine.checkpoint import pick_device
 from training import carry, objective
-from training.train import TrainConfig, batch_at, build_model, evaluate_loss
+from training.train import TrainConfig, build_model, evaluate_loss, train_step
 
 RUNS_FILE = "runs.jsonl"
 # fields of TrainConfig that may change between runs without making the state another model's
@@ -215,21 +215,8 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
                 log(f"cool-down from run step {i}: {sched.cool_steps} steps at {per * 1e3:.0f} ms/step")
         t0 = time.time()
         step = start + i
-        g.manual_seed(cfg.seed * 1_000_003 + step)
-        for group in opt.param_groups:
-            group["lr"] = sched.lr(i)
-        x0 = batch_at(data, cfg, step, device)
-        opt.zero_grad(set_to_none=True)
-        parts = x0.split(micro)
-        for part in parts:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, stats = objective.loss(model, part, mask_id=1, block=cfg.block, w_dlm=cfg.w_dlm,
-                                             w_ar=cfg.w_ar, attn_mask=mask, generator=g,
-                                             drafter=cfg.drafter_rank > 0)
-            (loss / len(parts)).backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
-        opt.step()
-        tokens += x0.numel()
+        loss, _, n = train_step(model, opt, trainable, data, cfg, step, sched.lr(i), micro, mask, g, device)
+        tokens += n
         i += 1
         if i % 10 == 0 or i < 3:
             losses.append(float(loss.detach()))
@@ -238,7 +225,7 @@ def run(cfg: TrainConfig, data_dir: Path, carry_out: Path, plan: RunPlan, *, car
         step_times.append(time.time() - t0)
         if i % 100 == 0:
             log(f"step {start + i} loss {losses[-1]:.3f} lr {sched.lr(i - 1):.2e} "
-                f"{x0.numel() / max(statistics.median(step_times[-50:]), 1e-9):,.0f} tok/s")
+                f"{n / max(statistics.median(step_times[-50:]), 1e-9):,.0f} tok/s")
         if time.time() - last_save > plan.save_every_s:
             rec["train_loss"] = round(statistics.fmean(losses[-10:]), 4) if losses else None
             save(final=False)

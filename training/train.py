@@ -111,6 +111,27 @@ class Progress:
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
 
+def train_step(model, opt, trainable, data: np.ndarray, cfg: TrainConfig, step: int, lr: float, micro: int,
+               mask, g: torch.Generator, device) -> tuple[torch.Tensor, dict, int]:
+    """One optimiser step on the batch of `step` at learning rate `lr`: gradients accumulated over
+    micro-batches of `micro` rows, clipped. Returns (the last micro-batch's loss, its stats, tokens)."""
+    g.manual_seed(cfg.seed * 1_000_003 + step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    x0 = batch_at(data, cfg, step, device)
+    opt.zero_grad(set_to_none=True)
+    parts = x0.split(micro)
+    for part in parts:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, stats = objective.loss(model, part, mask_id=1, block=cfg.block, w_dlm=cfg.w_dlm,
+                                         w_ar=cfg.w_ar, attn_mask=mask, generator=g,
+                                         drafter=cfg.drafter_rank > 0)
+        (loss / len(parts)).backward()
+    torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
+    opt.step()
+    return loss, stats, x0.numel()
+
+
 def _save_state(path: Path, model, opt, step: int, cfg: TrainConfig, tokens: int) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": tokens,
@@ -185,23 +206,10 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
     g = torch.Generator(device=device)
     step = start
     while step < total:
-        g.manual_seed(cfg.seed * 1_000_003 + step)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        x0 = batch_at(data, cfg, step, device)
-        opt.zero_grad(set_to_none=True)
-        parts = x0.split(micro)
-        for part in parts:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, stats = objective.loss(model, part, mask_id=1, block=cfg.block, w_dlm=cfg.w_dlm,
-                                             w_ar=cfg.w_ar, attn_mask=mask, generator=g,
-                                             drafter=cfg.drafter_rank > 0)
-            (loss / len(parts)).backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
-        opt.step()
-        tokens += x0.numel()
+        loss, stats, n = train_step(model, opt, trainable, data, cfg, step, lr_at(cfg, step), micro, mask, g, device)
+        tokens += n
         if step % 10 == 0 or step + 1 == total:
-            progress.update(step, tokens - start * x0.numel(), {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
+            progress.update(step, tokens - start * n, {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
         now = time.time()
         out_of_time = minutes is not None and now - t_start > minutes * 60
         if now - last_save > save_every_s or out_of_time or step + 1 == total:

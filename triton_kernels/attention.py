@@ -421,14 +421,19 @@ def attention_triton(q, k, v, *, prefix_len: int, pattern: str, group: int = 0,
         SPLIT=split, DOT_PRECISION=precision, DYN_LEN=False, num_warps=num_warps, num_stages=num_stages,
     )
     if split:
-        block_r = 16 if interp else 32
-        _attn_combine_kernel[(triton.cdiv(R, block_r), B * Hkv)](
-            opart, mpart, lpart, out,
-            out.stride(0), out.stride(1), out.stride(2),
-            Hkv, T, num_splits,
-            G=G, HEAD_DIM=D, BLOCK_R=block_r, num_warps=4,
-        )
+        _combine_splits(opart, mpart, lpart, out, R, B, Hkv, T, num_splits, G, D, interp)
     return out
+
+
+def _combine_splits(opart, mpart, lpart, out, R, B, Hkv, T, num_splits, G, D, interp) -> None:
+    """Merge the per-split partial outputs (split-K over the keys) into `out`."""
+    block_r = 16 if interp else 32
+    _attn_combine_kernel[(triton.cdiv(R, block_r), B * Hkv)](
+        opart, mpart, lpart, out,
+        out.stride(0), out.stride(1), out.stride(2),
+        Hkv, T, num_splits,
+        G=G, HEAD_DIM=D, BLOCK_R=block_r, num_warps=4,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -534,13 +539,7 @@ def attention_cached(q, k_cache, v_cache, lengths, *, pattern: str, group: int =
         num_warps=num_warps, num_stages=num_stages,
     )
     if split:
-        block_r = 16 if interp else 32
-        _attn_combine_kernel[(triton.cdiv(R, block_r), B * Hkv)](
-            opart, mpart, lpart, out,
-            out.stride(0), out.stride(1), out.stride(2),
-            Hkv, T, num_splits,
-            G=G, HEAD_DIM=D, BLOCK_R=block_r, num_warps=4,
-        )
+        _combine_splits(opart, mpart, lpart, out, R, B, Hkv, T, num_splits, G, D, interp)
     return out
 
 
