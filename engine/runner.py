@@ -64,16 +64,20 @@ class EagerRunner:
 
 def static_forward(model: NLDModel, cache: KVCache, ids: torch.Tensor, start: torch.Tensor,
                    positions: torch.Tensor, *, pattern: str, group: int = 0,
-                   lora: bool | torch.Tensor = False, last_only: bool = False) -> torch.Tensor:
+                   lora: bool | torch.Tensor = False, last_only: bool = False,
+                   table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One forward of ids [1, T] whose K/V go to cache slots [start, start + T), with every length a
     device tensor (start: long [1]; positions: long [T], the RoPE positions) -> logits [1, T or 1, V],
     the mask id ruled out. Nothing here reads a tensor on the host, so the call can be captured as a
     CUDA graph and replayed for any start. Same layers and arithmetic as NLDModel.forward except the
     attention launch (`attention_cached`), so logits agree with it to rounding, not bit for bit.
-    Does not commit: the caller advances `cache.length` (like a write=True forward would)."""
+    Does not commit: the caller advances `cache.length` (like a write=True forward would).
+    `table`: the RoPE table (model.rope_table) to read; a graph passes the one it holds, since the
+    model replaces its table by a larger one when a longer forward needs it."""
     from triton_kernels.attention import attention_cached
     T = ids.shape[1]
-    cos_t, sin_t, table_pos = model.rope_table(cache.max_len + T)
+    cos_t, sin_t, table_pos = table if table is not None else model.rope_table(cache.max_len + T)
+    assert table_pos.numel() >= cache.max_len + T, "the RoPE table must cover the cache and the step"
     cos, sin = cos_t.index_select(1, positions), sin_t.index_select(1, positions)
     slots = start + table_pos[:T]
     lengths = start + T
@@ -91,41 +95,93 @@ def static_forward(model: NLDModel, cache: KVCache, ids: torch.Tensor, start: to
     return logits.view(1, x.shape[0], -1)
 
 
+class CudaGraphAPI:
+    """The torch.cuda calls a capture makes, in one object: the one seam through which a test runs the
+    runner's capture/replay bookkeeping on a CPU with a stand-in (tests/graph_standin.py)."""
+
+    def pin(self, t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory()
+
+    def pool(self):
+        return torch.cuda.graph_pool_handle()
+
+    def warm_up(self, fn, times: int) -> None:
+        """Run fn on a side stream (what a capture needs first: Triton compiles, cuBLAS picks its
+        kernels, the caching allocator settles)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(times):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def capture(self, fn, pool):
+        """(graph, fn's output captured into it). The graph keeps no reference to what fn reads."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
+        return graph, out
+
+
+class EagerFallback:
+    """Keys whose fast path failed: the fast path is tried for a key until it raises once; then the
+    failure is logged once (a warning) and the key runs eagerly from then on, never retried. One
+    mechanism for every runner that has a fast path (CUDA graphs here)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.failed: dict = {}           # key -> the error, as text
+
+    def __contains__(self, key) -> bool:
+        return key in self.failed
+
+    def attempt(self, key, fn):
+        """fn() -> its result, or None after marking `key` eager if it raised."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any failure of the fast path means: run eagerly
+            self.failed[key] = f"{type(e).__name__}: {e}"
+            log.warning("%s failed for %s (%s); this key runs eagerly from now on", self.what, key,
+                        self.failed[key], exc_info=log.isEnabledFor(logging.DEBUG))
+            return None
+
+
 class _Graph:
     """One captured step: static inputs (device + pinned host staging), the graph, its output.
+
+    A CUDA graph reads its inputs by address and keeps no reference to them: every tensor the step
+    reads is an attribute of this object (ids, start, positions, the row offsets `arange`, the LoRA
+    row mask, the RoPE table it was captured with), so none is freed while the graph can replay.
     Holds its cache weakly: the graph writes the cache's buffers by address, and is dropped (never
     replayed) once the cache is gone."""
 
-    def __init__(self, model: NLDModel, cache: KVCache, f, pool):
+    def __init__(self, model: NLDModel, cache: KVCache, f, pool, api: CudaGraphAPI):
         dev = model.head.weight.device
         T = len(f.ids)
+        self.model = model
         self.cache_ref = weakref.ref(cache)
         self.explicit = f.positions is not None
         self.ids = torch.zeros((1, T), dtype=torch.long, device=dev)
         self.start = torch.zeros(1, dtype=torch.long, device=dev)
         self.positions = torch.zeros(T, dtype=torch.long, device=dev)
-        self.ids_h = torch.zeros((1, T), dtype=torch.long).pin_memory()
-        self.start_h = torch.zeros(1, dtype=torch.long).pin_memory()
-        self.pos_h = torch.zeros(T, dtype=torch.long).pin_memory()
-        arange = torch.arange(T, device=dev)
-        lora = torch.tensor(f.lora, device=dev) if isinstance(f.lora, tuple) else f.lora
-        kw = dict(pattern=f.pattern, group=f.group, lora=lora, last_only=f.last_only)
+        self.ids_h = api.pin(torch.zeros((1, T), dtype=torch.long))
+        self.start_h = api.pin(torch.zeros(1, dtype=torch.long))
+        self.pos_h = api.pin(torch.zeros(T, dtype=torch.long))
+        self.arange = torch.arange(T, device=dev)
+        self.lora = torch.tensor(f.lora, device=dev) if isinstance(f.lora, tuple) else f.lora
+        # the table is made before the capture (it must not grow inside it) and held here: a larger
+        # table made later replaces the model's, not this one
+        self.table = model.rope_table(cache.max_len + T)
+        self.kw = dict(pattern=f.pattern, group=f.group, lora=self.lora, last_only=f.last_only, table=self.table)
         self._load(f, cache)
+        with torch.inference_mode():
+            api.warm_up(self._step, 2)           # compile and warm the Triton kernels; scratch slots only
+            self.graph, self.out = api.capture(self._step, pool)
 
-        def step():
-            pos = self.positions if self.explicit else self.start + arange
-            return static_forward(model, cache, self.ids, self.start, pos, **kw)
-
-        model.rope_table(cache.max_len + T)       # the table must not grow inside the capture
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):                    # compile and warm the Triton kernels; scratch slots only
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph, pool=pool):
-            self.out = step()
+    def _step(self) -> torch.Tensor:
+        cache = self.cache_ref()
+        pos = self.positions if self.explicit else self.start + self.arange
+        return static_forward(self.model, cache, self.ids, self.start, pos, **self.kw)
 
     def _load(self, f, cache: KVCache) -> None:
         # pinned staging + non_blocking: the copies queue behind the previous step, which the
@@ -145,15 +201,19 @@ class _Graph:
 
 
 class CudaGraphRunner:
-    """CUDA-graph steps per (cache, step shape); everything else through the eager runner."""
+    """CUDA-graph steps per (cache, step shape); everything else through the eager runner. A step
+    shape whose capture fails runs eagerly from then on (EagerFallback: one warning, no retry)."""
 
     name = "cuda-graphs"
 
-    def __init__(self, model: NLDModel, *, capture_after: int = 2, max_graphs: int = 48, max_width: int = 2048):
+    def __init__(self, model: NLDModel, *, capture_after: int = 2, max_graphs: int = 48, max_width: int = 2048,
+                 api: CudaGraphAPI | None = None):
         self.model, self.eager = model, EagerRunner(model)
         self.capture_after, self.max_graphs, self.max_width = capture_after, max_graphs, max_width
+        self.api = api or CudaGraphAPI()
         self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self.seen: dict[tuple, tuple[weakref.ref, int]] = {}
+        self.fallback = EagerFallback("CUDA graph capture")
         self.pool = None
         self.capture_ms: list[float] = []
 
@@ -164,6 +224,7 @@ class CudaGraphRunner:
         return (len(fs) == 1 and not f.prefill and len(f.ids) <= self.max_width
                 and f.cache.kv.shape[2] == 1
                 and f.cache.length + len(f.ids) <= f.cache.max_len
+                and f.key not in self.fallback
                 and (r is None or not r.query_scale_beta or top <= r.original_max_position_embeddings))
 
     def run(self, fs: list) -> list[torch.Tensor]:
@@ -182,21 +243,30 @@ class CudaGraphRunner:
             self.seen[k] = (weakref.ref(f.cache), n)
             if n < self.capture_after:
                 return self.eager.run(fs)
-            t0 = time.perf_counter()
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            g = self.graphs[k] = _Graph(self.model, f.cache, f, self.pool)
-            self.capture_ms.append((time.perf_counter() - t0) * 1e3)
-            log.info("captured a CUDA graph for %s x %d tokens in %.0f ms (%d graphs)", f.pattern, len(f.ids),
-                     self.capture_ms[-1], len(self.graphs))
-            while len(self.graphs) > self.max_graphs:
-                self.graphs.popitem(last=False)
+            g = self._capture(k, f)
+            if g is None:                                       # failed: this shape runs eagerly
+                return self.eager.run(fs)
         else:
             self.graphs.move_to_end(k)
         logits = g.replay(f, f.cache)
         if f.write:
             f.cache.commit(list(f.ids))
         return list(logits)
+
+    def _capture(self, k: tuple, f) -> _Graph | None:
+        t0 = time.perf_counter()
+        if self.pool is None:
+            self.pool = self.api.pool()
+        g = self.fallback.attempt(f.key, lambda: _Graph(self.model, f.cache, f, self.pool, self.api))
+        if g is None:
+            return None
+        self.graphs[k] = g
+        self.capture_ms.append((time.perf_counter() - t0) * 1e3)
+        log.info("captured a CUDA graph for %s x %d tokens in %.0f ms (%d graphs)", f.pattern, len(f.ids),
+                 self.capture_ms[-1], len(self.graphs))
+        while len(self.graphs) > self.max_graphs:
+            self.graphs.popitem(last=False)
+        return g
 
     def _forget_dead(self) -> None:
         """Drop the graphs and use counts of caches that no longer exist."""

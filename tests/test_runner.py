@@ -169,6 +169,112 @@ def test_runner_kernel_tests_under_interpreter():
     assert " passed" in summary and "failed" not in summary, summary
 
 
+# -- CUDA-graph bookkeeping on the CPU (tests/graph_standin.py stands in for torch.cuda.graph) ------
+
+def _standin_runner(m, **kw):
+    from engine.runner import CudaGraphRunner
+    from tests.graph_standin import RecordingGraphAPI
+    api = RecordingGraphAPI()
+    return CudaGraphRunner(m, api=api, **kw), api
+
+
+def _step_forward(m, cache, pattern, T, group):
+    ids, pos, lora = _step_inputs(m, cache, pattern, T, group)
+    return Forward(ids[0].tolist(), cache, pattern, pattern == "causal", lora=lora,
+                   positions=None if pos is None else tuple(pos.tolist()), group=group)
+
+
+def _static_reference(m, cache, f):
+    """static_forward on `cache` (not committed) for Forward f: what a replay must give."""
+    T = len(f.ids)
+    with torch.inference_mode():
+        start = torch.tensor([cache.length])
+        pos = torch.tensor(f.positions) if f.positions else start + torch.arange(T)
+        lora = torch.tensor(f.lora) if isinstance(f.lora, tuple) else f.lora
+        return static_forward(m, cache, torch.tensor([f.ids]), start, pos, pattern=f.pattern, group=f.group,
+                              lora=lora)[0]
+
+
+@kernel_test
+def test_graph_holds_every_tensor_its_step_reads(ckpt):
+    """Every step shape is captured once and replayed at later lengths, with garbage collected and new
+    small allocations (a decoder's argmax) in between: the stand-in finds every storage the capture
+    read still alive at its address, the replays equal static_forward, and one graph per (cache,
+    shape) stays while its cache lives (issue 25, items 1 and 3)."""
+    m, ref_m = _model(ckpt), _model(ckpt)
+    runner, api = _standin_runner(m, capture_after=1)
+    caches = []
+    for pattern, T, group in STEPS:
+        a, b = _prefill(m), _prefill(ref_m)
+        caches.append(a)
+        for _ in range(3):
+            f = _step_forward(m, a, pattern, T, group)
+            want = _static_reference(ref_m, b, f)
+            got = runner.run([f])[0]
+            assert torch.equal(got, want), (pattern, T)
+            if f.write:
+                b.commit(list(f.ids))
+            assert a.length == b.length
+            junk = [got.argmax(-1) for _ in range(8)]       # new small allocations between replays
+            del junk
+    assert len(runner.graphs) == len(STEPS)
+    assert len(api.graphs) == len(STEPS) and all(g.replays == 3 for g in api.graphs)   # a capture runs nothing: replayed at once
+    for g in api.graphs:                                   # long after the captures, still alive
+        g.check_inputs()
+    del caches[:], a, f
+    runner.run([_step_forward(m, _prefill(m), "causal", 1, 0)])     # the next capture drops the dead ones
+    assert len(runner.graphs) == 1
+
+
+@kernel_test
+def test_captured_graph_keeps_its_rope_table(ckpt):
+    """A larger RoPE table (a bigger cache's capture, a long eager prefill) replaces the model's table;
+    a graph captured before keeps reading its own, which stays alive and gives the same logits
+    (issue 25, item 2)."""
+    m, ref_m = _model(ckpt), _model(ckpt)
+    runner, api = _standin_runner(m, capture_after=1)
+    a, b = _prefill(m), _prefill(ref_m)
+    f = _step_forward(m, a, "causal", 1, 0)
+    want = _static_reference(ref_m, b, f)              # writes b's slot as the graph writes a's
+    assert torch.equal(runner.run([f])[0], want)
+    b.commit(list(f.ids))
+    old = m.rope_table(1)[0]
+    big = m.new_cache(5000)
+    with torch.inference_mode():
+        m(torch.tensor([[3] * 1500]), big, pattern="causal", write=True)      # a longer eager prefill
+    assert m.rope_table(1)[0] is not old and m.rope_table(1)[2].numel() >= 1500
+    del old, big
+    for _ in range(2):
+        f = _step_forward(m, a, "causal", 1, 0)
+        want = _static_reference(ref_m, b, f)
+        got = runner.run([f])[0]
+        assert torch.equal(got, want)
+        b.commit(list(f.ids))
+    assert api.graphs[0].replays == 3
+
+
+@kernel_test
+def test_failed_capture_falls_back_to_eager_once(ckpt, caplog):
+    """A capture that raises: the forward runs eagerly, one warning is logged, and that step shape is
+    never captured again (issue 25, item 4); other shapes still capture."""
+    m = _model(ckpt)
+    runner, api = _standin_runner(m, capture_after=1)
+    api.capture_fails = 1
+    a, b = _prefill(m), _prefill(m)
+    with caplog.at_level("WARNING", logger="engine.runner"):
+        for _ in range(4):
+            f = _step_forward(m, a, "causal", 1, 0)
+            got = runner.run([f])[0]
+            want = EagerRunner(m).run([Forward(f.ids, b, f.pattern, f.write)])[0]
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            assert a.length == b.length
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "runs eagerly" in warnings[0].getMessage(), [r.getMessage() for r in warnings]
+    assert api.captures_tried == 1 and not runner.graphs
+    runner.run([_step_forward(m, a, "block", 4, 0)])       # another shape: captured
+    assert api.captures_tried == 2 and len(runner.graphs) == 1
+
+
 # -- CUDA graphs ------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -181,14 +287,16 @@ def test_cuda_graph_replay_equals_static_forward_and_eager(ckpt, dtype):
     runner = CudaGraphRunner(m, capture_after=1)
     ref_m = _model(ckpt, dtype, "cuda")
     tol = 1e-4 if dtype == "float32" else 3e-2
+    caches = []                                  # a graph lives as long as its cache: keep them all
     for pattern, T, group in STEPS:
         a, b = _prefill(m), _prefill(ref_m)
+        caches.append(a)
         for _ in range(3):                       # capture on the first use, replay on the later ones
             ids, pos, lora = _step_inputs(m, a, pattern, T, group)
             write = pattern == "causal"
             f = Forward(ids[0].tolist(), a, pattern, write, lora=lora,
                         positions=None if pos is None else tuple(pos.tolist()), group=group)
-            got = torch.stack(runner.run([f]))
+            got = runner.run([f])[0]
             g = Forward(ids[0].tolist(), b, pattern, write, lora=lora, positions=f.positions, group=group)
             with torch.inference_mode():
                 start = torch.tensor([b.length], device="cuda")
@@ -200,9 +308,8 @@ def test_cuda_graph_replay_equals_static_forward_and_eager(ckpt, dtype):
             if write:
                 b.commit(g.ids)
             assert a.length == b.length
-            eager = torch.stack(EagerRunner(ref_m).run([Forward(g.ids, _copy_cache(a, ref_m, write, T), pattern,
-                                                                 write, lora=lora, positions=g.positions,
-                                                                 group=group)]))
+            eager = EagerRunner(ref_m).run([Forward(g.ids, _copy_cache(a, ref_m, write, T), pattern, write,
+                                                    lora=lora, positions=g.positions, group=group)])[0]
             torch.testing.assert_close(got, eager, rtol=tol, atol=tol)
     assert len(runner.graphs) == len(STEPS)
 
