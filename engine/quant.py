@@ -51,6 +51,7 @@ QUANT_METHOD = "tricode-rtn"
 BITS = (4, 8)
 CPU_INT4_GROUPS = (32, 64, 128, 256)      # what torch._weight_int4pack_mm_for_cpu accepts
 KERNEL_MAX_ROWS = 32
+SCALE_DTYPE = torch.float16               # how scales are stored, and kept whatever the model's dtype
 # The Hugging Face linear tensors that get quantized (suffix after `encoder.layers.{i}.`).
 QUANTIZED_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -166,8 +167,20 @@ class QuantLinear(nn.Module):
         else:
             self.register_buffer("qweight", torch.zeros(n, k // 2, dtype=torch.uint8))
             self.register_buffer("qzeros", torch.zeros(n, groups, dtype=torch.uint8))
-        self.register_buffer("scales", torch.ones(n, groups))
+        self.register_buffer("scales", torch.ones(n, groups, dtype=SCALE_DTYPE))
         self.backend = "unprepared"
+
+    def _apply(self, fn, recurse=True):
+        """Module.to / .half() / .bfloat16() move the stored scales but keep their dtype: a cast of the
+        model to its activation dtype (checkpoint.py: model.to(bf16) before the file's fp16 scales are
+        copied in) would otherwise round every scale to bf16, and the GPU model would differ from the
+        file and from the CPU path (up to ~0.4% per group). The kernels compute in fp32 anyway."""
+        kept = self._buffers.get("scales")
+        super()._apply(fn, recurse)
+        new = self._buffers.get("scales")
+        if kept is not None and new is not None and new.dtype != kept.dtype:
+            self._buffers["scales"] = kept.to(new.device)
+        return self
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.spec.bits}, "
@@ -180,9 +193,9 @@ class QuantLinear(nn.Module):
         """Turn the stored buffers into the runtime form for their device and the activation `dtype`;
         returns the backend name. Buffers the backend does not read are dropped."""
         dev, spec = self.qweight.device, self.spec
-        if dev.type == "cuda" and spec.bits == 4 and spec.group_size >= 16 and not spec.group_size & (spec.group_size - 1):
-            self.scales = self.scales.to(dtype)
-            self.backend = "triton-w4a16"
+        if (dev.type == "cuda" and spec.bits == 4 and spec.group_size >= 16 and not spec.group_size & (spec.group_size - 1)
+                and self.in_features % 32 == 0):
+            self.backend = "triton-w4a16"       # the stored fp16 scales as they are (read in fp32)
         elif dev.type == "cpu" and spec.bits == 8 and cpu_kernels_wanted():
             self.register_buffer("row_scales", self.scales.view(-1).to(dtype).contiguous())
             del self.scales

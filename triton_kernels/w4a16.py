@@ -9,11 +9,14 @@ Operands (the layout of a 4-bit checkpoint, engine/quant.py):
 The result is [M, N] in x's dtype, accumulated in fp32.
 
 The Triton kernel tiles [BLOCK_M x BLOCK_N] outputs and walks K in BLOCK_K steps; each step loads
-the packed bytes of its [BLOCK_K x BLOCK_N] weight tile (each byte serves two k), picks the nibble
-by k's parity, dequantizes with the group's scale and zero (BLOCK_K divides G, so one group per
-step) and feeds tl.dot in x's dtype with an fp32 accumulator. The weight bytes are read once per
-BLOCK_M rows: at decode (1..32 rows) one M tile covers every row, so each weight byte is read once,
-which is the whole point at batch 1. fp32 inputs use IEEE dot products (tests, the interpreter).
+the packed tile [BLOCK_K/2 x BLOCK_N] (every byte once), splits each byte into its two codes in
+registers (low nibble: even column, high: odd), dequantizes both halves with their group's scale and
+zero (one group per step when BLOCK_K divides G; per byte row for groups of 16) and multiplies them by
+the even and odd columns of x (two tl.dot, fp32 accumulator): reordering the small activation tile
+instead of interleaving the codes back. The weight bytes are read once per BLOCK_M rows: at decode
+(1..32 rows) one M tile covers every row, so each weight byte is read once, which is the whole point
+at batch 1. fp32 inputs use IEEE dot products (tests, the interpreter). x's rows may be strided
+(stride(1) == 1 is all it needs).
 """
 
 from __future__ import annotations
@@ -77,35 +80,52 @@ def w4a16_matmul_reference(x, qweight, scales, zeros, group_size: int):
 @triton.jit
 def _w4a16_kernel(X, W, S, Z, Y, M, N, K, stride_xm, stride_wn, stride_sn, stride_zn, stride_ym, group_size,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  ONE_GROUP: tl.constexpr, PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tl.arange(0, BLOCK_K // 2)              # byte j of the step holds columns 2j and 2j + 1
     m_ok = offs_m < M
     n_ok = offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)          # K % BLOCK_K == 0 (the launcher checks)
-        x = tl.load(X + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-        # [BLOCK_K, BLOCK_N] weight tile: byte k//2 of row n holds columns k and k^1.
-        b = tl.load(W + offs_n[None, :] * stride_wn + (offs_k // 2)[:, None], mask=n_ok[None, :], other=0)
-        code = (b.to(tl.int32) >> ((offs_k % 2) * 4)[:, None]) & 0xF
-        g = k0 // group_size
-        s = tl.load(S + offs_n * stride_sn + g, mask=n_ok, other=0.0).to(tl.float32)
-        z = tl.load(Z + offs_n * stride_zn + g, mask=n_ok, other=0).to(tl.float32)
-        w = ((code.to(tl.float32) - z[None, :]) * s[None, :]).to(x.dtype)
-        acc += tl.dot(x, w, input_precision=PRECISION)
+    for k0 in range(0, K, BLOCK_K):                  # K % BLOCK_K == 0 (the launcher checks)
+        j = k0 // 2 + offs_j
+        # the packed tile [BLOCK_K/2, BLOCK_N]: every weight byte is loaded once, its two codes are
+        # taken apart in registers; the activations are read as their even and odd columns instead
+        # of interleaving the codes back
+        b = tl.load(W + offs_n[None, :] * stride_wn + j[:, None], mask=n_ok[None, :], other=0).to(tl.int32)
+        lo = (b & 0xF).to(tl.float32)
+        hi = (b >> 4).to(tl.float32)
+        x_row = X + offs_m[:, None] * stride_xm
+        x_even = tl.load(x_row + (2 * j)[None, :], mask=m_ok[:, None], other=0.0)
+        x_odd = tl.load(x_row + (2 * j + 1)[None, :], mask=m_ok[:, None], other=0.0)
+        if ONE_GROUP:                                # BLOCK_K divides the group: one scale/zero per column
+            g = k0 // group_size
+            s = tl.load(S + offs_n * stride_sn + g, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            z = tl.load(Z + offs_n * stride_zn + g, mask=n_ok, other=0).to(tl.float32)[None, :]
+            w_even = ((lo - z) * s).to(x_even.dtype)
+            w_odd = ((hi - z) * s).to(x_even.dtype)
+        else:                                        # several groups per step (groups of 16): per byte row
+            g = (2 * j) // group_size                # columns 2j and 2j + 1 share a group (G is even)
+            sz = offs_n[None, :] * stride_sn + g[:, None]
+            s = tl.load(S + sz, mask=n_ok[None, :], other=0.0).to(tl.float32)
+            z = tl.load(Z + offs_n[None, :] * stride_zn + g[:, None], mask=n_ok[None, :], other=0).to(tl.float32)
+            w_even = ((lo - z) * s).to(x_even.dtype)
+            w_odd = ((hi - z) * s).to(x_even.dtype)
+        acc += tl.dot(x_even, w_even, input_precision=PRECISION)
+        acc += tl.dot(x_odd, w_odd, input_precision=PRECISION)
     tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(Y.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
 
 def _tiles(M: int, N: int, group_size: int):
     """Tile shape by row count: decode (<= 32 rows) one M tile and narrow N tiles so that a single row
-    still spreads over the GPU; prefill 64-row tiles."""
+    still spreads over the GPU; prefill 64-row tiles. A step covers 64 columns of K (32 bytes a row:
+    tl.dot needs an inner size of 16 for each of the even and odd halves), one group or several."""
     block_m = max(16, min(64, next_pow2(M)))
     block_n = 32 if M <= 32 else 64
-    block_k = min(64, group_size)
+    block_k = 64 if group_size >= 64 else 32
     return block_m, block_n, block_k
 
 
@@ -121,10 +141,11 @@ def w4a16_matmul_triton(x, qweight, scales, zeros, group_size: int, out=None):
     require(tuple(out.shape) == (M, N) and out.dtype == x.dtype and out.stride(1) == 1,
             f"w4a16_matmul_triton: out must be a {x.dtype} [{M}, {N}] tensor with contiguous rows")
     block_m, block_n, block_k = _tiles(M, N, group_size)
+    require(K % block_k == 0, f"w4a16_matmul_triton: K={K} must be a multiple of {block_k}")
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _w4a16_kernel[grid](x, qweight, scales, zeros, out, M, N, K, x.stride(0), qweight.stride(0),
                         scales.stride(0), zeros.stride(0), out.stride(0), group_size,
-                        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_GROUP=group_size >= block_k,
                         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4)
     return out
 
