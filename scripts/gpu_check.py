@@ -1,37 +1,45 @@
-"""GPU check of triton_kernels (and of the engine at the real 8B shape) on one CUDA GPU.
+"""GPU check of triton_kernels and the engine (at the real 8B shape) on one CUDA GPU.
 
 Run from the repository root with the repo importable (scripts/gpu_check.sh does both):
 
-    PYTHONPATH=. python scripts/gpu_check.py [--out docs/gpu_check.md]
+    PYTHONPATH=. python scripts/gpu_check.py [--profile first|second|all] [--budget-s 300] [--out docs/gpu_check.md]
 
-Needs only torch and triton (no network, installs nothing); pytest is used when present. Parts:
+Needs only torch and triton (no network, installs nothing); pytest is used when present. Parts
+(PARTS; a profile is a list of them, `--parts a,b` picks any):
 
-1. correctness: `pytest -m gpu tests/test_kernels.py tests/test_runner.py tests/test_engine.py`, or, without pytest (or if pytest cannot
-   collect the tests there), the same checks called directly (triton_kernels.testing).
-2. attention kernel vs torch scaled_dot_product_attention with the same mask, at the 8B attention
-   shape (Hq 32, Hkv 8, D 128, bf16, batch 1, a 4096-token prefix): median time over CUDA events
-   (L2 flushed before each run), K/V bytes per second, useful TFLOP/s (visible query-key pairs only);
-   then a short sweep of tile configurations, so that the defaults can be tuned from one run;
-   `attention_cached` (the CUDA-graph steps' attention: lengths on the device) vs SDPA with a sweep
-   of its key splits; and the verify/unmask kernels vs their torch references at V = 131072.
-3. the whole model with random weights (engine.model.NLDModel, bf16): causal forwards of 1, 8, 16, 32
-   tokens after a 4096-token prefill, a block (draft) pass and a quadratic step, AR tokens/s and
-   self-speculation tokens/s at an assumed acceptance of 7 drafts per 32-token block; then per step
-   shape the eager runner vs the CUDA-graph runner (engine/runner.py): wall ms per forward, share of
-   the weight-read bound (weight bytes / measured copy bandwidth), ratio to a one-token step; AR
-   tokens/s through generate() eager vs graphs.
-4. 4-bit weights (engine/quant.py, triton_kernels/w4a16.py, groups of 128): the w4a16 matmul vs the
-   bf16 torch matmul at the 8B linear shapes for 1/8/32 rows and a 512-row prefill (checked against
-   the reference first); the whole 8B model with w4a16 layers (1/8/32-token causal forwards after a
-   4096-token prefill, to read against part 3); and the 14B model with w4a16 layers: peak GPU
-   memory after a 4096-token prefill plus decode steps, against a 12 GiB consumer card.
+tests      pytest on named files, one stage each (TEST_STAGES): the new code's checks first (the CUDA-graph
+           runner, w4a16 and scales), then every compiled-kernel check (the `kernel_test` ones too: no
+           -m filter), then the engine's CUDA tests; --continue-on-collection-errors, so one module that
+           cannot be imported is one error row, not an empty run. Without pytest: triton_kernels.testing.
+attention  attention_triton vs torch SDPA at the 8B attention shape (Hq 32, Hkv 8, D 128, bf16, batch 1,
+           a 4096-token prefix): median time over CUDA events (L2 flushed), bytes/s, useful TFLOP/s;
+           with --full (profile second/all) a sweep of tile configurations.
+cached     attention_cached (the CUDA-graph steps' attention) vs SDPA; full: every shape and a sweep
+           of its key splits; else the decode shapes only.
+small      the verify/unmask kernels vs their torch references at V = 131072.
+steps      the CUDA-graph runner vs the eager runner per step shape (AR step, verify, draft,
+           quadratic) on the 8B shape with random weights: the replay checked against eager first,
+           then wall ms per forward, share of the weight-read bound, ratio to a one-token step,
+           capture time; AR tokens/s through generate() eager vs graphs; predicted spec tokens/s.
+model      the eager forward per width (1, 8, 16, 32 tokens, a draft, a quadratic step) on that model.
+w4_matmul  the w4a16 matmul vs the 16-bit matmul at the 8B linear shapes (1 and 32 rows; full: 1, 8,
+           32, 512), its error against the fp32 definition checked first.
+w4_model   the 8B and 14B models with w4a16 layers: forwards, peak memory against a 12 GiB card.
 
-Each part is guarded: a failure is printed and recorded, and the report still prints. The whole run
-stays within a time budget (--budget-s, default 300 s), skipping what no longer fits. The markdown
-report is printed last and written to --out.
+Profiles: `first` = tests, cached, steps, w4_matmul (the first script of a GPU session, ~4 min:
+scripts/gpu_session.sh); `second` = attention, cached, small, model, w4_matmul, w4_model with sweeps
+(scripts/gpu_session2.sh); `all` (the default) = everything.
+
+How a run is kept safe (docs/gpu_check.md): every part but the tests runs in a child process of its
+own, so a device-side assert (which kills the CUDA context) loses that part only; every part gets a
+share of --budget-s as its deadline (the child is told a deadline short of it and killed at it);
+a kernel whose output differs from its reference beyond a threshold (ATTN_MAX_ERR, W4_MAX_REL_ERR,
+the graph replay against eager) gives a FAIL row, not a timing; the report is rewritten after every
+part. Exit status 1 when any row failed. GPU_CHECK_FAIL=PART[:raise|crash|hang] injects a failure.
 
 `--cpu-smoke` runs the same plumbing on CPU at toy shapes under TRITON_INTERPRET=1 (no timings worth
-reading; part 1 skipped), to check the script itself on a machine without a GPU.
+reading; the tests part runs two quick host tests; the CUDA-graph runner runs with the CPU stand-in
+of tests/graph_standin.py), to check the script itself on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -62,10 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import triton  # noqa: E402
-
-from triton_kernels.attention import attention_mask, attention_triton  # noqa: E402
-from triton_kernels import testing as kt  # noqa: E402
+import json  # noqa: E402
 
 DEV = "cpu" if SMOKE else "cuda"
 HQ, HKV, D, PREFIX, VOCAB, BLOCK = (4, 2, 16, 40, 512, 4) if SMOKE else (32, 8, 128, 4096, 131072, 32)
@@ -74,6 +79,35 @@ ATTN_DTYPE = torch.float32 if SMOKE else torch.bfloat16
 ATTN_CASES = [("causal", 1, 0), ("causal", 8, 0), ("causal", 16, 0), ("causal", BLOCK, 0), ("block", BLOCK, 0),
               ("quadratic", GROUP * BLOCK, GROUP)]
 START = time.time()
+FAIL_ENV = "GPU_CHECK_FAIL"      # PART[:raise|crash|hang]: inject a failure into one part (tests, rehearsals)
+
+# Largest error a kernel may show against its fp32 reference before its row is a failure, not a
+# timing: max abs error for attention (outputs are averages of values of magnitude ~1), error relative
+# to the largest output for w4a16 (bf16 output rounding is 2^-8 ~ 4e-3 relative; fp32: summation order).
+ATTN_MAX_ERR = 1e-4 if ATTN_DTYPE == torch.float32 else 3e-2
+W4_MAX_REL_ERR = 1e-4 if ATTN_DTYPE == torch.float32 else 1.5e-2
+
+
+def fail_row(name: str, why: str, width: int) -> list[str]:
+    """A failure row: FAIL in the second column, the reason in the third, the rest empty."""
+    return [name, "FAIL", why] + [""] * (width - 3)
+
+
+def injected_failure(part: str) -> None:
+    """What GPU_CHECK_FAIL asks of this part: raise (a Python error), crash (the process dies as on a
+    device-side assert) or hang (runs past its deadline)."""
+    spec = os.environ.get(FAIL_ENV, "")
+    name, _, how = spec.partition(":")
+    if name != part:
+        return
+    how = how or "raise"
+    log(f"{FAIL_ENV}: injecting '{how}' into part {part}")
+    if how == "crash":
+        sys.stdout.flush()
+        os._exit(134)
+    if how == "hang":
+        time.sleep(10 ** 6)
+    raise RuntimeError(f"injected failure ({FAIL_ENV}={spec})")
 
 
 def elapsed() -> float:
@@ -106,8 +140,8 @@ _L2_FLUSH = None
 def bench_ms(fn, *, warmup: int = 5, iters: int = 25, flush: bool = True, after=None) -> float:
     """Median milliseconds of fn() over CUDA events; the L2 is overwritten before each timed run
     (so K/V come from HBM, as they do inside a real forward); after() runs outside the timing."""
-    if DEV != "cuda":
-        return _bench_ms_cpu(fn, warmup=min(warmup, 1), iters=min(iters, 3), after=after)
+    if DEV != "cuda":      # the smoke run: the plumbing, once
+        return _bench_ms_cpu(fn, warmup=0, iters=1, after=after)
     global _L2_FLUSH
     if flush and _L2_FLUSH is None:
         _L2_FLUSH = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
@@ -148,34 +182,61 @@ def _bench_ms_cpu(fn, *, warmup, iters, after):
 # --------------------------------------------------------------------------------------------------
 
 
-def part_tests(timeout_s: float) -> list[list[str]]:
+# (label, pytest arguments, share of the tests' time): the checks of the newest code first (the CUDA-graph
+# runner and its stand-in bookkeeping, the w4a16 kernel and scales), then every compiled-kernel check
+# (the kernel_test ones included: no -m filter), then the engine's CUDA tests. Named files only: a
+# module that cannot be imported there (a missing package) is one collection error, not an empty run.
+TEST_STAGES = [
+    ("new code: CUDA-graph runner", ["tests/test_runner.py"], 0.30),
+    ("new code: w4a16 kernel, scales", ["tests/test_quant.py", "-k", "w4a16 or scales"], 0.15),
+    ("compiled kernels", ["tests/test_kernels.py"], 0.35),
+    ("engine on CUDA", ["tests/test_engine.py", "-m", "gpu"], 0.20),
+]
+SMOKE_TEST_STAGES = [   # the plumbing only: two quick host tests in one pytest run
+    ("smoke: lean forward, int4 packing", ["tests/test_runner.py::test_rms_norm_is_bit_identical_to_torch",
+                                           "tests/test_quant.py::test_int4_packing_round_trips_low_nibble_first"], 1.0),
+]
+
+
+def _pytest_stage(label: str, args: list[str], timeout_s: float) -> list[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+           *args]
+    t0 = time.time()
+    log(f"tests: {label}: {' '.join(args)} (up to {timeout_s:.0f}s)")
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(timeout_s, 1))
+        out, rc = r.stdout + r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out, rc = out + f"\nTIMEOUT after {timeout_s:.0f}s", None
+    print(out[-6000:], flush=True)
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    summary = next((ln.strip("= ") for ln in reversed(lines)
+                    if re.search(r"\d+ (passed|failed|error|skipped|deselected)", ln)), "no summary")
+    failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in lines if ln.startswith(("FAILED ", "ERROR "))]
+    result = "PASS" if rc == 0 else "FAIL"       # a timeout too: the checks did not all run
+    return [f"pytest {' '.join(args)}", result, f"{summary} ({time.time() - t0:.0f}s)"
+            + (f"; failed: {', '.join(failed[:12])}" if failed else "")]
+
+
+def part_tests(deadline: float) -> list[list[str]]:
+    """The test stages, each within its share of the time to `deadline`; without pytest the direct
+    checks (triton_kernels.testing)."""
     rows = []
     if importlib.util.find_spec("pytest") is not None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_kernels.py", "tests/test_runner.py",
-               "tests/test_engine.py", "-q", "-rf",
-               "-p", "no:cacheprovider"]
-        t0 = time.time()
-        try:
-            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
-            out = r.stdout + r.stderr
-        except subprocess.TimeoutExpired as e:
-            out = f"{e.stdout or ''}\nTIMEOUT after {timeout_s:.0f}s"
-            r = None
-        print(out[-6000:], flush=True)
-        lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-        summary = next((ln.strip("= ") for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln)), "")
-        collected = summary and "error" not in summary
-        if r is not None and collected:
-            failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in lines if ln.startswith("FAILED ")]
-            rows.append(["pytest -m gpu tests/test_kernels.py tests/test_runner.py tests/test_engine.py", "PASS" if r.returncode == 0 else "FAIL",
-                         f"{summary} ({time.time() - t0:.0f}s)" + (f"; failed: {', '.join(failed)}" if failed else "")])
-            return rows
-        rows.append(["pytest -m gpu", "n/a", f"pytest could not run the tests ({summary or 'no summary'}); "
-                                              "running the checks directly"])
-    else:
-        rows.append(["pytest", "n/a", "not installed; running the checks directly"])
+        stages = SMOKE_TEST_STAGES if SMOKE else TEST_STAGES
+        for i, (label, args, share) in enumerate(stages):
+            left = deadline - time.time()
+            rest = sum(sh for _, _, sh in stages[i:])
+            if left < 5:
+                rows.append([f"pytest {' '.join(args)}", "skipped (time budget)", ""])
+                continue
+            rows.append(_pytest_stage(label, args, left * share / rest))
+        return rows
+    rows.append(["pytest", "n/a", "not installed; running the checks directly"])
+    from triton_kernels import testing as kt
     t0 = time.time()
     res = kt.run_gpu_checks(log=log)
     n_fail = sum(not ok for _, ok, _ in res)
@@ -197,16 +258,22 @@ def _sdpa(q, k, v, mask, gqa: bool):
 
 
 def _attn_inputs(T, seed=0):
+    from triton_kernels import testing as kt
     gen = torch.Generator(device=DEV).manual_seed(seed)
     q = torch.randn(1, HQ, T, D, generator=gen, device=DEV).to(ATTN_DTYPE)
     k, v = kt.kv_cache_view(1, HKV, PREFIX + T, D, ATTN_DTYPE, torch.device(DEV), gen)
     return q, k, v
 
 
-def part_attention(sweep_until: float) -> tuple[list[list[str]], list[list[str]]]:
+def part_attention(deadline: float, sweep: bool = True) -> tuple[list[list[str]], list[list[str]]]:
+    from triton_kernels.attention import attention_mask, attention_triton
     rows, sweep_rows = [], []
+    sweep_until = deadline if sweep else 0
     for pattern, T, group in ATTN_CASES:
         name = f"{pattern} T={T}" + (f" (group {group})" if group else "")
+        if time.time() > deadline:
+            rows.append([name, "skipped (time budget)", "", "", "", ""])
+            continue
         try:
             q, k, v = _attn_inputs(T)
             L = PREFIX + T
@@ -221,6 +288,11 @@ def part_attention(sweep_until: float) -> tuple[list[list[str]], list[list[str]]
             def run_triton(**cfg):
                 return attention_triton(q, k, v, prefix_len=PREFIX, pattern=pattern, group=group, out=out, **cfg)
 
+            err = float((run_triton().float() - _sdpa(q.float(), k.float(), v.float(), mask, True)).abs().max())
+            if not err <= ATTN_MAX_ERR:          # a wrong kernel is a failure, not a timing
+                rows.append(fail_row(name, f"max abs err {err:.2e} vs fp32 SDPA > {ATTN_MAX_ERR:.0e}", 6))
+                log(f"attention {name}: FAIL, max abs err {err:.2e}")
+                continue
             t_tri = bench_ms(run_triton)
             sdpa_times = {}
             for label, gqa, kk, vv in (("gqa", True, k, v), ("expanded kv", False, None, None)):
@@ -239,13 +311,14 @@ def part_attention(sweep_until: float) -> tuple[list[list[str]], list[list[str]]
                 sweep_rows.append(_sweep(name, T, run_triton, t_tri, sweep_until))
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            rows.append([name, "FAILED", f"{type(e).__name__}: {str(e)[:120]}", "", "", ""])
+            rows.append(fail_row(name, f"{type(e).__name__}: {str(e)[:120]}", 6))
         free()
     return rows, sweep_rows
 
 
 def _sweep(name, T, run_triton, t_default, until) -> list[str]:
     """A handful of tile configurations around the default; reports the best one found."""
+    import triton
     R = T * (HQ // HKV)
     top = max(16, min(128, triton.next_power_of_2(R)))
     configs = []
@@ -258,6 +331,8 @@ def _sweep(name, T, run_triton, t_default, until) -> list[str]:
     if R <= 128:
         for splits in (1, 8, 16, 32, 64):
             configs.append(dict(num_splits=splits))
+    if SMOKE:
+        configs = configs[:1]              # the plumbing: one configuration
     best, best_cfg, tried = t_default, "default", 0
     for cfg in configs:
         if time.time() > until:
@@ -274,14 +349,20 @@ def _sweep(name, T, run_triton, t_default, until) -> list[str]:
     return [name, f"{t_default * 1e3:.1f}", f"{best * 1e3:.1f}", best_cfg, str(tried)]
 
 
-def part_cached_attention(until: float) -> list[list[str]]:
+def part_cached_attention(deadline: float, sweep: bool = True) -> list[list[str]]:
     """attention_cached (what a CUDA-graph step runs: lengths on the device, grid fixed by the cache
-    capacity) vs SDPA over the same keys, then a sweep of its key splits / tile sizes per shape."""
-    from triton_kernels.attention import attention_cached
+    capacity) vs SDPA over the same keys (its error checked first), then a sweep of its key splits /
+    tile sizes per shape. Without the sweep: the decode shapes only (T = 1 and the block)."""
+    from triton_kernels.attention import attention_cached, attention_mask
     rows = []
+    until = deadline if sweep else 0
     cap = PREFIX + GROUP * BLOCK + 64              # the cache a step reads: capacity > length
-    for pattern, T, group in ATTN_CASES:
+    cases = ATTN_CASES if sweep else [c for c in ATTN_CASES if c[1] in (1, BLOCK) and c[0] != "block"]
+    for pattern, T, group in cases:
         name = f"{pattern} T={T}" + (f" (group {group})" if group else "")
+        if time.time() > deadline:
+            rows.append([name, "skipped (time budget)", "", "", "", "", ""])
+            continue
         try:
             gen = torch.Generator(device=DEV).manual_seed(1)
             q = torch.randn(1, HQ, T, D, generator=gen, device=DEV).to(ATTN_DTYPE)
@@ -295,12 +376,16 @@ def part_cached_attention(until: float) -> list[list[str]]:
             ref = _sdpa(q.float(), k.float(), v.float(), mask, True)
             got = attention_cached(q, kc, vc, lengths, pattern=pattern, group=group, out=out)
             err = float((got.float() - ref).abs().max())
+            if not err <= ATTN_MAX_ERR:          # a wrong kernel is a failure, not a timing
+                rows.append(fail_row(name, f"max abs err {err:.2e} vs fp32 SDPA > {ATTN_MAX_ERR:.0e}", 7))
+                log(f"attention_cached {name}: FAIL, max abs err {err:.2e}")
+                continue
             t = bench_ms(lambda: attention_cached(q, kc, vc, lengths, pattern=pattern, group=group, out=out))
             t_sdpa = bench_ms(lambda: _sdpa(q, k, v, mask, True))
             best, best_cfg = t, "default"
             if time.time() < until:
-                for splits in (1, 4, 8, 16, 32, 64, 128):
-                    for bn in (32, 64, 128):
+                for splits in ((1,) if SMOKE else (1, 4, 8, 16, 32, 64, 128)):
+                    for bn in ((32,) if SMOKE else (32, 64, 128)):
                         if time.time() > until:
                             break
                         try:
@@ -318,12 +403,12 @@ def part_cached_attention(until: float) -> list[list[str]]:
                 f"sdpa {t_sdpa * 1e3:.1f} us, max err {err:.2e}")
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            rows.append([name, "FAILED", f"{type(e).__name__}: {str(e)[:120]}", "", "", "", ""])
+            rows.append(fail_row(name, f"{type(e).__name__}: {str(e)[:120]}", 7))
         free()
     return rows
 
 
-def part_small_kernels() -> list[list[str]]:
+def part_small_kernels(deadline: float) -> list[list[str]]:
     from triton_kernels.unmask import unmask_step_reference, unmask_step_triton
     from triton_kernels.verify import (verify_greedy_reference, verify_greedy_triton, verify_sample_reference,
                                        verify_sample_triton)
@@ -346,7 +431,17 @@ def part_small_kernels() -> list[list[str]]:
     ]
     nbytes = logits.numel() * logits.element_size()
     for name, tri, ref in cases:
+        if time.time() > deadline:
+            rows.append([name, "skipped (time budget)", "", "", ""])
+            continue
         try:
+            got, want = tri(), ref()
+            same = all(torch.equal(a.cpu(), b.cpu()) if not a.is_floating_point() else
+                       torch.allclose(a.float().cpu(), b.float().cpu(), atol=1e-2, rtol=1e-2)
+                       for a, b in zip(got, want))
+            if not same:                         # accepted counts / tokens must equal the reference
+                rows.append(fail_row(name, f"differs from the reference: {got} vs {want}"[:300], 5))
+                continue
             t_tri = bench_ms(tri)
             t_ref = bench_ms(ref)
             rows.append([f"{name} (B=1, T={T}, V={V})", f"{t_tri * 1e3:.1f}", f"{nbytes / t_tri / 1e9:.2f}",
@@ -354,7 +449,7 @@ def part_small_kernels() -> list[list[str]]:
             log(f"{name}: triton {t_tri * 1e3:.1f} us, torch {t_ref * 1e3:.1f} us")
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            rows.append([name, "FAILED", f"{type(e).__name__}: {str(e)[:120]}", "", ""])
+            rows.append(fail_row(name, f"{type(e).__name__}: {str(e)[:120]}", 5))
     return rows
 
 
@@ -363,7 +458,9 @@ def part_small_kernels() -> list[list[str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def part_model(deadline: float) -> list[list[str]]:
+def part_model(deadline: float, forwards: bool = True, steps: bool = True) -> list[list[str]]:
+    """forwards: the eager forward of each step width; steps: eager vs the CUDA-graph runner per step
+    shape (part_steps)."""
     from engine.config import ModelConfig
     from engine.model import NLDModel
 
@@ -406,6 +503,7 @@ def part_model(deadline: float) -> list[list[str]]:
         times = {}
         plan = [("causal", T, True, 0) for T in (1, 8, 16, BLOCK)] + [("block", BLOCK, False, 0),
                                                                       ("quadratic", GROUP * BLOCK, False, GROUP)]
+        plan = plan if forwards else []
         for pattern, T, write, group in plan:
             if time.time() > deadline:
                 rows.append([f"{pattern} T={T}", "skipped (time budget)", ""])
@@ -419,7 +517,8 @@ def part_model(deadline: float) -> list[list[str]]:
                     (", write" if write else ", no write")
             rows.append([label, f"{ms:.2f}", f"{T / ms * 1e3:.0f} tok/s processed"])
             log(f"model {label}: {ms:.2f} ms")
-        rows += part_steps(model, cache, deadline)
+        if steps:
+            rows += part_steps(model, cache, deadline)
         if ("causal", 1) in times:
             rows.append(["AR decode (1-token forwards, eager)", f"{times[('causal', 1)]:.2f} per token",
                          f"{1e3 / times[('causal', 1)]:.1f} tok/s"])
@@ -444,34 +543,11 @@ def hbm_gbps() -> float:
     return 2 * n / ms / 1e6
 
 
-class _StaticEager:
-    """--cpu-smoke stand-in for the CUDA-graph runner: runs static_forward (what a graph captures)
-    eagerly, so that the plumbing is checked without CUDA."""
-
-    name = "static_forward (eager, smoke)"
-
-    def __init__(self, model):
-        self.model = model
-
-    def run(self, fs):
-        from engine.runner import static_forward
-        f = fs[0]
-        dev = self.model.head.weight.device
-        start = torch.tensor([f.cache.length], device=dev)
-        T = len(f.ids)
-        pos = torch.tensor(f.positions, device=dev) if f.positions else start + torch.arange(T, device=dev)
-        lora = torch.tensor(f.lora, device=dev) if isinstance(f.lora, tuple) else f.lora
-        with torch.inference_mode():
-            out = static_forward(self.model, f.cache, torch.tensor([f.ids], device=dev), start, pos,
-                                 pattern=f.pattern, group=f.group, lora=lora, last_only=f.last_only)
-        if f.write:
-            f.cache.commit(list(f.ids))
-        return list(out)
-
-
 def wall_ms(fn, *, warmup: int = 3, iters: int = 15, after=None) -> float:
     """Median wall-clock ms of fn() followed by a device sync (what a decoder waits for: it reads the
     logits back before its next step), host work included."""
+    if SMOKE:
+        warmup, iters = 0, 1
     times = []
     for i in range(warmup + iters):
         t0 = time.perf_counter()
@@ -499,7 +575,13 @@ def part_steps(model, cache, deadline: float) -> list[list[str]]:
                  f"{wbytes / 1e6:.1f} MB at {bw:.1f} GB/s"])
     log(f"weight-read bound {bound:.2f} ms ({wbytes / 1e6:.1f} MB at {bw:.1f} GB/s)")
     eager = EagerRunner(model)
-    fast = CudaGraphRunner(model, capture_after=1) if DEV == "cuda" else _StaticEager(model)
+    if DEV == "cuda":
+        fast = CudaGraphRunner(model, capture_after=1)
+    else:   # --cpu-smoke: the real runner, with the tests' CPU stand-in for torch.cuda.graph
+        from tests.graph_standin import RecordingGraphAPI
+        fast = CudaGraphRunner(model, capture_after=1, api=RecordingGraphAPI())
+        fast.name = "cuda-graphs (CPU stand-in)"
+    tol = 1e-3 if ATTN_DTYPE == torch.float32 else 0.1
     P = cache.length
     crop = lambda: cache.crop(P)  # noqa: E731
     M = model.cfg.mask_token_id
@@ -515,20 +597,34 @@ def part_steps(model, cache, deadline: float) -> list[list[str]]:
             rows.append([label, "skipped (time budget)", ""])
             continue
         try:
-            t_e = wall_ms(lambda: eager.run([f]), after=crop)
+            want = torch.stack(eager.run([f])).float()
+            crop()
             t0 = time.time()
             fast.run([f])                                 # capture (graphs) or first call
             crop()
             first = (time.time() - t0) * 1e3
+            if f.key in fast.fallback:                    # the capture failed: the runner went eager
+                rows.append(fail_row(label, f"capture failed: {fast.fallback.failed[f.key]}"[:300], 3))
+                continue
+            got = torch.stack(fast.run([f])).float()      # a replay
+            crop()
+            finite = torch.isfinite(want)                 # the mask id is -inf in both
+            same_inf = bool((torch.isinf(got) == ~finite).all())
+            err = float((got - want)[finite].abs().max() / want[finite].abs().max().clamp(min=1e-6))
+            err = err if same_inf else float("inf")
+            if not err <= tol:                            # a wrong replay is a failure, not a timing
+                rows.append(fail_row(label, f"replay differs from eager: rel err {err:.2e} > {tol:.0e}", 3))
+                continue
+            t_e = wall_ms(lambda: eager.run([f]), after=crop)
             t_f = wall_ms(lambda: fast.run([f]), after=crop)
             times[label] = (t_e, t_f)
             rows.append([f"{label}: eager / {fast.name}", f"{t_e:.2f} / {t_f:.2f}",
                          f"{bound / t_e:.0%} / {bound / t_f:.0%} of the weight-read bound; "
-                         f"capture or first call {first:.0f} ms"])
+                         f"capture or first call {first:.0f} ms; replay vs eager rel err {err:.1e}"])
             log(f"step {label}: eager {t_e:.2f} ms, {fast.name} {t_f:.2f} ms (bound {bound:.2f})")
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            rows.append([label, "FAILED", f"{type(e).__name__}: {str(e)[:200]}"])
+            rows.append(fail_row(label, f"{type(e).__name__}: {str(e)[:200]}", 3))
             crop()
     one = times.get("AR step (causal 1)")
     if one:
@@ -550,7 +646,7 @@ def part_steps(model, cache, deadline: float) -> list[list[str]]:
     if time.time() < deadline:
         try:
             prompt = [1] + list(range(10, 10 + min(PREFIX, 512) - 1))
-            n_new = 8 if SMOKE else 64
+            n_new = 4 if SMOKE else 64
             dec_cache = model.new_cache(len(prompt) + n_new + 64)
             res = {}
             for label, runner in (("eager", eager), (fast.name, fast)):
@@ -569,7 +665,7 @@ def part_steps(model, cache, deadline: float) -> list[list[str]]:
                          "random weights; bf16 ties may differ" if a.tokens != b.tokens else ""])
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            rows.append(["AR decode through generate()", "FAILED", f"{type(e).__name__}: {str(e)[:200]}"])
+            rows.append(fail_row("AR decode through generate()", f"{type(e).__name__}: {str(e)[:200]}", 3))
         finally:
             model.__dict__.pop("_runner", None)
     return rows
@@ -623,9 +719,11 @@ def _random_w4_model(cfg):
     return model
 
 
-def part_w4a16_matmul() -> list[list[str]]:
+def part_w4a16_matmul(deadline: float, rows_list=None) -> list[list[str]]:
+    """The w4a16 matmul at the 8B linear shapes for each row count, its error against the fp32
+    definition checked first (a wrong kernel is a FAIL row, never a timing)."""
     from engine.quant import QuantSpec, quantize_weight
-    from triton_kernels.w4a16 import w4a16_matmul_reference, w4a16_matmul_triton
+    from triton_kernels.w4a16 import dequantize_int4, w4a16_matmul_triton
 
     cfg = _cfg("8B")
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
@@ -633,23 +731,36 @@ def part_w4a16_matmul() -> list[list[str]]:
               ("o", h, cfg.num_attention_heads * hd), ("gate_up", 2 * i, h), ("down", h, i)]
     rows = []
     gen = torch.Generator(device=DEV).manual_seed(0)
+    ms = rows_list or ((1, 33) if SMOKE else (1, 8, 32, 512))
     for name, n, k in shapes:
+        if time.time() > deadline:
+            rows.append([f"{name} {n}x{k}", "skipped (time budget)", "", "", "", ""])
+            continue
         w = torch.randn(n, k, generator=gen, device=DEV) * 0.02
         t = quantize_weight(w, QuantSpec(4, W4_GROUP))
         wb = w.to(ATTN_DTYPE)
         del w
         wbytes = t["qweight"].numel() + t["scales"].numel() * 2 + t["qzeros"].numel()
-        for m in ((1, 33) if SMOKE else (1, 8, 32, 512)):
+        w_def = dequantize_int4(t["qweight"], t["scales"], t["qzeros"], W4_GROUP)
+        for m in ms:
+            label = f"{name} {n}x{k}, M={m}"
+            if time.time() > deadline:
+                rows.append([label, "skipped (time budget)", "", "", "", ""])
+                continue
             x = torch.randn(m, k, generator=gen, device=DEV).to(ATTN_DTYPE)
             got = w4a16_matmul_triton(x, t["qweight"], t["scales"], t["qzeros"], W4_GROUP)
-            ref = w4a16_matmul_reference(x, t["qweight"], t["scales"], t["qzeros"], W4_GROUP)
-            err = float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-6))
+            ref = x.float() @ w_def.T
+            err = float((got.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-6))
+            if not err <= W4_MAX_REL_ERR:
+                rows.append(fail_row(label, f"rel err {err:.1e} vs the fp32 definition > {W4_MAX_REL_ERR:.0e}", 6))
+                log(f"w4a16 {label}: FAIL, rel err {err:.1e}")
+                continue
             t_q = bench_ms(lambda: w4a16_matmul_triton(x, t["qweight"], t["scales"], t["qzeros"], W4_GROUP))
             t_b = bench_ms(lambda: x @ wb.T)
-            rows.append([f"{name} {n}x{k}, M={m}", f"{t_q * 1e3:.1f}", f"{wbytes / t_q / 1e9:.2f}",
+            rows.append([label, f"{t_q * 1e3:.1f}", f"{wbytes / t_q / 1e9:.2f}",
                          f"{t_b * 1e3:.1f}", f"{t_b / t_q:.2f}x", f"{err:.1e}"])
             log(f"w4a16 {name} M={m}: {t_q * 1e3:.1f} us vs bf16 {t_b * 1e3:.1f} us (rel err {err:.1e})")
-        del wb, t
+        del wb, t, w_def
         free()
     return rows
 
@@ -706,90 +817,205 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------
+# Parts, profiles, and the run: every part but the tests in a child process of its own
+# --------------------------------------------------------------------------------------------------
+
+def _tables_attention(deadline, full):
+    rows, sweep = part_attention(deadline, sweep=full)
+    out = [(f"2. Attention kernel vs torch SDPA ({str(ATTN_DTYPE)[6:]}, B=1, Hq {HQ}, Hkv {HKV}, D {D}, prefix {PREFIX})",
+            ["case", "triton us", "triton TB/s (K/V+Q/O bytes)", "triton TFLOP/s (visible pairs)",
+             "SDPA us (best variant)", "speedup"], rows)]
+    if sweep:
+        out.append(("2. Tile sweep (triton)", ["case", "default us", "best us", "best config", "configs"], sweep))
+    return out
+
+
+# name -> (title, table header, share of the budget, in a child process?, run(deadline, full) -> rows)
+PARTS = {
+    "tests": ("1. Correctness (pytest on named test files, new code first)", ["check", "result", "detail"], 0.40,
+              False, lambda d, full: part_tests(d)),
+    "attention": (None, None, 0.20, True, _tables_attention),
+    "cached": ("2a. attention_cached (CUDA-graph steps: lengths on the device) vs SDPA",
+               ["case", "cached us", "SDPA us", "speedup", "best us", "best config", "max abs err vs fp32 SDPA"],
+               0.10, True, lambda d, full: part_cached_attention(d, sweep=full)),
+    "small": ("2b. Verify / unmask kernels vs torch references (outputs checked first)",
+              ["op", "triton us", "logits TB/s", "torch us", "speedup"], 0.05, True,
+              lambda d, full: part_small_kernels(d)),
+    "steps": (f"3. CUDA-graph runner vs eager per step shape (8B shape, random weights, {PREFIX}-token prefix)",
+              ["what", "ms", "detail"], 0.35, True, lambda d, full: part_model(d, forwards=False, steps=True)),
+    "model": (f"3b. Eager forwards per width (8B shape, random weights, {PREFIX}-token prefix)",
+              ["what", "ms", "throughput"], 0.20, True, lambda d, full: part_model(d, forwards=True, steps=False)),
+    "w4_matmul": (f"4a. w4a16 matmul (groups of {W4_GROUP}) vs the 16-bit torch matmul, 8B linear shapes "
+                  "(error vs the fp32 definition checked first)",
+                  ["shape, rows", "w4a16 us", "weight TB/s", "bf16 us", "speedup", "rel err"], 0.15, True,
+                  lambda d, full: part_w4a16_matmul(d, None if full else (1, 32))),
+    "w4_model": (f"4b. Whole model with w4a16 layers (8B, 14B; {PREFIX}-token prefix)", ["what", "ms", "detail"],
+                 0.25, True, lambda d, full: part_w4a16_model(d)),
+}
+# first: the tests, then the figures that matter, short (the first script of a GPU session, ~4 min);
+# second: the rest, sweeps included (the second script); all: everything (scripts/gpu_check.sh)
+PROFILES = {
+    "first": (["tests", "cached", "steps", "w4_matmul"], False),
+    "second": (["attention", "cached", "small", "model", "w4_matmul", "w4_model"], True),
+    "all": (["tests", "attention", "cached", "small", "steps", "model", "w4_matmul", "w4_model"], True),
+}
+
+
+def run_part_here(name: str, deadline: float, full: bool) -> list:
+    """The part's tables [(title, header, rows)]; a Python error is a FAIL row, never a stop."""
+    title, header, _, _, fn = PARTS[name]
+    try:
+        injected_failure(name)
+        got = fn(deadline, full)
+        return got if title is None else [(title, header, got)]
+    except Exception as e:  # noqa: BLE001 - every part reports, none stops the run
+        traceback.print_exc()
+        width = len(header) if header else 6
+        return [(title or name, header or ["what", "result", "detail"] + [""] * 3,
+                 [fail_row(name, f"{type(e).__name__}: {str(e)[:300]}", width)])]
+    finally:
+        free()
+
+
+def run_part_child(name: str, end: float, full: bool, log_path: Path) -> list:
+    """The part in a child process, killed at `end`: a device-side assert there kills its CUDA context
+    and that process only. Its own deadline leaves it room to finish and write its rows."""
+    now = time.time()
+    soft = end - min(20.0, 0.25 * (end - now))
+    rows_path = log_path.with_suffix(".json")
+    rows_path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--deadline", f"{soft:.3f}",
+           "--rows-out", str(rows_path), "--start", f"{START:.3f}"] + (["--full"] if full else []) \
+        + (["--cpu-smoke"] if SMOKE else [])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    why = None
+    with open(log_path, "w") as logf:
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                               timeout=max(1.0, end - now))
+            if r.returncode != 0:
+                why = f"the part's process exited with {r.returncode}"
+        except subprocess.TimeoutExpired:
+            why = f"killed at its deadline ({end - now:.0f}s)"
+    text = log_path.read_text(errors="replace")
+    print(text[-20000:], flush=True)
+    if why is None and rows_path.is_file():
+        return [(t, h, r) for t, h, r in json.loads(rows_path.read_text())]
+    why = why or "no rows written"
+    tail = " / ".join(ln.strip() for ln in text.strip().splitlines()[-3:])[:300]
+    title, header, *_ = PARTS[name]
+    width = len(header) if header else 6
+    return [(title or name, header or ["what", "result", "detail", "", "", ""], [fail_row(name, f"{why}: {tail}", width)])]
+
+
+def _header() -> str:
+    import importlib.metadata
+    try:
+        tv = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        tv = "absent"
+    if SMOKE:
+        gpu = "CPU smoke run (TRITON_INTERPRET=1, toy shapes; timings meaningless)"
+    else:
+        props = torch.cuda.get_device_properties(0)
+        gpu = f"{props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)"
+    return (f"# GPU check: triton_kernels and the engine\n\n{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+            f"{gpu}, torch {torch.__version__}, triton {tv}, CUDA {torch.version.cuda}")
+
+
+def write_report(out: Path, head: str, tables: list, pending: list[str], done: bool) -> None:
+    """The report as it stands, written atomically (a kill between parts keeps every finished one)."""
+    parts = [head]
+    for title, header, rows in tables:
+        parts.append(f"## {title}\n\n" + table(header, rows))
+    n_fail = sum(1 for _, _, rows in tables for r in rows if len(r) > 1 and r[1] == "FAIL")
+    tail = f"Failures: {n_fail}. Wall time so far {elapsed():.0f}s."
+    if pending:
+        tail += f" Still to run: {', '.join(pending)}."
+    elif done:
+        tail = f"Failures: {n_fail}. Total wall time {elapsed():.0f}s."
+    parts.append(tail)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n\n".join(parts) + "\n")
+    tmp.replace(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="docs/gpu_check.md", help="where to write the markdown report")
     ap.add_argument("--budget-s", type=float, default=300.0, help="overall time budget in seconds")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="all", help="which parts (see PROFILES)")
+    ap.add_argument("--parts", help="comma-separated parts to run instead of the profile's: " + ",".join(PARTS))
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-model", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--skip-w4", action="store_true", help="skip part 4 (4-bit weights)")
     ap.add_argument("--cpu-smoke", action="store_true", help="toy shapes on CPU under the interpreter (script check)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--rows-out", help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    if SMOKE:
-        args.skip_tests = True
-        gpu_name = "CPU smoke run (TRITON_INTERPRET=1, toy shapes; timings meaningless)"
-    elif not torch.cuda.is_available():
+    if args.child:                      # one part, in its own process (run_part_child)
+        global START
+        START = args.start or START
+        tables = run_part_here(args.child, args.deadline, args.full)
+        tmp = Path(args.rows_out + ".tmp")
+        tmp.write_text(json.dumps(tables))
+        tmp.replace(args.rows_out)
+        return 0
+
+    if not SMOKE and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; nothing to do (--cpu-smoke checks the script on CPU)", file=sys.stderr)
         return 2
-    else:
-        props = torch.cuda.get_device_properties(0)
-        gpu_name = f"{props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)"
-    head = (f"# GPU check: triton_kernels\n\n{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
-            f"{gpu_name}, torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}")
-    budget_end = START + args.budget_s
-    sections = []
-
-    def section(title, fn, header, *fargs):
-        try:
-            rows = fn(*fargs)
-        except Exception as e:  # noqa: BLE001 - every part reports, none stops the run
-            traceback.print_exc()
-            rows = [[title, "FAILED", f"{type(e).__name__}: {str(e)[:300]}"] + [""] * (len(header) - 3)]
-        sections.append(f"## {title}\n\n" + table(header, rows))
-        free()
-
-    if not args.skip_tests:
-        section("1. Correctness (GPU tests)", part_tests, ["check", "result", "detail"],
-                max(60.0, min(240.0, budget_end - time.time() - 200)))
-    sweep_rows = []
-
-    def attn():
-        nonlocal sweep_rows
-        r, s = part_attention(0 if args.no_sweep else min(budget_end - 150, time.time() + 150))
-        sweep_rows = s
-        return r
-
-    section(f"2. Attention kernel vs torch SDPA (bf16, B=1, Hq {HQ}, Hkv {HKV}, D {D}, prefix {PREFIX})", attn,
-            ["case", "triton us", "triton TB/s (K/V+Q/O bytes)", "triton TFLOP/s (visible pairs)",
-             "SDPA us (best variant)", "speedup"])
-    if sweep_rows:
-        sections.append("### Tile sweep (triton)\n\n" + table(["case", "default us", "best us", "best config", "configs"],
-                                                               sweep_rows))
-    section("2a. attention_cached (CUDA-graph steps: lengths on the device) vs SDPA, with a sweep",
-            part_cached_attention, ["case", "cached us", "SDPA us", "speedup", "best us", "best config",
-                                    "max abs err vs fp32 SDPA"],
-            0 if args.no_sweep else min(budget_end - 120, time.time() + 60))
-    section("2b. Verify / unmask kernels vs torch references", part_small_kernels,
-            ["op", "triton us", "logits TB/s", "torch us", "speedup"])
-    if not args.skip_model:
-        if budget_end - time.time() > 60:
-            section("3. Whole model, 8B shape, random weights (engine.model.NLDModel, bf16, batch 1, "
-                    f"{PREFIX}-token prefix)", part_model, ["what", "ms", "throughput"],
-                    budget_end - (10 if args.skip_w4 else 100))     # part 4 keeps ~90 s
-        else:
-            sections.append("## 3. Whole model\n\nskipped: time budget spent")
-    if not args.skip_w4:
-        section(f"4a. w4a16 matmul (groups of {W4_GROUP}) vs bf16 torch matmul, 8B linear shapes",
-                part_w4a16_matmul, ["shape, rows", "w4a16 us", "weight TB/s", "bf16 us", "speedup", "rel err"])
-        if budget_end - time.time() > 60:
-            section(f"4b. Whole model with w4a16 layers (8B, 14B; {PREFIX}-token prefix)", part_w4a16_model,
-                    ["what", "ms", "detail"], budget_end - 10)
-        else:
-            sections.append("## 4b. Whole model with w4a16 layers\n\nskipped: time budget spent")
-    report = head + "\n\n" + "\n\n".join(sections) + f"\n\nTotal wall time {elapsed():.0f}s.\n"
+    names, full = PROFILES[args.profile]
+    if args.parts:
+        names = [n.strip() for n in args.parts.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PARTS]
+        if unknown:
+            print(f"gpu_check: unknown part(s) {unknown}; parts are {', '.join(PARTS)}", file=sys.stderr)
+            return 2
+    full = full and not args.no_sweep
+    drop = set()
+    if args.skip_tests:
+        drop.add("tests")
+    if args.skip_model:
+        drop |= {"model", "steps"}
+    if args.skip_w4:
+        drop |= {"w4_matmul", "w4_model"}
+    names = [n for n in names if n not in drop]
     out = Path(args.out)
     if not out.is_absolute():
         out = ROOT / out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report)
-        written = f"(written to {out})"
-    except OSError as e:
-        written = f"(could not write {out}: {e})"
-    print("\n" + report + "\n" + written, flush=True)
-    return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = out.with_name(out.stem + ".parts")
+    logs.mkdir(exist_ok=True)
+    head = _header()
+    budget_end = START + args.budget_s - 3          # the parent's own exit
+    tables: list = []
+    write_report(out, head, tables, names, False)
+    for i, name in enumerate(names):
+        now = time.time()
+        share = PARTS[name][2] / sum(PARTS[n][2] for n in names[i:])
+        end = now + max(0.0, budget_end - now) * share
+        if end - now < 10:
+            title, header = PARTS[name][0] or name, PARTS[name][1] or ["what", "result", "detail"]
+            tables.append((title, header, [[name, "skipped (time budget)"] + [""] * (len(header) - 2)]))
+            log(f"part {name}: skipped, {budget_end - now:.0f}s left")
+        else:
+            log(f"part {name}: until +{end - START:.0f}s")
+            if PARTS[name][3]:
+                tables += run_part_child(name, end, full, logs / f"{name}.log")
+            else:
+                tables += run_part_here(name, end, full)
+        write_report(out, head, tables, names[i + 1:], i == len(names) - 1)
+    report = out.read_text()
+    print("\n" + report + f"\n(written to {out})", flush=True)
+    return 1 if any(len(r) > 1 and r[1] == "FAIL" for _, _, rows in tables for r in rows) else 0
 
 
 if __name__ == "__main__":

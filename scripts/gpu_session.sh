@@ -1,172 +1,43 @@
 #!/usr/bin/env bash
-# One GPU lease, start to finish, inside one command of the device tool (<= 600 s):
-#   (a) the GPU-marked tests             (pytest -m gpu; the direct kernel checks when pytest is absent)
-#   (b) the GPU measurements             (scripts/gpu_check.sh --skip-tests --budget-s ...)
-#   (c) cumulative training              (tricode train --carry-out: continues from --carry-in, saves as it
-#                                         goes, so a kill at the limit still leaves a usable state)
-#   (d) a quick check of the result      (export; held-out loss; greedy spec == ar and TPF on held-out rows)
-# Everything that must come back is in $OUT, within the tool's return limit (8 files of <= 16 MiB):
-#   $OUT/carry/state-*-of-*.safetensors  (<= 6 files: the state the next lease continues from)
-#   $OUT/carry/runs.jsonl                (one line per run, every run so far)
-#   $OUT/session.tar.gz                  (every log and report of this lease)
-# The packed data (tricode pack) and the last returned state travel with the code as carried paths.
+# The FIRST script of a GPU lease (about 4 minutes): the checks of the newest code and the few figures
+# that matter, so that a failure leaves time to fix it and run this again within the lease.
+#   scripts/gpu_check.py --profile first: pytest on named test files (the CUDA-graph runner and its
+#   bookkeeping, w4a16 and scales first, then every compiled-kernel check, then the engine's CUDA
+#   tests), attention_cached at the decode shapes (error checked), the CUDA-graph runner vs eager per
+#   step shape on the 8B shape (replay checked against eager, then ms per step, AR tok/s), the w4a16
+#   matmul at 1 and 32 rows (error checked). Each part has its own deadline and (but the tests) its
+#   own process; the report is rewritten after every part.
+# Then scripts/gpu_session2.sh (the second script: the rest of the measurements and training).
+# What comes back in $OUT: gpu_check_first.md (the report) and session.tar.gz (every log).
 #
-# Usage: scripts/gpu_session.sh [--out DIR] [--data data/pack] [--carry-in runs/carry] [--preset NAME]
-#            [--total-s 540] [--tests-s 75] [--check-s 240] [--cpu-smoke] [-- extra `tricode train` flags]
-# --cpu-smoke: the same plumbing on a CPU at toy sizes (tiny preset, short budgets, gpu_check --cpu-smoke).
+# Usage: scripts/gpu_session.sh [--out DIR] [--total-s 240] [--cpu-smoke] [-- extra gpu_check.py flags]
+# --cpu-smoke: the same plumbing on a CPU (toy shapes, TRITON_INTERPRET=1, a CPU stand-in for CUDA graphs).
+# GPU_CHECK_FAIL=PART[:raise|crash|hang] injects a failure into one part (see scripts/gpu_check.py).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 T0=$(date +%s)
 
 OUT_DIR=${OUT:-runs/gpu_session}
-DATA=data/pack
-CARRY_IN=runs/carry
-PRESET=v2
-TOTAL_S=540
-TESTS_S=75
-CHECK_S=240
+TOTAL_S=240
 SMOKE=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --out) OUT_DIR=$2; shift 2 ;;
-        --data) DATA=$2; shift 2 ;;
-        --carry-in) CARRY_IN=$2; shift 2 ;;
-        --preset) PRESET=$2; shift 2 ;;
         --total-s) TOTAL_S=$2; shift 2 ;;
-        --tests-s) TESTS_S=$2; shift 2 ;;
-        --check-s) CHECK_S=$2; shift 2 ;;
         --cpu-smoke) SMOKE=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "gpu_session.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
+source scripts/gpu_session_lib.sh
 
-if [[ -z "${PYTHON:-}" ]]; then
-    for cand in python3 python; do
-        if command -v "$cand" >/dev/null && "$cand" -c "import torch, numpy, safetensors" 2>/dev/null; then
-            PYTHON=$cand; break
-        fi
-    done
-fi
-: "${PYTHON:?no python with torch, numpy and safetensors found (set PYTHON=...)}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_session.XXXXXX")
-LOGS=$WORK/session
-mkdir -p "$LOGS"
-DEADLINE=$((T0 + TOTAL_S))
-left() { echo $((DEADLINE - $(date +%s))); }
-note() { echo "[gpu_session +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOGS/session.log" >&2; }
-
-pack_logs() {
-    # one file back for every log and report; written again after each stage so a kill keeps the latest
-    tar -czf "$OUT_DIR/session.tar.gz.tmp" -C "$WORK" session 2>/dev/null && \
-        mv "$OUT_DIR/session.tar.gz.tmp" "$OUT_DIR/session.tar.gz"
-}
-
-if [[ $SMOKE == 1 ]]; then
-    PRESET=tiny
-    DEVICE=cpu
-    TRAIN_SIZE=(--batch 2 --micro-batch 2 --warmup 2 --rewarm 2 --save-every 5)
-else
-    DEVICE=cuda
-    TRAIN_SIZE=()
-fi
-note "start: out $OUT_DIR, data $DATA, carry-in $CARRY_IN, preset $PRESET, budget ${TOTAL_S}s, python $PYTHON"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
-  "$PYTHON" -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])"
-  git -C "$ROOT" log -1 --format='commit %H %s' 2>/dev/null || true; } > "$LOGS/machine.txt" 2>&1
-
-# What the state may weigh: it must come back (8 files, 64 MiB together, with runs.jsonl and the logs)
-# and travel up again next time with everything else in the working tree (64 MiB): the tree as it
-# arrived here, less the state it brought (replaced next time), less a margin.
-if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then   # here: what would travel (not ignored) + the pack
-    TREE=$( { git ls-files -z -co --exclude-standard; find "$DATA" -type f -not -name '*.npy' -print0; } \
-           | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
-else                                                            # there: everything that arrived but the state
-    TREE=$(find . -type f -not -path './.git/*' -not -path "./${CARRY_IN#./}/*" -not -path "./${OUT_DIR#$ROOT/}/*" \
-           -not -name '*.npy' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
-fi
-ROOM_MIB=$(awk "BEGIN { r = 64 - $TREE / 1048576 - 1; if (r > 62) r = 62; printf \"%.1f\", r }")
-note "working tree here ${TREE} bytes without the state: the state may take ${ROOM_MIB} MiB"
-echo "tree_bytes=$TREE room_mib=$ROOM_MIB" >> "$LOGS/machine.txt"
-
-# the data: decompress the pack while the tests run (CPU work, the GPU is busy elsewhere)
-"$PYTHON" -c "import sys; from training.datapack import ensure_unpacked; ensure_unpacked(sys.argv[1])" "$DATA" \
-    > "$LOGS/unpack.log" 2>&1 &
-UNPACK=$!
-
-# (a) GPU-marked tests
-note "(a) GPU tests, up to ${TESTS_S}s"
-if "$PYTHON" -c "import pytest" 2>/dev/null; then
-    timeout "$TESTS_S" "$PYTHON" -m pytest -m gpu tests -q -rf -p no:cacheprovider > "$LOGS/tests.log" 2>&1
-    echo "rc=$?" >> "$LOGS/tests.log"
-else
-    timeout "$TESTS_S" "$PYTHON" -c "
-from triton_kernels import testing as kt
-res = kt.run_gpu_checks(log=print)
-bad = [n for n, ok, _ in res if not ok]
-print(f'{len(res) - len(bad)}/{len(res)} direct GPU checks passed', *bad)
-raise SystemExit(1 if bad else 0)" > "$LOGS/tests.log" 2>&1
-    echo "rc=$? (pytest absent: direct checks)" >> "$LOGS/tests.log"
-fi
-note "(a) $(tail -2 "$LOGS/tests.log" | tr '\n' ' ')"
+note "start: first script, out $OUT_DIR, budget ${TOTAL_S}s, python $PYTHON"
+machine_info
 pack_logs
-
-# (b) GPU measurements
-CHECK_BUDGET=$(( CHECK_S < $(left) - 120 ? CHECK_S : $(left) - 120 ))
-if [[ $CHECK_BUDGET -ge 30 ]]; then
-    note "(b) gpu_check, budget ${CHECK_BUDGET}s"
-    SMOKE_FLAG=(); [[ $SMOKE == 1 ]] && SMOKE_FLAG=(--cpu-smoke)
-    timeout $((CHECK_BUDGET + 30)) scripts/gpu_check.sh --skip-tests --budget-s "$CHECK_BUDGET" \
-        --out "$LOGS/gpu_check.md" "${SMOKE_FLAG[@]}" > "$LOGS/gpu_check.log" 2>&1
-    note "(b) gpu_check rc=$?"
-elif [[ $CHECK_S -le 0 ]]; then
-    note "(b) gpu_check skipped (--check-s 0)"
-else
-    note "(b) gpu_check skipped: only $(left)s left"
-fi
+run_gpu_check gpu_check_first first $(( $(left) - 10 )) "${EXTRA[@]}"
+RC=$?
+note "end: $(ls "$OUT_DIR" | tr '\n' ' ')"
 pack_logs
-
-# (c) training with what is left, minus the export and check at the end
-wait $UNPACK
-UNPACK_RC=$?
-note "data: unpack rc=$UNPACK_RC $(tail -1 "$LOGS/unpack.log")"
-CARRY_ARGS=()
-if compgen -G "$CARRY_IN/state-*-of-*.safetensors" > /dev/null; then
-    CARRY_ARGS=(--carry-in "$CARRY_IN")
-else
-    note "(c) no state in $CARRY_IN: this is run 1, training starts from random weights"
-fi
-TAIL_S=60
-[[ $SMOKE == 1 ]] && TAIL_S=40
-TRAIN_S=$(( $(left) - TAIL_S ))
-if [[ $UNPACK_RC -ne 0 ]]; then
-    note "(c) training skipped: the data pack could not be unpacked (see unpack.log)"
-elif [[ $TRAIN_S -lt 20 ]]; then
-    note "(c) training skipped: only $(left)s left"
-else
-    STOP_AT=$(( $(date +%s) + TRAIN_S - 20 ))   # ~20 s for the held-out loss and the last save
-    note "(c) training until $(date -u -d @$STOP_AT +%H:%M:%S) UTC (hard stop after ${TRAIN_S}s)"
-    timeout --signal=TERM "$TRAIN_S" "$PYTHON" -m training.commands train --device "$DEVICE" --preset "$PRESET" \
-        --data-dir "$DATA" "${CARRY_ARGS[@]}" --carry-out "$OUT_DIR/carry" --stop-at "$STOP_AT" \
-        --carry-files 6 --carry-file-mib 16 --carry-total-mib "$ROOM_MIB" "${TRAIN_SIZE[@]}" "${EXTRA[@]}" > "$LOGS/train.log" 2>&1
-    note "(c) training rc=$? $(grep -E 'done:|error|Error' "$LOGS/train.log" | tail -2 | tr '\n' ' ')"
-fi
-pack_logs
-
-# (d) quick check: export the state, greedy spec == ar and TPF on held-out rows
-if compgen -G "$OUT_DIR/carry/state-*-of-*.safetensors" > /dev/null && [[ $(left) -gt 10 ]]; then
-    timeout $(( $(left) > 15 ? $(left) - 5 : 10 )) "$PYTHON" -m training.commands export --carry "$OUT_DIR/carry" \
-        --data-dir "$DATA" --out "$WORK/model" --check 8 --device "$DEVICE" > "$LOGS/check.log" 2>&1
-    note "(d) check rc=$? $(tail -1 "$LOGS/check.log")"
-fi
-rm -f "$OUT_DIR"/carry/*.tmp
-note "end: $(ls "$OUT_DIR" "$OUT_DIR/carry" 2>/dev/null | tr '\n' ' ')"
-pack_logs
-ls -la "$OUT_DIR" "$OUT_DIR/carry" 2>/dev/null
-exit 0
+exit $RC
