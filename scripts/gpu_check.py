@@ -2,7 +2,7 @@
 
 Run from the repository root with the repo importable (scripts/gpu_check.sh does both):
 
-    PYTHONPATH=. python scripts/gpu_check.py [--profile first|second|all] [--budget-s 300] [--out docs/gpu_check.md]
+    PYTHONPATH=. python scripts/gpu_check.py [--profile first|second|all] [--budget-s 300] [--out runs/gpu_check.md]
 
 Needs only torch and triton (no network, installs nothing); pytest is used when present. Parts
 (PARTS; a profile is a list of them, `--parts a,b` picks any):
@@ -944,7 +944,7 @@ def write_report(out: Path, head: str, tables: list, pending: list[str], done: b
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="docs/gpu_check.md", help="where to write the markdown report")
+    ap.add_argument("--out", default="runs/gpu_check.md", help="where to write the markdown report")
     ap.add_argument("--budget-s", type=float, default=300.0, help="overall time budget in seconds")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="all", help="which parts (see PROFILES)")
     ap.add_argument("--parts", help="comma-separated parts to run instead of the profile's: " + ",".join(PARTS))

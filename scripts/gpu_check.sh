@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of triton_kernels and of the engine at the 8B shape; see scripts/gpu_check.py.
-# Usage (from anywhere): scripts/gpu_check.sh [--out docs/gpu_check.md] [--budget-s 450] ...
+# Usage (from anywhere): scripts/gpu_check.sh [--profile first|second|all] [--out runs/gpu_check.md] [--budget-s 300] ...
 # Needs one CUDA GPU with torch and triton; installs nothing and needs no network.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
