@@ -29,6 +29,7 @@ from triton_kernels.attention import _attn_fwd_kernel, attention_mask
 CUDA = torch.cuda.is_available()
 INTERPRETED = interpreted(_attn_fwd_kernel)
 KERNELS_HERE = CUDA or INTERPRETED
+KDEV = "cuda" if CUDA else "cpu"          # where the kernel tests run (the interpreter: the CPU)
 SUBPROCESS_ENV = "TRICODE_RUNNER_TESTS_SUBPROCESS"
 IN_SUBPROCESS = os.environ.get(SUBPROCESS_ENV) == "1"
 kernel_test = pytest.mark.skipif(not KERNELS_HERE, reason="no CUDA and no TRITON_INTERPRET: run in a subprocess")
@@ -186,13 +187,13 @@ def _step_forward(m, cache, pattern, T, group):
 
 def _static_reference(m, cache, f):
     """static_forward on `cache` (not committed) for Forward f: what a replay must give."""
-    T = len(f.ids)
+    T, dev = len(f.ids), m.head.weight.device
     with torch.inference_mode():
-        start = torch.tensor([cache.length])
-        pos = torch.tensor(f.positions) if f.positions else start + torch.arange(T)
-        lora = torch.tensor(f.lora) if isinstance(f.lora, tuple) else f.lora
-        return static_forward(m, cache, torch.tensor([f.ids]), start, pos, pattern=f.pattern, group=f.group,
-                              lora=lora)[0]
+        start = torch.tensor([cache.length], device=dev)
+        pos = torch.tensor(f.positions, device=dev) if f.positions else start + torch.arange(T, device=dev)
+        lora = torch.tensor(f.lora, device=dev) if isinstance(f.lora, tuple) else f.lora
+        return static_forward(m, cache, torch.tensor([f.ids], device=dev), start, pos, pattern=f.pattern,
+                              group=f.group, lora=lora)[0]
 
 
 @kernel_test
@@ -201,7 +202,7 @@ def test_graph_holds_every_tensor_its_step_reads(ckpt):
     small allocations (a decoder's argmax) in between: the stand-in finds every storage the capture
     read still alive at its address, the replays equal static_forward, and one graph per (cache,
     shape) stays while its cache lives (issue 25, items 1 and 3)."""
-    m, ref_m = _model(ckpt), _model(ckpt)
+    m, ref_m = _model(ckpt, device=KDEV), _model(ckpt, device=KDEV)
     runner, api = _standin_runner(m, capture_after=1)
     caches = []
     for pattern, T, group in STEPS:
@@ -231,7 +232,7 @@ def test_captured_graph_keeps_its_rope_table(ckpt):
     """A larger RoPE table (a bigger cache's capture, a long eager prefill) replaces the model's table;
     a graph captured before keeps reading its own, which stays alive and gives the same logits
     (issue 25, item 2)."""
-    m, ref_m = _model(ckpt), _model(ckpt)
+    m, ref_m = _model(ckpt, device=KDEV), _model(ckpt, device=KDEV)
     runner, api = _standin_runner(m, capture_after=1)
     a, b = _prefill(m), _prefill(ref_m)
     f = _step_forward(m, a, "causal", 1, 0)
@@ -241,7 +242,7 @@ def test_captured_graph_keeps_its_rope_table(ckpt):
     old = m.rope_table(1)[0]
     big = m.new_cache(5000)
     with torch.inference_mode():
-        m(torch.tensor([[3] * 1500]), big, pattern="causal", write=True)      # a longer eager prefill
+        m(torch.tensor([[3] * 1500], device=KDEV), big, pattern="causal", write=True)   # a longer eager prefill
     assert m.rope_table(1)[0] is not old and m.rope_table(1)[2].numel() >= 1500
     del old, big
     for _ in range(2):
@@ -257,7 +258,7 @@ def test_captured_graph_keeps_its_rope_table(ckpt):
 def test_failed_capture_falls_back_to_eager_once(ckpt, caplog):
     """A capture that raises: the forward runs eagerly, one warning is logged, and that step shape is
     never captured again (issue 25, item 4); other shapes still capture."""
-    m = _model(ckpt)
+    m = _model(ckpt, device=KDEV)
     runner, api = _standin_runner(m, capture_after=1)
     api.capture_fails = 1
     a, b = _prefill(m), _prefill(m)
