@@ -17,8 +17,11 @@ The decoders yield `Forward`s (generate.py); `run_forwards` hands them to the mo
 
 What a graph cannot serve runs eagerly: the prompt prefill (a new width every time), a batch of
 several requests, positions at or past YaRN's original context (the query scale is then not 1),
-and the first uses of a (cache, shape) pair (graphs are captured on the `capture_after`-th use, so a
-one-off cache never pays for a capture). Graphs live as long as their cache (the daemon keeps a small
+the first uses of a (cache, shape) pair (graphs are captured on the `capture_after`-th use, so a
+one-off cache never pays for a capture), and a step shape whose capture failed (EagerFallback: one
+warning, never retried). A graph reads its inputs by address and holds none of them, so each `_Graph`
+holds every tensor its step reads, its RoPE table included. The torch.cuda calls of a capture go
+through `CudaGraphAPI`, the seam a CPU stand-in uses in the tests (tests/graph_standin.py). Graphs live as long as their cache (the daemon keeps a small
 pool of caches) and share one memory pool; the oldest are dropped past `max_graphs`.
 
 This module knows nothing of decoders or text; it runs forwards and returns logits [T, V] with the
