@@ -218,7 +218,13 @@ class RepoIndex:
                 self._drop(path)
                 return False
             if st is None:
-                st = os.stat(path)
+                try:
+                    st = os.stat(path)
+                except OSError as e:
+                    if self._fid.get(path) is not None or not isinstance(e, FileNotFoundError):
+                        self._skip("vanished" if isinstance(e, FileNotFoundError) else "unreadable", path, e)
+                    self._drop(path)
+                    return False
             if not stat_mod.S_ISREG(st.st_mode):
                 self._drop(path)
                 return False
