@@ -34,8 +34,11 @@ import math
 import os
 import re
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
+
+import numpy as np
 
 from daemon.repo_chunks import IDENT_RE, STOPWORDS, identifiers
 from daemon.repo_index import RepoIndex
@@ -177,50 +180,52 @@ class Retriever:
         ranks = self.recency.ranks()
         with idx.lock:
             n = idx.num_chunks
+            total = len(idx._c_file)
             if n == 0 or not query:
                 return []
             avg = idx.mean_chunk_size() or 1.0
-            acc: dict[int, float] = {}
-            hits: dict[int, list[str]] = {}
             terms = []
             for t in query:
                 p = idx.postings.get(t)
-                if p is None:
-                    continue
-                df = len(p)
-                if df > COMMON_DF * n and n > 50:
-                    continue
-                terms.append((df, t, p))
+                if p is not None and not (len(p) > COMMON_DF * n and n > 50):
+                    terms.append((len(p), t, p))
+            if not terms:
+                return []
             terms.sort()
+            # postings hold each chunk once per identifier, so a fancy-indexed add is exact
+            acc = np.zeros(total, dtype=np.float32)
             for df, t, p in terms:
                 w = math.log(1.0 + (n - df + 0.5) / (df + 0.5)) if self.method == "bm25" else 1.0
-                for cid in p:
-                    acc[cid] = acc.get(cid, 0.0) + w
-                    h = hits.get(cid)
-                    if h is None:
-                        hits[cid] = [t]
-                    elif len(h) < 8:
-                        h.append(t)
+                acc[np.array(p, dtype=np.int64)] += w
+            cand = np.flatnonzero(acc)
+            sizes = np.array(idx._c_size, dtype=np.float32)[cand]
+            s = acc[cand]
+            if self.method == "bm25":
+                # binary tf: each shared identifier weighs idf * (k1 + 1) / (1 + k1 * length norm)
+                s = s * (BM25_K1 + 1) / (1 + BM25_K1 * (1 - BM25_B + BM25_B * sizes / avg))
+            else:
+                s = s / (len(query) + np.maximum(sizes, 1) - s)
+            # the best few times the limit, then recency, liveness and the own window on those only
+            # (recency lifts a score by at most 1 + RECENCY_WEIGHT)
+            k = min(len(cand), limit * 8)
+            top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
             scored = []
-            for cid, s in acc.items():
+            for j in top.tolist():
+                cid = int(cand[j])
                 if not idx.chunk_live(cid):
                     continue
-                path = idx.chunk_path(cid)
                 c = idx.chunk(cid)
-                if path == exclude_path and c.start <= exclude_lines[1] and c.end >= exclude_lines[0]:
+                if c.path == exclude_path and c.start <= exclude_lines[1] and c.end >= exclude_lines[0]:
                     continue
-                size = c.size or 1
-                if self.method == "bm25":
-                    # binary tf: each shared identifier weighs idf * (k1 + 1) / (1 + k1 * length norm)
-                    s = s * (BM25_K1 + 1) / (1 + BM25_K1 * (1 - BM25_B + BM25_B * size / avg))
-                else:
-                    s = s / (len(query) + size - s)
-                r = ranks.get(path)
+                sc = float(s[j])
+                r = ranks.get(c.path)
                 if r is not None:
-                    s *= 1 + RECENCY_WEIGHT / (1 + r[0])
-                scored.append((-s, path, c.start, cid))
-        scored.sort()
-        return [(cid, -ns, hits[cid]) for ns, _, _, cid in scored[:limit]]
+                    sc *= 1 + RECENCY_WEIGHT / (1 + r[0])
+                scored.append((-round(sc, 6), c.path, c.start, cid))
+            scored.sort()
+            scored = scored[:limit]
+            shared = {cid: [t for _, t, p in terms if _contains(p, cid)][:8] for _, _, _, cid in scored}
+        return [(cid, -ns, shared[cid]) for ns, _, _, cid in scored]
 
     def follow_definitions(self, names: list[tuple[str, frozenset[str]]], cur_path: str, defined_here: set[str]):
         """(name, Definition) for the names defined elsewhere in the workspace, in priority order."""
@@ -342,6 +347,12 @@ class Retriever:
 def as_entries(snippets: list[Snippet]) -> list[tuple[str, str]]:
     """(label, text) context entries for PromptBuilder, most relevant last (nearest the file)."""
     return [(s.label, s.text) for s in reversed(snippets)]
+
+
+def _contains(postings, cid: int) -> bool:
+    """Postings are appended in increasing chunk id order (compaction keeps the order)."""
+    i = bisect_left(postings, cid)
+    return i < len(postings) and postings[i] == cid
 
 
 def _common_prefix(a: str, b: str) -> int:

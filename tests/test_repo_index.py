@@ -385,3 +385,25 @@ def test_retrieval_skips_a_file_changed_since_indexed(tree):
     got = Retriever(idx).retrieve(str(tree / "app/x.py"), text, 3, budget=2000)
     d = [s for s in got if s.why.startswith("definition of normalise_path")]
     assert d and d[0].start == 8 and "def normalise_path" in d[0].text
+
+
+def test_line_scan_agrees_with_ast_on_real_modules():
+    """Files over AST_MAX_CHARS are scanned by lines: on ordinary code the same definitions and
+    statement starts as the parse."""
+    import daemon.repo_chunks as rc
+    import daemon.repo_index as ri
+    import daemon.retrieval as rt
+    for mod in (rc, ri, rt):
+        text = Path(mod.__file__).read_text()
+        lines = text.split("\n")[:-1]
+        units, defs = rc.python_units(text)
+        s_units, s_defs = rc.python_units_scan(lines)
+        key = lambda d: (d.name, d.line, d.kind)       # noqa: E731
+        assert {key(d) for d in defs if d.kind != "variable"} == {key(d) for d in s_defs if d.kind != "variable"}
+        assert {key(d) for d in defs} - {key(d) for d in s_defs} <= {key(d) for d in defs if d.kind == "variable"}
+        assert [u.start for u in units] == [u.start for u in s_units], mod.__name__
+    big = "\n\n".join(Path(m.__file__).read_text() for m in (rc, ri))
+    assert len(big) > rc.AST_MAX_CHARS
+    chunks, defs = chunk_file("big.py", big)
+    assert {"chunk_file", "RepoIndex", "python_units_scan", "update"} <= {d.name for d in defs}
+    assert all(c.end - c.start < rc.MAX_CHUNK_LINES for c in chunks)
