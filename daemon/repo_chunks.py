@@ -73,7 +73,7 @@ class Def(NamedTuple):
 
 def identifiers(text: str) -> set[str]:
     """The identifier set of a piece of code (what chunks are indexed and ranked by)."""
-    return {t for t in IDENT_RE.findall(text) if len(t) > 1 and t not in STOPWORDS}
+    return {t for t in set(IDENT_RE.findall(text)) - STOPWORDS if len(t) > 1}
 
 
 def split_lines(text: str) -> list[str]:
@@ -152,7 +152,8 @@ def python_units_scan(lines: list[str]) -> tuple[list[Unit], list[Def]]:
             if word not in _PY_CONT and not (deco and _PY_DEF.match(ln)):
                 starts.append(i)
             deco = c == "@" or (deco and not _PY_DEF.match(ln))
-        in_str = _open_triple(ln)
+        if "'''" in ln or '"""' in ln:
+            in_str = _open_triple(ln)
     units: list[Unit] = []
     defs: list[Def] = []
     n = len(lines)
@@ -220,7 +221,8 @@ def _scan_methods(lines: list[str], a: int, e: int, defs: list[Def]) -> list[int
                     while s > a and lines[s - 1].lstrip().startswith("@"):
                         s -= 1
                     starts.append((s, m.group(3)))
-        in_str = _open_triple(ln)
+        if "'''" in ln or '"""' in ln:
+            in_str = _open_triple(ln)
     for k, (s, name) in enumerate(starts):
         end = (starts[k + 1][0] if k + 1 < len(starts) else e + 1) - 1
         while end > s and not lines[end].strip():

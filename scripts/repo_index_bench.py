@@ -5,7 +5,7 @@ the running interpreter's standard library and site-packages, copied with their 
 a fresh child process indexes it, so that its peak RSS is the index's alone:
 
   * foreground build (one thread, full speed) or the paced background build (`--background`:
-    RepoIndex.start(), 20 ms of work then 20 ms of sleep)
+    RepoIndex.start(), 40 ms of work then 10 ms of sleep)
   * peak RSS growth over the process before the build (resource.getrusage), and the index's own
     estimate (RepoIndex.memory_bytes)
   * single-file update latency: a file rewritten and RepoIndex.update() timed (median, p95 of 50)
