@@ -48,7 +48,10 @@ MAX_DEF_CANDIDATES = 3      # a name defined in more places than this is not fol
 MAX_DEFS = 4
 DEF_LINES = 24
 MAX_CHUNK_CANDIDATES = 24
-MAX_SNIPPETS = 8
+MAX_SIGNATURES = 6
+SIGNATURE_LINES = 4
+MAX_SNIPPETS = 12
+MIN_ROOM = 16               # stop when less than this is left of the budget
 MIN_SNIPPET_LINES = 4
 DUP_SHARE = 0.8
 COMMON_DF = 0.2
@@ -117,7 +120,7 @@ def query_window(text: str, line: int, lines: int = QUERY_LINES) -> tuple[str, i
     return "\n".join(all_lines[first:line]), first
 
 
-def names_near_cursor(window: str, imported: set[str] = frozenset()) -> list[tuple[str, frozenset[str]]]:
+def names_near_cursor(window: str, imported=frozenset()) -> list[tuple[str, frozenset[str]]]:
     """The names of the window worth following to a definition, the one used last first, each with
     the definition kinds that fit its use: `f(` a function or class, `.m(` a method or function,
     `Name` a class or constant, a name the file imports anything. Plain lower-case names that are
@@ -144,15 +147,15 @@ def names_near_cursor(window: str, imported: set[str] = frozenset()) -> list[tup
     return [(t, k) for t, (i, k) in sorted(found.items(), key=lambda kv: -kv[1][0])]
 
 
-def imported_names(text: str) -> set[str]:
-    """Names a file imports (`from m import a, b as c` -> a, c; `import a.b` -> a)."""
-    out: set[str] = set()
+def imported_names(text: str) -> list[str]:
+    """Names a file imports, in order (`from m import a, b as c` -> a, c; `import a.b` -> a)."""
+    out: dict[str, None] = {}
     for m in _IMPORT_RE.finditer(text):
         for part in (m.group(1) or m.group(2) or "").replace("(", " ").replace(")", " ").split(","):
             words = part.split()
             if words:
-                out.add(words[-1] if len(words) == 3 and words[1] == "as" else words[0].split(".")[0])
-    return out
+                out[words[-1] if len(words) == 3 and words[1] == "as" else words[0].split(".")[0]] = None
+    return list(out)
 
 
 def _norm_lines(text: str) -> list[str]:
@@ -170,6 +173,21 @@ class Retriever:
         self.method = method
         self._files: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
         self._cache: OrderedDict[tuple, list[Snippet]] = OrderedDict()
+        self._counts: dict[str, int] = {}
+        self._counter = None
+
+    def _count(self, count, line: str) -> int:
+        """count(line), cached per line (a snippet's size is the sum over its lines: BPE merges across
+        a newline are rare, so this is at most a little over the exact count)."""
+        if count is not self._counter:
+            self._counts.clear()
+            self._counter = count
+        n = self._counts.get(line)
+        if n is None:
+            if len(self._counts) > 100_000:
+                self._counts.clear()
+            n = self._counts[line] = count(line)
+        return n
 
     # -- ranking --------------------------------------------------------------------------------------
 
@@ -312,31 +330,52 @@ class Retriever:
             if not norm or sum(1 for ln in norm if ln in held_lines) >= DUP_SHARE * len(norm):
                 return
             label = self.label(p)
-            overhead = count(label + "\n") + 1
+            overhead = self._count(count, label + "\n") + 1
+            sizes = [self._count(count, ln + "\n") for ln in body]
+            room = budget - used - overhead
+            if sum(sizes) > room:       # keep the first lines that fit
+                k, tot = 0, 0
+                while k < len(sizes) and tot + sizes[k] <= room:
+                    tot += sizes[k]
+                    k += 1
+                if k < min(MIN_SNIPPET_LINES, len(body)):
+                    return
+                body = body[:k]
             snippet = "\n".join(body) + "\n"
-            size = count(snippet) + overhead
-            while size > budget - used and len(body) > MIN_SNIPPET_LINES:
-                body = body[:max(MIN_SNIPPET_LINES, len(body) * 3 // 4)]
-                snippet = "\n".join(body) + "\n"
-                size = count(snippet) + overhead
-            if size > budget - used:
-                return
+            size = sum(sizes[:len(body)]) + overhead
             e = s + len(body) - 1
             out.append(Snippet(p, label, s, e, snippet, score, why))
             used += size
             taken.setdefault(p, []).append((s, e))
             held_lines.update(norm)
 
-        names = names_near_cursor(window, imported_names(text))
+        imported = imported_names(text)
+        names = names_near_cursor(window, set(imported))
+        followed = set()
         for name, d in self.follow_definitions(names, path, defined_here):
             if sum(1 for s in out if s.why.startswith("definition")) >= MAX_DEFS:
                 break
+            followed.add(name)
             offer(d.path, d.line, min(d.end, d.line + DEF_LINES - 1), 0.0, f"definition of {name} ({d.kind})")
+        # the signatures of the other workspace names the file imports (what the next line may call)
+        n_sig = 0
+        sig_kinds = frozenset({"function", "class", "definition"})
+        for name, d in self.follow_definitions([(n, sig_kinds) for n in imported if n not in followed],
+                                               path, defined_here):
+            if n_sig >= MAX_SIGNATURES or budget - used < MIN_ROOM:
+                break
+            lines = self._lines(d.path)
+            if lines is None:
+                continue
+            end = _signature_end(lines, d.line, d.end)
+            before = len(out)
+            offer(d.path, d.line, end, 0.0, f"signature of {name} ({d.kind})")
+            n_sig += len(out) > before
         lo, hi = first - QUERY_LINES, line + 1 + exclude_after
         for cid, score, shared in self.rank_chunks(identifiers(window), path, (lo + 1, hi + 1)):
             c = self.index.chunk(cid)
             offer(c.path, c.start, c.end, score, "shares " + ", ".join(shared[:5]))
-            if used >= budget or len(out) >= MAX_SNIPPETS:
+            if budget - used < MIN_ROOM or len(out) >= MAX_SNIPPETS:
                 break
         self._cache[key] = out
         while len(self._cache) > 16:
@@ -345,8 +384,33 @@ class Retriever:
 
 
 def as_entries(snippets: list[Snippet]) -> list[tuple[str, str]]:
-    """(label, text) context entries for PromptBuilder, most relevant last (nearest the file)."""
-    return [(s.label, s.text) for s in reversed(snippets)]
+    """(label, text) context entries for PromptBuilder: one per file (its snippets in line order,
+    a `...` line between two that do not touch), the file of the most relevant snippet last (nearest
+    the cursor's file)."""
+    by_file: dict[str, list[Snippet]] = {}
+    for s in snippets:
+        by_file.setdefault(s.label, []).append(s)
+    out = []
+    for label in reversed(list(by_file)):          # first seen = highest priority -> last
+        parts = sorted(by_file[label], key=lambda s: s.start)
+        text, end = "", None
+        for s in parts:
+            if end is not None and s.start > end + 1:
+                text += "...\n"
+            text += s.text
+            end = s.end
+        out.append((label, text))
+    return out
+
+
+def _signature_end(lines: list[str], start: int, end: int) -> int:
+    """The last line of a definition's header (1-based): the line that ends with `:` (Python) or holds
+    `{` / `=>`, within SIGNATURE_LINES lines; decorators above the def line are part of it."""
+    for i in range(start, min(end, start + SIGNATURE_LINES + 4) + 1):
+        t = lines[i - 1].split("#", 1)[0].rstrip()
+        if t.endswith(":") or "{" in t or "=>" in t or t.endswith(";"):
+            return i
+    return min(start + SIGNATURE_LINES - 1, end)
 
 
 def _contains(postings, cid: int) -> bool:

@@ -201,7 +201,8 @@ def token_counter():
         return lambda s: max(1, len(s) // 4)
 
 
-def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count) -> tuple[list, float]:
+def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, method: str = "bm25"
+                 ) -> tuple[list, float]:
     """Snippets for the case with the file as the editor holds it (written into the tree while asked)."""
     f = root / case.path
     original = f.read_text(encoding="utf-8")
@@ -210,7 +211,7 @@ def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count) -> 
     try:
         idx.update(f)
         t0 = time.perf_counter()
-        snippets = Retriever(idx).retrieve(str(f), held, case.line, budget, count=count)
+        snippets = Retriever(idx, method=method).retrieve(str(f), held, case.line, budget, count=count)
         ms = (time.perf_counter() - t0) * 1000
     finally:
         f.write_text(original, encoding="utf-8")
@@ -218,7 +219,7 @@ def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count) -> 
     return snippets, ms
 
 
-def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=None) -> dict:
+def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=None, method: str = "bm25") -> dict:
     count = token_counter()
     indexes = {}
     rows = []
@@ -227,7 +228,7 @@ def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=No
         if case.package not in indexes:
             indexes[case.package] = RepoIndex(root)
             indexes[case.package].build()
-        snippets, ms = retrieve_for(indexes[case.package], root, case, budget, count)
+        snippets, ms = retrieve_for(indexes[case.package], root, case, budget, count, method)
         prefix, suffix, held = case_text(root, case)
         ctx = "".join(s.text for s in snippets)
         in_file = set(IDENT.findall(held))
@@ -249,7 +250,7 @@ def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=No
         rows.append(row)
     n = len(rows)
     recall = [r["ident_recall"] for r in rows if r["ident_recall"] is not None]
-    summary = {"cases": n, "context_tokens": budget,
+    summary = {"cases": n, "context_tokens": budget, "method": method,
                "def_hit": round(sum(r["def_hit"] for r in rows) / n, 3) if n else 0.0,
                "ident_recall": round(sum(recall) / len(recall), 3) if recall else None,
                "tokens_added_mean": round(sum(r["tokens_added"] for r in rows) / n, 1) if n else 0.0,
@@ -276,6 +277,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--context-tokens", type=int, default=384, help="the snippets' token budget")
     ap.add_argument("--completer", default="none")
+    ap.add_argument("--method", default="bm25", choices=("bm25", "jaccard"), help="how chunks are ranked")
     ap.add_argument("--work", default="", help="a scratch copy of the trees (default: DATA/work); the cases "
                                               "write into it")
     ap.add_argument("--json", default="")
@@ -295,7 +297,7 @@ def main(argv=None) -> int:
         for c in cases:
             print(json.dumps(asdict(c)))
         return 0
-    res = evaluate(work_roots, cases, a.context_tokens, load_completer(a.completer))
+    res = evaluate(work_roots, cases, a.context_tokens, load_completer(a.completer), a.method)
     print(json.dumps(res["summary"], indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
