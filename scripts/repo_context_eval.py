@@ -18,9 +18,10 @@ per package (`--cases`, default 100).
 For each case the tree is indexed (daemon/repo_index.py) with the case's file as the editor holds
 it (the line removed), and daemon/retrieval.py retrieves snippets for the cursor within
 `--context-tokens` tokens (the embedded tokenizer counts them). A completion function
-`complete(case, prefix, suffix, context) -> str` (prefix ends at the cursor, at the line's
-indentation; context: [(label, text)] entries, most relevant last, [] for "off") answers each case
-twice (its first line counts); exact match and edit similarity (training/evaluate.py's metrics) are
+`complete(case, prefix, suffix, context, today) -> str` (prefix ends at the cursor, at the line's
+indentation; `today`: today's context, the (label, text) of the workspace files the current file
+imports, as daemon/context.py resolves them; `context`: the snippets as (label, text) entries, most
+relevant last, [] for "off") answers each case twice (its first line counts); exact match and edit similarity (training/evaluate.py's metrics) are
 reported for off and on, with the tokens the snippets add. Built in:
 
     --completer none      retrieval only: how often a snippet holds the definition of a name the
@@ -201,8 +202,18 @@ def token_counter():
         return lambda s: max(1, len(s) // 4)
 
 
-def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, method: str = "bm25"
-                 ) -> tuple[list, float]:
+def today_context(root: Path, case: Case, text: str) -> list[tuple[str, str]]:
+    """What the prompt holds today besides the file: the workspace files it imports (daemon/context.py)."""
+    from daemon.context import MAX_IMPORTS, resolve_imports
+    f = (root / case.path).resolve()
+    out = []
+    for g in resolve_imports(text, f, root.resolve(), MAX_IMPORTS):
+        out.append((g.relative_to(root.resolve()).as_posix(), g.read_text(encoding="utf-8")))
+    return out
+
+
+def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, method: str = "bm25",
+                 held_texts=()) -> tuple[list, float]:
     """Snippets for the case with the file as the editor holds it (written into the tree while asked)."""
     f = root / case.path
     original = f.read_text(encoding="utf-8")
@@ -211,7 +222,8 @@ def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, met
     try:
         idx.update(f)
         t0 = time.perf_counter()
-        snippets = Retriever(idx, method=method).retrieve(str(f), held, case.line, budget, count=count)
+        snippets = Retriever(idx, method=method).retrieve(str(f), held, case.line, budget, held=list(held_texts),
+                                                          count=count)
         ms = (time.perf_counter() - t0) * 1000
     finally:
         f.write_text(original, encoding="utf-8")
@@ -219,7 +231,8 @@ def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, met
     return snippets, ms
 
 
-def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=None, method: str = "bm25") -> dict:
+def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=None, method: str = "bm25",
+             with_today: bool = True) -> dict:
     count = token_counter()
     indexes = {}
     rows = []
@@ -228,21 +241,23 @@ def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=No
         if case.package not in indexes:
             indexes[case.package] = RepoIndex(root)
             indexes[case.package].build()
-        snippets, ms = retrieve_for(indexes[case.package], root, case, budget, count, method)
         prefix, suffix, held = case_text(root, case)
+        today = today_context(root, case, held) if with_today else []
+        snippets, ms = retrieve_for(indexes[case.package], root, case, budget, count, method,
+                                    [t for _, t in today])
         ctx = "".join(s.text for s in snippets)
         in_file = set(IDENT.findall(held))
         want = [t for t in dict.fromkeys(IDENT.findall(case.target)) if t not in in_file and len(t) > 2]
         row = {"id": case.id, "snippets": len(snippets), "tokens_added": sum(count(f"{s.label}\n{s.text}") + 1
                                                                             for s in snippets),
-               "retrieve_ms": round(ms, 2),
+               "retrieve_ms": round(ms, 2), "ranges": [f"{s.label}:{s.start}-{s.end}" for s in snippets],
                "def_hit": any(s.why.startswith("definition of ") and s.why.split()[2] in case.names for s in snippets)
                or any(re.search(rf"^\s*(def|class)\s+{re.escape(n)}\b|^{re.escape(n)}\s*=", s.text, re.M)
                       for s in snippets for n in case.names),
                "ident_recall": (sum(1 for t in want if re.search(rf"\b{re.escape(t)}\b", ctx)) / len(want)) if want else None}
         if complete is not None:
             for mode, context in (("off", []), ("on", as_entries(snippets))):
-                got = complete(case, prefix, suffix, context)
+                got = complete(case, prefix, suffix, context, today)
                 got = got.split("\n", 1)[0]
                 row[f"exact_{mode}"] = exact_match(got.strip(), case.target)
                 row[f"edit_sim_{mode}"] = edit_similarity(got.strip(), case.target)
@@ -250,7 +265,7 @@ def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=No
         rows.append(row)
     n = len(rows)
     recall = [r["ident_recall"] for r in rows if r["ident_recall"] is not None]
-    summary = {"cases": n, "context_tokens": budget, "method": method,
+    summary = {"cases": n, "context_tokens": budget, "method": method, "today_context": with_today,
                "def_hit": round(sum(r["def_hit"] for r in rows) / n, 3) if n else 0.0,
                "ident_recall": round(sum(recall) / len(recall), 3) if recall else None,
                "tokens_added_mean": round(sum(r["tokens_added"] for r in rows) / n, 1) if n else 0.0,
@@ -278,6 +293,7 @@ def main(argv=None) -> int:
     ap.add_argument("--context-tokens", type=int, default=384, help="the snippets' token budget")
     ap.add_argument("--completer", default="none")
     ap.add_argument("--method", default="bm25", choices=("bm25", "jaccard"), help="how chunks are ranked")
+    ap.add_argument("--no-today", action="store_true", help="no imported files in either run (snippets alone)")
     ap.add_argument("--work", default="", help="a scratch copy of the trees (default: DATA/work); the cases "
                                               "write into it")
     ap.add_argument("--json", default="")
@@ -297,7 +313,7 @@ def main(argv=None) -> int:
         for c in cases:
             print(json.dumps(asdict(c)))
         return 0
-    res = evaluate(work_roots, cases, a.context_tokens, load_completer(a.completer), a.method)
+    res = evaluate(work_roots, cases, a.context_tokens, load_completer(a.completer), a.method, not a.no_today)
     print(json.dumps(res["summary"], indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")

@@ -18,6 +18,7 @@ import os
 
 PREFIX_TOKENS = 512
 SUFFIX_TOKENS = 128
+TODAY_TOKENS = 256     # each imported file's first lines (today's context), the same in both runs
 _llm = None
 
 
@@ -60,12 +61,13 @@ def _clip_right(text: str, budget: int) -> str:
     return "\n".join(out)
 
 
-def complete(case, prefix: str, suffix: str, context: list[tuple[str, str]]) -> str:
+def complete(case, prefix: str, suffix: str, context: list[tuple[str, str]], today=()) -> str:
     p = _clip_left(prefix, PREFIX_TOKENS)
     s = _clip_right(suffix, SUFFIX_TOKENS)
     head = ""
-    if context:
-        head = f"<|repo_name|>{case.package}\n" + "".join(f"<|file_sep|>{label}\n{text}" for label, text in context)
+    files = [(label, _clip_right(text, TODAY_TOKENS)) for label, text in today] + list(context)
+    if files:
+        head = f"<|repo_name|>{case.package}\n" + "".join(f"<|file_sep|>{label}\n{text}" for label, text in files)
         head += f"<|file_sep|>{case.path}\n"
     prompt = f"{head}<|fim_prefix|>{p}<|fim_suffix|>{s}<|fim_middle|>"
     out = _model().create_completion(prompt, max_tokens=48, temperature=0.0, stop=["\n", "<|endoftext|>",

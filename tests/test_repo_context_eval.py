@@ -89,16 +89,21 @@ def test_sample_is_seeded(pkg):
 def test_evaluate_with_and_without_context(pkg):
     cases = ev.make_cases({"toypkg": pkg}, 10, seed=0, packages=PACKAGES)
 
-    def completer(case, prefix, suffix, context):
+    def completer(case, prefix, suffix, context, today):
         """Answers right only when the snippets hold the used name's definition."""
         text = "".join(t for _, t in context)
         return case.target if all(f"def {n}" in text or f"class {n}" in text for n in case.names) else "pass"
 
-    res = ev.evaluate({"toypkg": pkg}, cases, 200, completer)
+    res = ev.evaluate({"toypkg": pkg}, cases, 200, completer, with_today=False)
     s = res["summary"]
     assert s["cases"] == 3 and s["def_hit"] == 1.0
     assert s["exact_off"] == 0.0 and s["exact_on"] == 1.0
     assert s["edit_sim_on"] == 1.0 and s["edit_sim_off"] < 0.5
     assert 0 < s["tokens_added_mean"] <= 200
+    # today's context: core.py imports helpers.py, so with it the snippets hold nothing new
+    res = ev.evaluate({"toypkg": pkg}, cases, 200, completer)
+    assert not any(r.startswith("toypkg/helpers.py") for row in res["rows"] for r in row["ranges"])
+    assert res["summary"]["exact_on"] == 0.0
+    assert ev.today_context(pkg, cases[0], (pkg / "toypkg/core.py").read_text())[0][0] == "toypkg/helpers.py"
     # the tree is left as it was
     assert (pkg / "toypkg" / "core.py").read_text() == CORE
