@@ -13,8 +13,9 @@ file has not changed since it was indexed). What is kept: per chunk four small i
 `array('I')` columns (file, first line, last line, identifier count), per definition four, per
 identifier a postings `array('I')` of chunk ids. Bounds (`Limits`): at most `max_files` files,
 `max_chunks` chunks and `max_postings` (identifier, chunk) pairs; past a bound further files are
-skipped (`stats().truncated`). The defaults (20k files, 400k chunks, 16M pairs: ~64 MB of postings)
-keep a 10k-file Python tree near 100 MB; docs/repo_context.md has the measured figures.
+skipped (`stats().truncated`) and the build stops walking (a 100k-file workspace costs no more than
+the bound). With the defaults (20k files, 400k chunks, 16M pairs) a 10k-file Python tree took an
+estimated 104 MB (peak RSS +145 MB); docs/repo_context.md has the measured figures.
 
 Updates: `update(path)` re-indexes one file (a few ms), `remove(path)` drops a file or every file
 under a directory, `move(src, dst)` both; `IndexEventHandler` calls them from watchdog events, so a
@@ -442,11 +443,14 @@ class RepoIndex:
         t0 = time.perf_counter()
         slice_t0 = time.perf_counter()
         seen: set[str] = set()
+        self.truncated = False
         for path, st in self._walk(str(self.root)):
             if self._stop.is_set():
                 return time.perf_counter() - t0
             if self.update(path, st):
                 seen.add(path)
+            elif self.truncated:          # full: walking the rest of a huge tree would only cost time
+                break
             if slice_s and time.perf_counter() - slice_t0 > slice_s:
                 time.sleep(pause_s)
                 waited = 0.0
@@ -454,9 +458,10 @@ class RepoIndex:
                     time.sleep(pause_s)
                     waited += pause_s
                 slice_t0 = time.perf_counter()
-        with self.lock:
-            for p in [p for p in self._fid if p not in seen]:
-                self._kill(self._fid[p])
+        if not self.truncated:
+            with self.lock:
+                for p in [p for p in self._fid if p not in seen]:
+                    self._kill(self._fid[p])
         self.build_seconds = time.perf_counter() - t0
         log.info("repo index %s: %d files, %d chunks in %.1f s", self.root, len(self._fid), self._live_chunks,
                  self.build_seconds)
