@@ -51,6 +51,7 @@ MAX_CHUNK_CANDIDATES = 24
 MAX_SIGNATURES = 6
 SIGNATURE_LINES = 4
 MAX_SNIPPETS = 12
+SOURCES = ("definitions", "signatures", "chunks")
 MIN_ROOM = 16               # stop when less than this is left of the budget
 MIN_SNIPPET_LINES = 4
 DUP_SHARE = 0.8
@@ -294,15 +295,16 @@ class Retriever:
     # -- the snippets -------------------------------------------------------------------------------
 
     def retrieve(self, path: str, text: str, line: int, budget: int, held=(), count=len,
-                 exclude_after: int = 40) -> list[Snippet]:
+                 exclude_after: int = 40, sources=SOURCES) -> list[Snippet]:
         """Snippets for a completion in `path` (its current `text`, the cursor on 0-based `line`)
         within `budget` (as measured by `count`), in priority order. `held`: texts the prompt already
         holds (other files, the file's head); `exclude_after`: how many lines after the cursor the
-        prompt's own window reaches (chunks of this file there are dropped)."""
+        prompt's own window reaches (chunks of this file there are dropped); `sources`: which of
+        "definitions", "signatures", "chunks" to use (all by default)."""
         path = os.path.abspath(path) if path else ""
         window, first = query_window(text, line)
         key = (path, window, first, tuple(held) if len(held) < 16 else len(held), budget,
-               self.index.generation, self.recency.version)
+               self.index.generation, self.recency.version, tuple(sources))
         got = self._cache.get(key)
         if got is not None:
             return got
@@ -352,7 +354,7 @@ class Retriever:
         imported = imported_names(text)
         names = names_near_cursor(window, set(imported))
         followed = set()
-        for name, d in self.follow_definitions(names, path, defined_here):
+        for name, d in self.follow_definitions(names if "definitions" in sources else [], path, defined_here):
             if sum(1 for s in out if s.why.startswith("definition")) >= MAX_DEFS:
                 break
             followed.add(name)
@@ -360,8 +362,8 @@ class Retriever:
         # the signatures of the other workspace names the file imports (what the next line may call)
         n_sig = 0
         sig_kinds = frozenset({"function", "class", "definition"})
-        for name, d in self.follow_definitions([(n, sig_kinds) for n in imported if n not in followed],
-                                               path, defined_here):
+        for name, d in self.follow_definitions([(n, sig_kinds) for n in imported if n not in followed]
+                                               if "signatures" in sources else [], path, defined_here):
             if n_sig >= MAX_SIGNATURES or budget - used < MIN_ROOM:
                 break
             lines = self._lines(d.path)
@@ -372,7 +374,8 @@ class Retriever:
             offer(d.path, d.line, end, 0.0, f"signature of {name} ({d.kind})")
             n_sig += len(out) > before
         lo, hi = first - QUERY_LINES, line + 1 + exclude_after
-        for cid, score, shared in self.rank_chunks(identifiers(window), path, (lo + 1, hi + 1)):
+        query = identifiers(window) if "chunks" in sources else set()
+        for cid, score, shared in self.rank_chunks(query, path, (lo + 1, hi + 1)):
             c = self.index.chunk(cid)
             offer(c.path, c.start, c.end, score, "shares " + ", ".join(shared[:5]))
             if budget - used < MIN_ROOM or len(out) >= MAX_SNIPPETS:

@@ -52,7 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.repo_index import RepoIndex           # noqa: E402
-from daemon.retrieval import Retriever, as_entries  # noqa: E402
+from daemon.retrieval import SOURCES, Retriever, as_entries  # noqa: E402
 from training.evaluate import edit_similarity, exact_match  # noqa: E402
 
 # name, version, sha256 of the sdist, the package's import directory inside the sdist
@@ -62,6 +62,9 @@ PACKAGES = (
     ("mistune", "3.4.0", "2eaf7952af928ca8d33b779762effc1da517b62c6ad85ec8ca957e3b07b9782a", "src/mistune"),
     ("tinydb", "4.9.0", "6928b1fa785186bda7952a0ba05aaeedc883ede565ca9c7d608de44e5e75de70", "tinydb"),
 )
+# what of each imported file the prompt holds today, for the near-duplicate check: the window layout
+# gives the extra files ~120 of 1024 tokens, each entry at most half of that
+HELD_TOKENS = 128
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -213,7 +216,7 @@ def today_context(root: Path, case: Case, text: str) -> list[tuple[str, str]]:
 
 
 def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, method: str = "bm25",
-                 held_texts=()) -> tuple[list, float]:
+                 held_texts=(), sources=SOURCES) -> tuple[list, float]:
     """Snippets for the case with the file as the editor holds it (written into the tree while asked)."""
     f = root / case.path
     original = f.read_text(encoding="utf-8")
@@ -223,7 +226,7 @@ def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, met
         idx.update(f)
         t0 = time.perf_counter()
         snippets = Retriever(idx, method=method).retrieve(str(f), held, case.line, budget, held=list(held_texts),
-                                                          count=count)
+                                                          count=count, sources=sources)
         ms = (time.perf_counter() - t0) * 1000
     finally:
         f.write_text(original, encoding="utf-8")
@@ -231,8 +234,20 @@ def retrieve_for(idx: RepoIndex, root: Path, case: Case, budget: int, count, met
     return snippets, ms
 
 
+def head_of(text: str, tokens: int, count) -> str:
+    """The first whole lines of text within `tokens`."""
+    out, used = [], 0
+    for ln in text.split("\n"):
+        n = count(ln + "\n")
+        if used + n > tokens:
+            break
+        out.append(ln)
+        used += n
+    return "\n".join(out)
+
+
 def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=None, method: str = "bm25",
-             with_today: bool = True) -> dict:
+             with_today: bool = True, held_tokens: int = HELD_TOKENS, sources=SOURCES) -> dict:
     count = token_counter()
     indexes = {}
     rows = []
@@ -244,16 +259,19 @@ def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=No
         prefix, suffix, held = case_text(root, case)
         today = today_context(root, case, held) if with_today else []
         snippets, ms = retrieve_for(indexes[case.package], root, case, budget, count, method,
-                                    [t for _, t in today])
+                                    [head_of(t, held_tokens, count) for _, t in today], sources)
         ctx = "".join(s.text for s in snippets)
         in_file = set(IDENT.findall(held))
         want = [t for t in dict.fromkeys(IDENT.findall(case.target)) if t not in in_file and len(t) > 2]
         row = {"id": case.id, "snippets": len(snippets), "tokens_added": sum(count(f"{s.label}\n{s.text}") + 1
                                                                             for s in snippets),
                "retrieve_ms": round(ms, 2), "ranges": [f"{s.label}:{s.start}-{s.end}" for s in snippets],
+               "kinds": [s.why.split()[0] for s in snippets],
                "def_hit": any(s.why.startswith("definition of ") and s.why.split()[2] in case.names for s in snippets)
                or any(re.search(rf"^\s*(def|class)\s+{re.escape(n)}\b|^{re.escape(n)}\s*=", s.text, re.M)
                       for s in snippets for n in case.names),
+               "line_sim": max((edit_similarity(ln.strip(), case.target) for s in snippets
+                                for ln in s.text.split("\n") if ln.strip()), default=0.0),
                "ident_recall": (sum(1 for t in want if re.search(rf"\b{re.escape(t)}\b", ctx)) / len(want)) if want else None}
         if complete is not None:
             for mode, context in (("off", []), ("on", as_entries(snippets))):
@@ -266,8 +284,10 @@ def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=No
     n = len(rows)
     recall = [r["ident_recall"] for r in rows if r["ident_recall"] is not None]
     summary = {"cases": n, "context_tokens": budget, "method": method, "today_context": with_today,
+               "held_tokens": held_tokens, "sources": ",".join(sources),
                "def_hit": round(sum(r["def_hit"] for r in rows) / n, 3) if n else 0.0,
                "ident_recall": round(sum(recall) / len(recall), 3) if recall else None,
+               "line_sim": round(sum(r["line_sim"] for r in rows) / n, 3) if n else 0.0,
                "tokens_added_mean": round(sum(r["tokens_added"] for r in rows) / n, 1) if n else 0.0,
                "retrieve_ms_median": sorted(r["retrieve_ms"] for r in rows)[n // 2] if n else 0.0}
     if complete is not None:
@@ -294,6 +314,9 @@ def main(argv=None) -> int:
     ap.add_argument("--completer", default="none")
     ap.add_argument("--method", default="bm25", choices=("bm25", "jaccard"), help="how chunks are ranked")
     ap.add_argument("--no-today", action="store_true", help="no imported files in either run (snippets alone)")
+    ap.add_argument("--sources", default=",".join(SOURCES), help="which snippet sources retrieval uses")
+    ap.add_argument("--held-tokens", type=int, default=HELD_TOKENS,
+                    help="how much of each imported file counts as already in the prompt (near-duplicates)")
     ap.add_argument("--work", default="", help="a scratch copy of the trees (default: DATA/work); the cases "
                                               "write into it")
     ap.add_argument("--json", default="")
@@ -313,7 +336,8 @@ def main(argv=None) -> int:
         for c in cases:
             print(json.dumps(asdict(c)))
         return 0
-    res = evaluate(work_roots, cases, a.context_tokens, load_completer(a.completer), a.method, not a.no_today)
+    res = evaluate(work_roots, cases, a.context_tokens, load_completer(a.completer), a.method, not a.no_today,
+                   a.held_tokens, tuple(a.sources.split(",")))
     print(json.dumps(res["summary"], indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
