@@ -407,3 +407,28 @@ def test_line_scan_agrees_with_ast_on_real_modules():
     chunks, defs = chunk_file("big.py", big)
     assert {"chunk_file", "RepoIndex", "python_units_scan", "update"} <= {d.name for d in defs}
     assert all(c.end - c.start < rc.MAX_CHUNK_LINES for c in chunks)
+
+
+def test_signatures_of_imported_names_and_sources(tree):
+    idx = built(tree)
+    r = Retriever(idx)
+    # PathCache is imported but not used in the window yet: its header comes as a signature
+    text = ("from pkg.util import normalise_path, PathCache\n\n\ndef run():\n" + "    x = 1\n" * 40
+            + "    \n")
+    line = text.count("\n")
+    got = r.retrieve(str(tree / "app/y.py"), text, line, budget=2000)
+    sig = [s for s in got if s.why == "signature of PathCache (class)"]
+    assert sig and sig[0].text == "class PathCache:\n" and (sig[0].start, sig[0].end) == (12, 12)
+    only_chunks = r.retrieve(str(tree / "app/y.py"), text, line, budget=2000, sources=("chunks",))
+    assert all(s.why.startswith("shares ") for s in only_chunks)
+    with pytest.raises(ValueError, match="bm25"):
+        Retriever(idx, method="tfidf")
+
+
+def test_as_entries_one_per_file():
+    from daemon.retrieval import Snippet
+    a = Snippet("/r/u.py", "u.py", 10, 12, "a\nb\nc\n", 0.0, "definition of a (function)")
+    b = Snippet("/r/v.py", "v.py", 1, 2, "x\ny\n", 3.0, "shares x")
+    c = Snippet("/r/u.py", "u.py", 1, 3, "h\ni\nj\n", 2.0, "shares h")
+    d = Snippet("/r/u.py", "u.py", 13, 14, "k\nl\n", 1.0, "shares k")
+    assert as_entries([a, b, c, d]) == [("v.py", "x\ny\n"), ("u.py", "h\ni\nj\n...\na\nb\nc\nk\nl\n")]
