@@ -128,7 +128,7 @@ def python_units(text: str) -> tuple[list[Unit], list[Def]] | None:
 
 _PY_DEF = re.compile(r"(async[ \t]+)?(def|class)[ \t]+([A-Za-z_]\w*)")
 _PY_ASSIGN = re.compile(r"([A-Za-z_][\w \t,]*?)[ \t]*(?::[^=\n]*)?=(?!=)")
-_PY_CONT = ("else", "elif", "except", "finally", "case")
+_PY_CONT = ("else", "elif", "except", "finally")
 
 
 def python_units_scan(lines: list[str]) -> tuple[list[Unit], list[Def]]:

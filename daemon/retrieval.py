@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.repo_chunks import IDENT_RE, STOPWORDS, identifiers
+from daemon.repo_chunks import STOPWORDS, identifiers
 from daemon.repo_index import RepoIndex
 
 QUERY_LINES = 30

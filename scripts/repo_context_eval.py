@@ -38,7 +38,6 @@ import ast
 import hashlib
 import importlib
 import json
-import os
 import random
 import re
 import shutil
