@@ -6,13 +6,17 @@ The query is the cursor's window: the QUERY_LINES lines that end at the START of
 (the line being typed is left out, so typing within a line keeps the same snippets, and the prompt
 part they fill keeps its KV cache; Enter moves the window by one line).
 
-Two sources, in this priority:
+Three sources (`sources`), in this priority:
 
 1. definitions: the names in the window that the current text does not define itself and the
    workspace defines elsewhere (at most MAX_DEF_CANDIDATES places, else the name is too common to
-   pick one), nearest the cursor first; a function or class over a variable; the definition closest
-   to the current file in the tree. Shown from their first line, at most DEF_LINES lines.
-2. similar chunks: BM25 over identifier sets (binary term frequency, length-normalised; identifiers
+   pick one), nearest the cursor first. A name counts when it is called (`f(`), called as a method
+   (`.m(`, not a builtin type's method), capitalised, or imported; plain lower-case names (locals,
+   parameters) are not followed. A function or class over a variable; the definition closest to the
+   current file in the tree. Shown from their first line, at most DEF_LINES lines (MAX_DEFS).
+2. signatures: the header lines of the other workspace names the file imports (MAX_SIGNATURES),
+   what the next line may call before the window has used it.
+3. similar chunks: BM25 over identifier sets (binary term frequency, length-normalised; identifiers
    in more than COMMON_DF of the chunks carry almost no weight and are not scored, which keeps a query
    over a large index to a few ms), or the identifier-set Jaccard (`method="jaccard"`), multiplied by
    (1 + RECENCY_WEIGHT / (1 + r)) for a file that is r-th in the recently edited or viewed list.
@@ -23,8 +27,10 @@ Every snippet is read back from disk (a file changed since it was indexed is re-
 this time) and dropped when DUP_SHARE of its lines are already in what the prompt holds (`held`) or
 in a snippet taken before it. Snippets are taken in priority order while they fit `budget` (measured
 with `count`, characters by default); one that does not fit is cut to its first lines when at least
-MIN_SNIPPET_LINES fit. `as_entries` lays them out for PromptBuilder as (path, text) context entries,
-most relevant last (nearest the cursor's file).
+MIN_SNIPPET_LINES fit; sizes are counted per line (cached), so a retrieval costs a few `count` calls.
+The result is cached per (window, index generation, recency version): keystrokes within a line
+cost a lookup. `as_entries` lays the snippets out for PromptBuilder as (path, text) context entries,
+one per file, the most relevant file last (nearest the cursor's file).
 
 What it does not know: the model, tokens (`count` is the caller's), the prompt layout.
 """
