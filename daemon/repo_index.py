@@ -135,6 +135,7 @@ class RepoIndex:
         self.skipped: dict[str, int] = {}
         self.build_seconds = 0.0
         self.generation = 0           # bumped on every change (a reader's cache key)
+        self._memory = (-1, 0)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._rebuild = threading.Event()
@@ -507,8 +508,10 @@ class RepoIndex:
 
     def memory_bytes(self) -> int:
         """The index's own size, estimated: the columns, the postings and definition maps (their
-        dict slots, keys and arrays) and the file table."""
+        dict slots, keys and arrays) and the file table (computed once per index generation)."""
         with self.lock:
+            if self._memory[0] == self.generation:
+                return self._memory[1]
             n = sum(a.buffer_info()[1] * a.itemsize + 64 for a in
                     (self._c_file, self._c_start, self._c_end, self._c_size, self._d_file, self._d_line, self._d_end))
             n += len(self._d_kind) + len(self._live)
@@ -517,7 +520,8 @@ class RepoIndex:
                 for k, a in m.items():
                     n += sys.getsizeof(k) + 64 + a.buffer_info()[1] * a.itemsize
             n += sys.getsizeof(self._fid) + sys.getsizeof(self._paths) + sys.getsizeof(self._meta)
-            n += sum(sys.getsizeof(p) + 72 for p in self._paths)     # the path string and its (mtime, size)
+            n += sum(sys.getsizeof(p) + 72 + 88 for p in self._paths)   # path, (mtime, size), range tuple
+            self._memory = (self.generation, n)
         return n
 
     def stats(self) -> IndexStats:

@@ -318,7 +318,9 @@ class Retriever:
         for h in held:
             held_lines.update(_norm_lines(h))
         held_lines.update(_norm_lines(window))
-        defined_here = {m.group(1) or m.group(2) for m in _LOCAL_DEF_RE.finditer(text)}
+        # the file without the cursor's line: what is typed there changes nothing until Enter
+        rest = _without_line(text, line)
+        defined_here = {m.group(1) or m.group(2) for m in _LOCAL_DEF_RE.finditer(rest)}
         out: list[Snippet] = []
         used = 0
         taken: dict[str, list[tuple[int, int]]] = {}
@@ -357,7 +359,7 @@ class Retriever:
             taken.setdefault(p, []).append((s, e))
             held_lines.update(norm)
 
-        imported = imported_names(text)
+        imported = imported_names(rest)
         names = names_near_cursor(window, set(imported))
         followed = set()
         for name, d in self.follow_definitions(names if "definitions" in sources else [], path, defined_here):
@@ -410,6 +412,17 @@ def as_entries(snippets: list[Snippet]) -> list[tuple[str, str]]:
             end = s.end
         out.append((label, text))
     return out
+
+
+def _without_line(text: str, line: int) -> str:
+    start = 0
+    for _ in range(line):
+        i = text.find("\n", start)
+        if i < 0:
+            return text
+        start = i + 1
+    end = text.find("\n", start)
+    return text[:start] + ("" if end < 0 else text[end + 1:])
 
 
 def _signature_end(lines: list[str], start: int, end: int) -> int:

@@ -350,7 +350,8 @@ def test_retrieval_stable_while_typing_within_a_line(tree):
     line = base.count("\n")
     first = r.retrieve(str(tree / "app/t.py"), base, line, budget=3000)
     assert first
-    for typed in ("r", "res", "result = norm", "result = normalise_path(it", "result = normalise_path(it) + PathCache"):
+    for typed in ("r", "res", "result = norm", "result = normalise_path(it", "result = normalise_path(it) + PathCache",
+                  "\nfrom pkg.mod3 import use_3"[1:], "use_1 = 2"):
         r2 = Retriever(idx)          # no cache: the ranking itself must not change
         again = r2.retrieve(str(tree / "app/t.py"), base + typed, line, budget=3000)
         assert [(s.path, s.start, s.end) for s in again] == [(s.path, s.start, s.end) for s in first], typed
