@@ -6,6 +6,8 @@ a fresh child process indexes it, so that its peak RSS is the index's alone:
 
   * foreground build (one thread, full speed) or the paced background build (`--background`:
     RepoIndex.start(), 40 ms of work then 10 ms of sleep)
+  * wall and CPU seconds of the build (CPU seconds are what it costs where nothing else runs; the
+    paced build's wall time there is about CPU / 0.8)
   * peak RSS growth over the process before the build (resource.getrusage), and the index's own
     estimate (RepoIndex.memory_bytes)
   * single-file update latency: a file rewritten and RepoIndex.update() timed (median, p95 of 50)
@@ -50,8 +52,8 @@ def source_files(roots: list[Path]) -> list[tuple[Path, Path]]:
     return out
 
 
-def make_tree(n: int, dest: Path, seed: int = 0) -> int:
-    roots = [Path(sysconfig.get_paths()["stdlib"])] + [Path(p) for p in site.getsitepackages()]
+def make_tree(n: int, dest: Path, seed: int = 0, roots: list[Path] | None = None) -> int:
+    roots = roots or [Path(sysconfig.get_paths()["stdlib"])] + [Path(p) for p in site.getsitepackages()]
     files = source_files([r for r in roots if r.is_dir()])
     if len(files) < n:
         raise SystemExit(f"only {len(files)} .py files under {roots}; ask for fewer")
@@ -78,12 +80,14 @@ def measure(tree: Path, background: bool, seed: int = 0) -> dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     idx = RepoIndex(tree)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     if background:
         idx.start()
         idx.wait()
     else:
         idx.build()
     build_s = time.perf_counter() - t0
+    build_cpu_s = time.process_time() - c0     # CPU seconds: what the build costs on an idle core
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     st = idx.stats()
     rnd = random.Random(seed)
@@ -112,7 +116,7 @@ def measure(tree: Path, background: bool, seed: int = 0) -> dict:
         return round(xs[min(len(xs) - 1, int(f * len(xs)))], 2)
 
     return {"files": st.files, "chunks": st.chunks, "definitions": st.definitions, "identifiers": st.identifiers,
-            "postings": st.postings, "skipped": st.skipped, "build_s": round(build_s, 2),
+            "postings": st.postings, "skipped": st.skipped, "build_s": round(build_s, 2), "build_cpu_s": round(build_cpu_s, 2),
             "background": background, "index_bytes": st.memory_bytes, "rss_growth_bytes": rss1 - rss0,
             "update_ms_p50": round(statistics.median(upd), 2), "update_ms_p95": q(upd, 0.95),
             "retrieve_ms_p50": round(statistics.median(ret), 2), "retrieve_ms_p95": q(ret, 0.95),
@@ -125,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--background", action="store_true", help="the paced background build instead of full speed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="")
+    ap.add_argument("--roots", default="", help="comma-separated folders to sample .py files from (default: this "
+                                                 "interpreter's stdlib and site-packages; the sample depends on them)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -134,15 +140,15 @@ def main(argv=None) -> int:
     for n in [int(x) for x in a.sizes.split(",") if x]:
         with tempfile.TemporaryDirectory(prefix=f"repo-bench-{n}-") as d:
             tree = Path(d) / "tree"
-            source_bytes = make_tree(n, tree, a.seed)
+            source_bytes = make_tree(n, tree, a.seed, [Path(r) for r in a.roots.split(",") if r] or None)
             cmd = [sys.executable, __file__, "--child", str(tree), "--seed", str(a.seed)]
             if a.background:
                 cmd.append("--background")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
-            res.update(size=n, source_mb=round(source_bytes / 1e6, 1))
+            res.update(size=n, source_mb=round(source_bytes / 1e6, 1), python=sys.executable)
             results.append(res)
-            print(f"{n} files ({res['source_mb']} MB): build {res['build_s']} s "
+            print(f"{n} files ({res['source_mb']} MB): build {res['build_s']} s, {res['build_cpu_s']} CPU s "
                   f"({'background' if a.background else 'foreground'}), index {res['index_bytes'] / 1e6:.1f} MB, "
                   f"peak RSS +{res['rss_growth_bytes'] / 1e6:.1f} MB, {res['files']} files / {res['chunks']} chunks / "
                   f"{res['definitions']} definitions; update p50 {res['update_ms_p50']} ms p95 {res['update_ms_p95']} ms; "
