@@ -200,6 +200,12 @@ def test_vanishing_file_and_bad_paths(tree):
     assert idx.update(tree / "no" / "such" / "dir.py") is False
     assert idx.update("/etc/passwd") is False           # outside the root
     assert idx.remove(tree / "never-indexed") == 0
+    # deleted between the walk's stat and the read (mid-build)
+    late = write(tree, "pkg/late.py", "def late_thing():\n    pass\n")
+    st = late.stat()
+    late.unlink()
+    assert idx.update(late, st) is False and idx.stats().skipped.get("vanished", 0) >= 1
+    assert idx.definitions("late_thing") == []
 
 
 def test_limits_bound_the_index(tree):
