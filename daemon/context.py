@@ -36,8 +36,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.gitignore import GitIgnore
-from daemon.loops import loop_cut
+from textkit.gitignore import GitIgnore
+from textkit.loops import loop_cut
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from daemon import layouts, protocol
+import protocol
+from daemon import layouts
 from daemon.context import PromptBuilder, finish_text, text_cut
 
 log = logging.getLogger("tricode.daemon")

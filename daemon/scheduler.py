@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from daemon import protocol
+import protocol
 from daemon.config import Config, resolve_model
 from daemon.context import PromptBuilder, Workspace, finish_text, protect_special_tokens, text_cut
 
@@ -564,7 +564,7 @@ class Engine(threading.Thread):
             import torch  # noqa: F401
             self._threads(cfg)
 
-            from daemon.tokenizer import Tokenizer, TokenizerError
+            from textkit.tokenizer import Tokenizer, TokenizerError
             from engine.checkpoint import CheckpointError, load_checkpoint
             from engine.generate import DecodeParams, generate
         except Exception as e:  # noqa: BLE001
@@ -618,7 +618,7 @@ class Engine(threading.Thread):
     def _load_tokenizer(self, path: Path, key: tuple, t0: float) -> None:
         """The model runs on a server (backend = "openai", no local fallback): only the tokenizer that
         budgets the prompts is loaded, no weights and no torch."""
-        from daemon.tokenizer import Tokenizer, TokenizerError
+        from textkit.tokenizer import Tokenizer, TokenizerError
         try:
             tok = Tokenizer(path)
         except TokenizerError as e:

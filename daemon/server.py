@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from daemon import config as config_mod
-from daemon import protocol
+import protocol
 from daemon.context import Workspace
 from daemon.remote import CancelSignal, RemoteBackend
 from daemon.scheduler import PRIO_INLINE, PRIO_PREFETCH, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats

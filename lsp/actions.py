@@ -19,8 +19,8 @@ import time
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
-from daemon.client import DaemonUnavailable
-from daemon.protocol import ABORTED, Generate
+from protocol.client import DaemonUnavailable
+from protocol import ABORTED, Generate
 from lsp import refactor
 from lsp.progress import WorkDone
 

@@ -13,9 +13,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from daemon.client import DaemonUnavailable
-from daemon.gitignore import IgnoreMatcher
-from daemon.protocol import NOT_READY, Complete
+from protocol.client import DaemonUnavailable
+from textkit.gitignore import IgnoreMatcher
+from protocol import NOT_READY, Complete
 
 from lsp import gating, multiline, postprocess
 from lsp.cache import CompletionCache

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from daemon.protocol import Prefetch
+from protocol import Prefetch
 from lsp import gating
 from lsp.context import PREFIX_CHARS, Context
 from lsp.documents import Document

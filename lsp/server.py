@@ -24,10 +24,10 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import lsp_method
 
-from daemon.client import DaemonUnavailable
-from daemon.gitignore import IgnoreMatcher
-from daemon.protocol import Document as DocumentMsg
-from daemon.protocol import Feedback, Status
+from protocol.client import DaemonUnavailable
+from textkit.gitignore import IgnoreMatcher
+from protocol import Document as DocumentMsg
+from protocol import Feedback, Status
 from lsp import gating
 from lsp.actions import Actions
 from lsp.backend import Backend

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     import torch
     from daemon.context import PromptBuilder, protect_special_tokens
-    from daemon.tokenizer import Tokenizer
+    from textkit.tokenizer import Tokenizer
     from engine.checkpoint import load_checkpoint
     from engine.embedded_model import default_model
     from engine.generate import DecodeParams, generate

@@ -1,4 +1,4 @@
-"""The daemon end to end: real `python -m daemon.cli daemon run` processes on the tiny checkpoint,
+"""The daemon end to end: real `python -m tricode daemon run` processes on the tiny checkpoint,
 real sockets, no mocks. One daemon serves the module; the lifecycle test starts its own."""
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from daemon import protocol
-from daemon.client import DaemonClient, DaemonUnavailable, call
-from daemon.protocol import Complete, Document, Feedback, Generate, Hello, Status
+import protocol
+from protocol.client import DaemonClient, DaemonUnavailable, call
+from protocol import Complete, Document, Feedback, Generate, Hello, Status
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ class D:
         return call(Status(), socket_path=self.sock, timeout=10)[0]
 
     def cli(self, *args, timeout=120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=self.env, cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "tricode", *args], env=self.env, cwd=REPO,
                               capture_output=True, text=True, timeout=timeout)
 
     async def client(self, name="test") -> DaemonClient:
@@ -89,7 +89,7 @@ def daemon():
     d.config.parent.mkdir(parents=True)
     d.config.write_text(BASE_CONFIG)
     err = open(base / "daemon.err", "wb")
-    d.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(d.ckpt)],
+    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(d.ckpt)],
                               env=d.env, cwd=REPO, stdout=err, stderr=err)
     try:
         wait_ready(d.sock, proc=d.proc)
@@ -153,8 +153,8 @@ def test_hello_version_mismatch_is_rejected(daemon, monkeypatch):
     assert reply["type"] == "error" and reply["code"] == protocol.VERSION and reply["id"] == 3
     assert protocol.recv_frame(s) is None          # the daemon closed that connection
     s.close()
-    import daemon.client as client_mod
-    from daemon.client import DaemonVersionMismatch
+    import protocol.client as client_mod
+    from protocol.client import DaemonVersionMismatch
     monkeypatch.setattr(client_mod, "Hello", lambda client: Hello(client=client, version=999))
 
     async def go():
@@ -744,7 +744,7 @@ def test_daemon_on_cuda():
     d = D(base, write_tiny_checkpoint(base / "ck"))
     d.config.parent.mkdir(parents=True)
     d.config.write_text(BASE_CONFIG.replace('device = "cpu"', 'device = "cuda"'))
-    d.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(d.ckpt)],
+    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(d.ckpt)],
                               env=d.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         st = wait_ready(d.sock, proc=d.proc)

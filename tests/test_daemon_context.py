@@ -7,8 +7,8 @@ import pytest
 
 from daemon.context import (ALWAYS_IGNORED, CLIP_STEP, PromptBuilder, Workspace, finish_text, protect_special_tokens,
                             python_imports, resolve_imports, text_cut)
-from daemon.gitignore import GitIgnore
-from daemon.tokenizer import Tokenizer
+from textkit.gitignore import GitIgnore
+from textkit.tokenizer import Tokenizer
 from tests.tiny_checkpoint import SAMPLE_CODE, tiny_tokenizer
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.gitignore import IgnoreMatcher
+from textkit.gitignore import IgnoreMatcher
 from lsp import gating, multiline, postprocess, refactor
 from lsp.cache import CompletionCache
 from lsp.context import Context
@@ -55,7 +55,7 @@ def test_server_module_imports_no_torch_and_fast():
 
 
 def test_cli_parser_build_stays_torch_free():
-    code = ("import sys; from daemon.cli import build_parser; p = build_parser(); "
+    code = ("import sys; from tricode.cli import build_parser; p = build_parser(); "
             "a = p.parse_args(['lsp', '--model', '/m', '--socket', '/s']); print(a.func.__module__, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["lsp.command", "False"]

@@ -40,7 +40,7 @@ def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
 def cmd_generate(args) -> int:
     import time
 
-    from daemon.tokenizer import Tokenizer, TokenizerError
+    from textkit.tokenizer import Tokenizer, TokenizerError
     from engine.checkpoint import CheckpointError, load_checkpoint
     from engine.generate import DecodeParams, generate
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with text and statistics")
     p.set_defaults(func=cmd_generate)
 
-    from daemon.commands import add_commands as add_daemon_commands
+    from tricode.commands import add_commands as add_daemon_commands
     from lsp.command import add_commands as add_lsp_commands
     add_daemon_commands(sub)
     add_lsp_commands(sub)

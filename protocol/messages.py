@@ -23,14 +23,7 @@ and the connection stays open.
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import struct
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-
-import msgpack
 
 PROTOCOL_VERSION = 1
 # The daemon's behaviour level, in its hello reply as "build" (absent: 1). Bumped when `tricode lsp`
@@ -38,8 +31,7 @@ PROTOCOL_VERSION = 1
 # replaces a daemon that reports less (after the requests it is running finish). The environment
 # variable TRICODE_TEST_DAEMON_BUILD makes a daemon report another build: for tests only.
 DAEMON_BUILD = 2
-MAX_FRAME = 8 * 1024 * 1024
-HEADER = struct.Struct(">I")
+MAX_FRAME = 8 * 1024 * 1024    # bytes of one frame's body (protocol/framing.py enforces it)
 
 # error codes
 SUPERSEDED = "superseded"      # a newer completion for the same document and client replaced it
@@ -180,7 +172,7 @@ class Result:
     prompt_tokens: int = 0     # length of the prompt the daemon built (context + suffix + prefix)
     context_ms: float = 0.0    # building that prompt (workspace context, tokenization)
     context_files: tuple[str, ...] = ()   # the extra-context files in the prompt, as labelled there
-    loop_cut: bool = False     # the text was cut where it began to repeat itself (daemon/loops.py)
+    loop_cut: bool = False     # the text was cut where it began to repeat itself (textkit/loops.py)
     type: str = "result"
 
 
@@ -232,77 +224,3 @@ def error(id: int, code: str, message: str) -> dict:
 
 def ok(id: int, **extra) -> dict:
     return {"type": "ok", "id": id, **extra}
-
-
-def pack(msg) -> bytes:
-    body = msgpack.packb(to_wire(msg), use_bin_type=True)
-    if len(body) > MAX_FRAME:
-        raise ProtocolError(TOO_LARGE, f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
-    return HEADER.pack(len(body)) + body
-
-
-def unpack_body(body: bytes):
-    try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as e:
-        raise ProtocolError(BAD_REQUEST, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
-
-
-# -- framing over asyncio streams and blocking sockets ----------------------------------------------
-
-async def read_frame(reader: asyncio.StreamReader):
-    """Next decoded frame, or None at EOF. An oversized frame is skipped and raised as TOO_LARGE."""
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError:
-        return None
-    (n,) = HEADER.unpack(header)
-    if n > MAX_FRAME:
-        remaining = n
-        while remaining:
-            chunk = await reader.read(min(remaining, 1 << 16))
-            if not chunk:
-                return None
-            remaining -= len(chunk)
-        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
-    try:
-        body = await reader.readexactly(n)
-    except asyncio.IncompleteReadError:
-        return None
-    return unpack_body(body)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def recv_frame(sock: socket.socket):
-    header = _recv_exact(sock, HEADER.size)
-    if header is None:
-        return None
-    (n,) = HEADER.unpack(header)
-    if n > MAX_FRAME:
-        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
-    body = _recv_exact(sock, n)
-    return None if body is None else unpack_body(body)
-
-
-# -- where the daemon lives -------------------------------------------------------------------------
-
-def runtime_dir() -> Path:
-    """$XDG_RUNTIME_DIR/tricode, else a private directory under the temp dir (mode 0700)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base:
-        return Path(base) / "tricode"
-    import tempfile
-    return Path(tempfile.gettempdir()) / f"tricode-{os.getuid()}"
-
-
-def socket_path() -> Path:
-    return Path(os.environ.get("TRICODE_SOCKET") or runtime_dir() / "daemon.sock")
