@@ -512,6 +512,10 @@ class Daemon:
                     frame = await protocol.read_frame(reader)
                 except protocol.ProtocolError as e:
                     self._bad(conn, e)
+                    if e.fatal:          # the stream is no longer at a frame boundary: answer, then close
+                        conn.closed = True
+                        await _linger_close(reader, writer)
+                        break
                     continue
                 except (ConnectionError, OSError):
                     break

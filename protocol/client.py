@@ -228,6 +228,8 @@ class DaemonClient:
                     frame = await protocol.read_frame(reader)
                 except ProtocolError as e:
                     log.warning("bad frame from the daemon: %s", e.message)
+                    if e.fatal:          # no longer at a frame boundary: drop the connection
+                        break
                     continue
                 if frame is None:
                     break

@@ -26,26 +26,24 @@ def unpack_body(body: bytes):
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as e:
-        raise ProtocolError(BAD_REQUEST, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
+        raise ProtocolError(BAD_REQUEST, f"frame is not valid msgpack ({type(e).__name__}: {e})",
+                            fatal=True) from None
 
 
 # -- framing over asyncio streams and blocking sockets ----------------------------------------------
 
 async def read_frame(reader: asyncio.StreamReader):
-    """Next decoded frame, or None at EOF. An oversized frame is skipped and raised as TOO_LARGE."""
+    """Next decoded frame, or None at EOF. A length prefix over MAX_FRAME raises TOO_LARGE at once,
+    without reading the body (it may claim up to 4 GB); a body that is not msgpack raises BAD_REQUEST.
+    Both are `fatal`: the caller answers and closes the connection."""
     try:
         header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError:
         return None
     (n,) = HEADER.unpack(header)
     if n > MAX_FRAME:
-        remaining = n
-        while remaining:
-            chunk = await reader.read(min(remaining, 1 << 16))
-            if not chunk:
-                return None
-            remaining -= len(chunk)
-        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit; "
+                            "closing the connection", fatal=True)
     try:
         body = await reader.readexactly(n)
     except asyncio.IncompleteReadError:
@@ -69,6 +67,6 @@ def recv_frame(sock: socket.socket):
         return None
     (n,) = HEADER.unpack(header)
     if n > MAX_FRAME:
-        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit", fatal=True)
     body = _recv_exact(sock, n)
     return None if body is None else unpack_body(body)

@@ -6,8 +6,11 @@ must carry the same PROTOCOL_VERSION as the daemon's (a refusal names the daemon
 and pid; `shutdown` alone needs no hello on the Unix socket, so that a newer client can replace an
 older daemon). The daemon answers every request exactly once:
 with its reply type, or with `error` (codes below). A frame over MAX_FRAME bytes, or one that is not a
-msgpack map with a known "type", gets an `error` with id -1 (or the frame's id when it can be read),
-and the connection stays open.
+msgpack map with a known "type", gets an `error` with id -1 (or the frame's id when it can be read).
+A frame that can never be valid (a length prefix over MAX_FRAME, a body that is not msgpack) also
+closes the connection: the stream can no longer be trusted to be at a frame boundary, so the daemon
+answers at once instead of reading on. A valid msgpack body that is not a known request leaves the
+connection open.
 
     client -> daemon                           daemon -> client
     hello {version, client}                    hello {version, build, pid, state}
@@ -47,9 +50,10 @@ FORBIDDEN = "forbidden"        # a peer of another user, or a TCP client without
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, id: int = -1):
+    """`fatal`: the framing itself is broken (see the module docstring); the connection must close."""
+    def __init__(self, code: str, message: str, id: int = -1, fatal: bool = False):
         super().__init__(message)
-        self.code, self.message, self.id = code, message, id
+        self.code, self.message, self.id, self.fatal = code, message, id, fatal
 
 
 # -- messages ---------------------------------------------------------------------------------------

@@ -171,7 +171,6 @@ def test_malformed_frames_get_errors_and_are_counted(daemon):
     s.sendall(protocol.pack(Hello(id=5)))
     assert protocol.recv_frame(s)["type"] == "hello"
     cases = [
-        (b"\xc1\xff\x00 not msgpack", -1),                                          # garbage bytes
         (msgpack.packb([1, 2, 3]), -1),                                              # not a map
         (msgpack.packb({"type": "frobnicate", "id": 7}), 7),                        # unknown type
         (msgpack.packb({"type": "complete", "id": 8, "max_tokens": "many"}), 8),    # wrong field type
@@ -187,19 +186,47 @@ def test_malformed_frames_get_errors_and_are_counted(daemon):
     assert daemon.proc.poll() is None
 
 
-def test_oversized_frame(daemon):
-    s = raw_connect(daemon.sock)
-    n = protocol.MAX_FRAME + 1
-    s.sendall(protocol.HEADER.pack(n))
-    chunk = b"\0" * (1 << 20)
-    left = n
-    while left:
-        left -= s.send(chunk[:min(left, len(chunk))])
+def _answer_then_close(s: socket.socket, data: bytes) -> tuple[dict, float]:
+    """Send `data` and read the daemon's answer: (the reply frame, seconds it took). The daemon must
+    then close the connection (EOF, or a reset because the peer's unread input was discarded)."""
+    t0 = time.monotonic()
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass                                        # the daemon closed while we were still sending
     r = protocol.recv_frame(s)
-    assert (r["type"], r["code"], r["id"]) == ("error", protocol.TOO_LARGE, -1)
-    r = send_body(s, msgpack.packb({"type": "status", "id": 12}))     # the connection still works
-    assert r["type"] == "status" and r["errors_by_code"][protocol.TOO_LARGE] >= 1
-    s.close()
+    took = time.monotonic() - t0
+    try:
+        assert protocol.recv_frame(s) is None       # closed
+    except ConnectionResetError:
+        pass
+    return r, took
+
+
+def test_frames_that_can_never_be_valid_are_answered_at_once_and_closed(daemon):
+    """A length prefix over the frame limit (up to 4 GB) is answered without reading the body; a body
+    that is not msgpack is answered too; both close the connection; the daemon serves on."""
+    before = daemon.status()["errors_by_code"]
+    cases = [
+        (protocol.HEADER.pack(0xFFFFFFFF), protocol.TOO_LARGE),                        # claims 4 GB
+        (protocol.HEADER.pack(protocol.MAX_FRAME + 1) + b"\0" * (1 << 16), protocol.TOO_LARGE),
+        (protocol.HEADER.pack(15) + b"\xc1\xff\x00 not msgpack", protocol.BAD_REQUEST),  # undecodable
+    ]
+    for data, code in cases:
+        s = raw_connect(daemon.sock)
+        s.settimeout(5)
+        r, took = _answer_then_close(s, data)
+        s.close()
+        assert (r["type"], r["code"], r["id"]) == ("error", code, -1), r
+        assert took < 1.0, (code, took)
+    assert daemon.proc.poll() is None
+    # a new connection is served as usual, and the errors were counted
+    st = daemon.status()
+    assert st["errors_by_code"][protocol.TOO_LARGE] == before.get(protocol.TOO_LARGE, 0) + 2
+    assert st["errors_by_code"][protocol.BAD_REQUEST] == before.get(protocol.BAD_REQUEST, 0) + 1
+    (res,) = call(Complete(doc="file:///after.py", prefix="x = ", suffix="\n", max_tokens=4), socket_path=daemon.sock,
+                  timeout=60)
+    assert res["type"] == "result", res
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
