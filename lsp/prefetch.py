@@ -1,5 +1,5 @@
 """Prefetch: tell the daemon where a completion is likely to be asked next, so that it prefills that
-prompt while the user pauses (daemon/scheduler.py runs it at the lowest priority).
+prompt while the user pauses (daemon/worker.py runs it at the lowest priority).
 
 Two triggers:
 - `textDocument/didOpen` (every LSP client): no cursor is known, so the daemon prepares the part of

@@ -25,9 +25,11 @@ import pytest
 
 from bench.gguf_export import LlamaServer as Server
 import protocol
-from daemon import config, layouts
+from daemon import config
+from daemon import prompt as layouts
 from protocol.client import DaemonClient, call
-from daemon.context import PromptBuilder, finish_text, protect_special_tokens
+from daemon.finish import finish_text
+from daemon.prompt import PromptBuilder, protect_special_tokens
 from protocol import Complete, Generate, Status
 from textkit.tokenizer import Tokenizer
 from engine.embedded_model import default_model

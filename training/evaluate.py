@@ -308,8 +308,8 @@ def fim_prompt(tok, prefix: str, suffix: str, prompt_tokens: int = DEFAULT_PROMP
         p_ids = tok.encode(prefix)
         if len(p_ids) > budget - len(s_ids):      # one enormous line: keep the ids nearest the cursor
             p_ids = p_ids[len(p_ids) - (budget - len(s_ids)):]
-    return ([tok.bos_id, tok.fim["suffix"]] + s_ids + [tok.fim["prefix"]] + p_ids
-            + [tok.fim["middle"]])
+    from daemon.prompt import fim_layout
+    return fim_layout(tok.fim, p_ids, s_ids, bos=tok.bos_id)
 
 
 # ----------------------------------------------------------------------------- running

@@ -31,10 +31,8 @@ def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
     """The prompt as fill-in-the-middle (suffix first, as the model was trained) when the tokenizer
     has FIM tokens: the model then continues exactly at the end of the text, whatever token boundary
     that is. Without FIM tokens: BOS + the prefix."""
-    if not tok.has_fim:
-        return [tok.bos_id] + tok.encode(prefix)
-    return ([tok.bos_id, tok.fim["suffix"]] + tok.encode(suffix or "") + [tok.fim["prefix"]] + tok.encode(prefix)
-            + [tok.fim["middle"]])
+    from daemon.prompt import unbudgeted_prompt
+    return unbudgeted_prompt(tok, prefix, suffix)
 
 
 def cmd_generate(args) -> int:
