@@ -218,7 +218,7 @@ class Actions:
             if msg_id is not None:
                 self.server.running_commands.pop(msg_id, None)
 
-    async def _apply(self, doc, version: int, job: refactor.Job, new_text: str) -> tuple[bool, str | None]:
+    async def _apply(self, doc, version: int, job: refactor.RefactorEdit, new_text: str) -> tuple[bool, str | None]:
         sl, sc = doc.position_at(job.start)
         el, ec = doc.position_at(job.end)
         edit = types.TextEdit(range=types.Range(start=types.Position(line=sl, character=sc),

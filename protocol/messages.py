@@ -129,7 +129,9 @@ class Feedback:
 
 
 @dataclass(frozen=True)
-class Document:
+class DocumentUpdate:
+    """A document the editor opened, changed or closed (wire type "document"); not lsp.documents.Document,
+    the LSP server's own copy of an open document."""
     id: int = 0
     uri: str = ""
     path: str = ""
@@ -153,7 +155,7 @@ class Shutdown:
 
 REQUESTS = {
     "hello": Hello, "complete": Complete, "generate": Generate, "prefetch": Prefetch, "abort": Abort, "feedback": Feedback,
-    "document": Document, "status": Status, "shutdown": Shutdown}
+    "document": DocumentUpdate, "status": Status, "shutdown": Shutdown}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import pytest
 
 import protocol
 from protocol.client import DaemonClient, DaemonUnavailable, call
-from protocol import Complete, Document, Feedback, Generate, Hello, Status
+from protocol import Complete, Feedback, Generate, Hello, Status
+from protocol import DocumentUpdate as Document
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
