@@ -307,7 +307,7 @@ class Daemon:
         self.loop.call_soon_threadsafe(self._deliver, job, frame)
 
     def _on_progress(self, stage: str, fraction: float, message: str) -> None:
-        frame = {"type": "progress", "stage": stage, "fraction": fraction, "message": message}
+        frame = protocol.to_wire(protocol.Progress(stage, fraction, message))
         self.loop.call_soon_threadsafe(self._broadcast, frame)
 
     def _broadcast(self, frame: dict) -> None:
@@ -417,10 +417,9 @@ class Daemon:
                 return
             conn.hello, conn.client = True, msg.client
             e = self.engine
-            conn.send({"type": "hello", "id": msg.id, "version": protocol.PROTOCOL_VERSION, "build": reported_build(),
-                       "pid": os.getpid(),
-                       "state": e.state, "model": str(e.model_path or ""), "device": e.device,
-                       "progress": e.progress, "message": e.error or e.stage})
+            conn.send(protocol.to_wire(protocol.HelloReply(
+                id=msg.id, build=reported_build(), pid=os.getpid(), state=e.state, model=str(e.model_path or ""),
+                device=e.device, progress=e.progress, message=e.error or e.stage)))
             return
         if not conn.hello and not (kind == "shutdown" and not conn.tcp):
             # shutdown needs no hello on the Unix socket (peers are this user's): a newer `tricode lsp`

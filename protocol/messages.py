@@ -23,6 +23,9 @@ connection open.
     status {}                                  status {...}
     shutdown {drain}                           ok                    (drain: after the running requests)
                                                progress {stage, fraction, message}  (no id, unsolicited)
+
+Requests and replies are dataclasses both ways: `decode_request` on the daemon's side, `decode_reply`
+on the client's (Result, Error, Ok, HelloReply, Progress; a `status` report stays a map).
 """
 from __future__ import annotations
 
@@ -182,6 +185,69 @@ class Result:
     type: str = "result"
 
 
+# the stats of a result (its fields less the text and the addressing): what `tricode lsp` reports
+Result.STATS = tuple(f.name for f in fields(Result) if f.name not in ("id", "text", "type", "context_files"))
+
+
+@dataclass(frozen=True)
+class Error:
+    """The answer to a request that failed (codes above); id -1 when the request's id is unknown."""
+    id: int = -1
+    code: str = ""
+    message: str = ""
+    type: str = "error"
+
+
+@dataclass(frozen=True)
+class Ok:
+    id: int = 0
+    queued: bool | None = None  # prefetch only: the prefill was queued
+    reason: str = ""            # prefetch only: why not
+    type: str = "ok"
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    id: int = 0
+    version: int = PROTOCOL_VERSION
+    build: int = 1              # absent from a daemon of build 1
+    pid: int = 0
+    state: str = ""             # loading | ready | error
+    model: str = ""
+    device: str = ""
+    progress: float = 0.0
+    message: str = ""
+    type: str = "hello"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Unsolicited (no id): the model's load, while a client waits for it."""
+    stage: str = ""             # loading | ready | error
+    fraction: float = 0.0
+    message: str = ""
+    type: str = "progress"
+
+
+# a `status` reply is an open-ended report for people and status lines: it stays a map
+REPLIES = {"result": Result, "error": Error, "ok": Ok, "hello": HelloReply, "progress": Progress}
+
+
+def decode_reply(frame: dict):
+    """A reply frame -> its dataclass (keys it does not know are ignored, so a client reads a newer
+    daemon's replies); a `status` reply or an unknown type stays the map it was. Raises
+    ProtocolError(BAD_REQUEST) when a known reply lacks a required field."""
+    cls = REPLIES.get(frame.get("type")) if isinstance(frame, dict) else None
+    if cls is None:
+        return frame
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in frame.items() if k in names}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ProtocolError(BAD_REQUEST, f"a malformed {frame.get('type')} reply: {e}") from None
+
+
 def decode_request(obj) -> object:
     """A decoded msgpack object -> a request dataclass. Raises ProtocolError(BAD_REQUEST)."""
     if not isinstance(obj, dict):
@@ -225,7 +291,7 @@ def to_wire(msg) -> dict:
 
 
 def error(id: int, code: str, message: str) -> dict:
-    return {"type": "error", "id": id, "code": code, "message": message}
+    return to_wire(Error(id, code, message))
 
 
 def ok(id: int, **extra) -> dict:
