@@ -502,3 +502,21 @@ def test_doc_comment_for_brace_languages():
 def test_no_function_no_function_actions():
     with pytest.raises(refactor.RefactorError):
         refactor.build("docstring", "x = 1\n", "python", 0, 0)
+
+
+# -- the prefix is clipped once, by the daemon ------------------------------------------------------------
+
+def test_wire_sends_the_whole_prefix_and_caps_only_the_frame():
+    import protocol
+    from lsp.context import PREFIX_CHARS, SUFFIX_CHARS
+    from protocol import Complete
+    text = "def f(x):\n    return x\n" * 4000                 # 92k characters: the daemon clips it by tokens
+    ctx = Context.from_text(text + "y = ", len(text) + 4)
+    assert ctx.wire_prefix() == ctx.prefix
+    # past the cap: the last lines that fit, from a line start, and the frame stays under the limit
+    worst = ("😀" * 99 + "\n") * (PREFIX_CHARS // 100 + 50)    # 4 bytes a code point in UTF-8
+    ctx = Context.from_text(worst + "|" + worst[:SUFFIX_CHARS + 500], len(worst))
+    p, s = ctx.wire_prefix(), ctx.wire_suffix()
+    assert len(p) <= PREFIX_CHARS and ctx.prefix.endswith(p) and p.startswith("😀")
+    assert len(s) <= SUFFIX_CHARS and ctx.suffix.startswith(s)
+    assert len(protocol.pack(Complete(prefix=p, suffix=s))) <= protocol.MAX_FRAME + protocol.HEADER.size
