@@ -184,12 +184,12 @@ class Daemon:
         self._stopped = asyncio.Event()
         self.stats = Stats()
         self._load_feedback()
-        self.sched = RequestQueue(loop, self.stats)
+        self.queue = RequestQueue(loop, self.stats)
         self.observer = start_observer(lambda: self.loop.call_soon_threadsafe(self.reload_config))
         self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer)
-        self.engine = LocalWorker(self.sched, self.workspace, self.cfg, self.stats, self._deliver_threadsafe,
+        self.worker = LocalWorker(self.queue, self.workspace, self.cfg, self.stats, self._deliver_threadsafe,
                                   self.model_override, self._on_progress)
-        self.remote = RemoteBackend(self.workspace, lambda: self.cfg, self.stats, self._deliver, self.engine)
+        self.remote = RemoteBackend(self.workspace, lambda: self.cfg, self.stats, self._deliver, self.worker)
         sock = bind_socket(self.sock_path)
         self.sock_ino = self.sock_path.stat().st_ino
         self.server = await asyncio.start_unix_server(self._handle_unix, sock=sock, limit=2**20)
@@ -198,7 +198,7 @@ class Daemon:
         for sig, why in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             loop.add_signal_handler(sig, self.request_stop, why)
         loop.add_signal_handler(signal.SIGHUP, self.reload_config, True)
-        self.engine.start()
+        self.worker.start()
         housekeeping = loop.create_task(self._housekeeping())
         log.info("listening on %s", self.sock_path)
         await self._stopped.wait()
@@ -216,10 +216,10 @@ class Daemon:
         self.server.close()
         if self.tcp_server is not None:
             self.tcp_server.close()
-        self.sched.shutdown()
+        self.queue.shutdown()
         self.remote.close()
-        await self.loop.run_in_executor(None, self.engine.join, 10.0)
-        if self.engine.is_alive():
+        await self.loop.run_in_executor(None, self.worker.join, 10.0)
+        if self.worker.is_alive():
             log.warning("the worker thread did not stop within 10 s; exiting anyway")
         for conn in list(self.conns.values()):
             conn.close()
@@ -247,7 +247,7 @@ class Daemon:
             return
         logging.getLogger().setLevel(cfg.log_level.upper())
         self.workspace.max_file_bytes = cfg.max_file_kb * 1024
-        reload = self.engine.set_config(cfg)
+        reload = self.worker.set_config(cfg)
         self.remote.config_changed(old, cfg)
         changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(old, f.name)]
         log.info("config reloaded: %s changed%s", ", ".join(changed), "; reloading the model" if reload else "")
@@ -290,7 +290,7 @@ class Daemon:
                 if self.feedback_dirty and tick % 5 == 0:
                     self._save_feedback()
                 idle = self.cfg.idle_exit_minutes
-                if (idle > 0 and not self.conns and not self.sched.running and not self.sched.queue_length()
+                if (idle > 0 and not self.conns and not self.queue.running and not self.queue.queue_length()
                         and time.monotonic() - self.last_activity > idle * 60):
                     self.request_stop(f"idle for {idle} min")
             except Exception:  # noqa: BLE001
@@ -301,7 +301,7 @@ class Daemon:
         if frame.get("type") == "result" and not job.replied:
             self.stats.served += 1
             self.stats.by_kind[job.kind] = self.stats.by_kind.get(job.kind, 0) + 1
-        self.sched.reply(job, frame)
+        self.queue.reply(job, frame)
 
     def _deliver_threadsafe(self, job: Job, frame: dict) -> None:
         self.loop.call_soon_threadsafe(self._deliver, job, frame)
@@ -383,7 +383,7 @@ class Daemon:
             pass
         finally:
             conn.closed = True
-            self.sched.drop_connection(conn)
+            self.queue.drop_connection(conn)
             self.remote.drop_connection(conn.id)
             self.workspace.drop_owner(conn.id)
             self.conns.pop(conn.id, None)
@@ -416,7 +416,7 @@ class Daemon:
                 conn.close()
                 return
             conn.hello, conn.client = True, msg.client
-            e = self.engine
+            e = self.worker
             conn.send(protocol.to_wire(protocol.HelloReply(
                 id=msg.id, build=reported_build(), pid=os.getpid(), state=e.state, model=str(e.model_path or ""),
                 device=e.device, progress=e.progress, message=e.error or e.stage)))
@@ -433,7 +433,7 @@ class Daemon:
         elif kind == "prefetch":
             self._prefetch(conn, msg)
         elif kind == "abort":
-            self.sched.abort(conn, msg.target)
+            self.queue.abort(conn, msg.target)
             conn.send(protocol.ok(msg.id))
         elif kind == "feedback":
             if msg.event not in ("accepted", "rejected", "partial"):
@@ -465,11 +465,11 @@ class Daemon:
         if self.stopping or self.draining:
             return
         self.draining = True
-        log.info("draining: %s (%d requests in flight)", why, len(self.sched.jobs))
+        log.info("draining: %s (%d requests in flight)", why, len(self.queue.jobs))
 
         async def wait_then_stop():
             end = time.monotonic() + limit_s
-            while self.sched.jobs and time.monotonic() < end:
+            while self.queue.jobs and time.monotonic() < end:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.05)       # let the last replies reach their connections
             self.request_stop(why)
@@ -479,7 +479,7 @@ class Daemon:
         if self.stopping or self.draining:
             conn.send(protocol.error(msg.id, protocol.SHUTTING_DOWN, "the daemon is shutting down"))
             return
-        e = self.engine
+        e = self.worker
         if e.state != "ready":
             self.stats.error(protocol.NOT_READY)
             detail = e.error if e.state == "error" else f"{e.stage} ({e.progress:.0%})"
@@ -506,13 +506,13 @@ class Daemon:
                   mode=msg.mode or (cfg.inline_mode if inline else cfg.refactor_mode), max_tokens=max_tokens,
                   deadline=time.monotonic() + deadline_ms / 1e3 if deadline_ms > 0 else None, arrived=now,
                   cancel=CancelSignal())
-        self.sched.register(job)      # the bookkeeping (supersede, abort, the one reply) stays the queue's
-        (self.remote if remote else self.engine).submit(job)
+        self.queue.register(job)      # the bookkeeping (supersede, abort, the one reply) stays the queue's
+        (self.remote if remote else self.worker).submit(job)
 
     def _prefetch(self, conn: Connection, msg) -> None:
         """Answer at once; queue the prefill when the model is ready and prefetch is on (else say why
         not in the `ok`: a prefetch is advice, never an error)."""
-        e = self.engine
+        e = self.worker
         why = ("the daemon is shutting down" if self.stopping else f"the model is {e.state}" if e.state != "ready"
                else "prefetch is off (prefetch_tokens_per_s = 0)" if self.cfg.prefetch_tokens_per_s <= 0
                else "completions go to the remote backend" if self.cfg.backend == "openai" else "")
@@ -521,16 +521,16 @@ class Daemon:
             return
         job = Job(conn=conn, msg=msg, kind="prefetch", priority=PRIO_PREFETCH, mode="", max_tokens=0,
                   deadline=None, arrived=time.perf_counter())
-        self.sched.submit_prefetch(job)
+        self.queue.submit_prefetch(job)
         conn.send(protocol.ok(msg.id, queued=True))
 
     # -- status -------------------------------------------------------------------------------------
 
     def status(self, rid: int = 0) -> dict:
-        e, st, cfg = self.engine, self.stats, self.cfg
+        e, st, cfg = self.worker, self.stats, self.cfg
         fb = st.feedback
         decided = fb["accepted"] + fb["rejected"] + fb["partial"]
-        running = list(self.sched.running)
+        running = list(self.queue.running)
         errors = sum(n for code, n in st.errors.items() if code not in NOT_COUNTED)
         return {
             "type": "status", "id": rid,
@@ -543,7 +543,7 @@ class Daemon:
             "memory": e.memory(),
             "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": e.spec_variant(cfg)},
             "deadline_ms": cfg.deadline_ms,
-            "queue_length": self.sched.queue_length(),
+            "queue_length": self.queue.queue_length(),
             "running": [{"id": j.id, "client": j.conn.client, "connection": j.conn.id, "kind": j.kind,
                          "doc": j.msg.doc, "tokens": len(j.tokens)} for j in running],
             "batch_size": cfg.batch_size,
