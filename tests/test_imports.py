@@ -39,3 +39,10 @@ def test_python_dash_m_tricode_is_the_command():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert "daemon" in out.stdout and "lsp" in out.stdout
+
+
+def test_the_prompt_module_that_training_shares_imports_no_torch():
+    code = ("import sys; import daemon.prompt, daemon.finish, daemon.workspace; "
+            "print(sorted(m for m in ('torch', 'engine', 'training', 'tricode') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
