@@ -108,8 +108,8 @@ def make_sites(files, n: int, seed: int, workspace: Path, min_chars: int = 6, ma
 @contextlib.contextmanager
 def private_daemon(model_dir: Path, daemon_config: dict | None = None, timeout: float = 300.0):
     """A daemon on its own socket and XDG dirs, ready (model loaded, warmed up); yields the env."""
-    from daemon.client import call
-    from daemon.protocol import Status
+    from protocol.client import call
+    from protocol import Status
     root = Path(tempfile.mkdtemp(prefix="tcbench"))           # short: socket paths have a length limit
     env = dict(os.environ)
     env.update(TRICODE_SOCKET=str(root / "d.sock"), XDG_RUNTIME_DIR=str(root), XDG_STATE_HOME=str(root / "state"),
@@ -119,7 +119,7 @@ def private_daemon(model_dir: Path, daemon_config: dict | None = None, timeout: 
         (root / "config" / "tricode").mkdir(parents=True)
         lines = [f"{k} = {json.dumps(v)}" for k, v in daemon_config.items()]   # JSON scalars are TOML
         (root / "config" / "tricode" / "config.toml").write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(model_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(model_dir)],
                             env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -162,7 +162,7 @@ class Editor:
         self.client = LanguageClient("tricode-bench", "0.1")
         log_file = Path(self.env["XDG_STATE_HOME"]) / "lsp.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        await self.client.start_io(sys.executable, "-m", "daemon.cli", "lsp", "--log-file", str(log_file),
+        await self.client.start_io(sys.executable, "-m", "tricode", "lsp", "--log-file", str(log_file),
                                    env=self.env, cwd=str(REPO))
         caps = T.ClientCapabilities(
             text_document=T.TextDocumentClientCapabilities(

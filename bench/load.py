@@ -123,8 +123,8 @@ async def run_load_async(env: dict, *, editors: int, rate: float, seconds: float
                          options: dict, pauses: float = 0.0, seed: int = 0, log=print) -> dict:
     """`pauses`: the chance that the typist stops for 0.6 to 1.2 s at the end of a word (a space or a
     newline after a non-blank; 0: it types without a break, and every request meets the next keystroke)."""
-    from daemon.client import DaemonClient
-    from daemon.protocol import Status
+    from protocol.client import DaemonClient
+    from protocol import Status
     pid = int(env["_BENCH_DAEMON_PID"])
     root = Path(env["XDG_STATE_HOME"]).parent / "work"
     root.mkdir(parents=True, exist_ok=True)

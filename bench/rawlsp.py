@@ -2,7 +2,7 @@
 client cannot (wrong types, missing fields, bodies that are not JSON). Used by the fuzz test and the
 load run. It knows JSON-RPC framing and ids; it knows nothing of what a method means.
 
-    async with RawLsp.spawn(env) as c:          # `python -m daemon.cli lsp` with env
+    async with RawLsp.spawn(env) as c:          # `python -m tricode lsp` with env
         reply = await c.request("initialize", {...})
         c.notify("initialized", {})
         rid = c.send_request("textDocument/inlineCompletion", params)   # no wait
@@ -37,7 +37,7 @@ class RawLsp:
     async def start(cls, env: dict, args: tuple[str, ...] = ()) -> "RawLsp":
         """A running `tricode lsp`; the caller closes it (`close()`)."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon.cli", "lsp", *args, env=env, cwd=REPO,
+            sys.executable, "-m", "tricode", "lsp", *args, env=env, cwd=REPO,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             limit=64 * 2**20)
         return cls(proc)

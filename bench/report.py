@@ -326,7 +326,7 @@ def markdown(r: dict) -> str:
         md += ["", "Classes of all requests: " + "; ".join(
             f"`{mode}`: " + ", ".join(f"{k} {_pct(v)}" for k, v in s["classes"].items())
             for mode, s in var.items()) + ".",
-            "Model answers cut by the loop guard (daemon/loops.py): " + "; ".join(
+            "Model answers cut by the loop guard (textkit/loops.py): " + "; ".join(
             f"`{mode}`: {s.get('loop_cut', 0)} of {s.get('model_answers', 0)}" for mode, s in var.items()) + ".", ""]
     elif lat:
         md += ["## 2. Keystroke-to-suggestion latency", "", f"Skipped: {lat['skipped']}", ""]

@@ -3,8 +3,8 @@
 With `backend = "openai"` the daemon keeps everything else (workspace context, prompt budgeting,
 supersede/abort, deadlines, stop rules, post-processing, replies, status) and sends the model call
 to `remote_url`: POST {remote_url}/completions with stream: true, greedy unless the request asks for a
-temperature, the request's stop strings and max tokens. The prompt is built by context.PromptBuilder
-with the local tokenizer and laid out for the served model (layouts.py).
+temperature, the request's stop strings and max tokens. The prompt is built by prompt.PromptBuilder
+with the local tokenizer and laid out for the served model (daemon/prompt.py `render`).
 
 HTTP: a small HTTP/1.1 client on asyncio streams (stdlib only): connections are kept alive and
 reused per host; a response is read as chunked, Content-Length or close-delimited, and its SSE
@@ -17,7 +17,7 @@ logged when the backend's health changes (not once per keystroke): unreachable, 
 (404 or a name the server does not list), server (5xx), stream (malformed or truncated), slow (nothing
 within remote_timeout_ms). Connection failures before the first response byte are retried with
 backoff (a request that got no byte is idempotent); nothing else is. With `remote_fallback = "local"`
-the job goes to the local engine instead while the server is down (DOWN_FOR seconds after a failure).
+the job goes to the local worker instead while the server is down (DOWN_FOR seconds after a failure).
 
 At most remote_max_inflight requests per editor connection are in flight; the others wait their turn
 (supersede answers the waiting ones, so a typing user never queues more than that).
@@ -31,17 +31,18 @@ import asyncio
 import json
 import logging
 import os
-import ssl
 import statistics
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from daemon import layouts, protocol
-from daemon.context import PromptBuilder, finish_text, text_cut
+import protocol
+from daemon import prompt as layouts
+from daemon.finish import result_frame, text_cut
+from daemon.http_client import Pool, RemoteError, Response
+from daemon.prompt import PromptBuilder
 
 log = logging.getLogger("tricode.daemon")
 
@@ -49,221 +50,7 @@ RETRIES = 2                # extra attempts after a connection failure before th
 BACKOFF_S = 0.05           # doubled per attempt
 DOWN_FOR = 10.0            # seconds the fallback serves locally after a failure before trying again
 MODELS_TTL = 30.0          # seconds a /models listing is trusted
-MAX_BODY = 1 << 20         # an error body or a /models listing larger than this is cut
-IDLE_POOL = 8              # idle keep-alive connections kept per host
 DOWN_KINDS = ("unreachable", "server", "slow", "stream")   # failures the local fallback covers
-
-
-class RemoteError(Exception):
-    """A failure of the served model, with a kind the status groups by."""
-
-    def __init__(self, kind: str, message: str, retry: bool = False):
-        super().__init__(message)
-        self.kind, self.message, self.retry = kind, message, retry
-
-
-# -- HTTP/1.1 ---------------------------------------------------------------------------------------------
-
-class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-        self.reused = False
-
-    def close(self) -> None:
-        try:
-            transport = self.writer.transport
-            if transport is not None:
-                transport.abort()        # no lingering: the server sees the disconnect now
-            else:
-                self.writer.close()
-        except (OSError, RuntimeError):
-            pass
-
-
-class Response:
-    """A response whose body is read on demand; `release()` gives the connection back when the body
-    was read to its end, `close()` drops it (mid-body: the only way to stop a stream)."""
-
-    def __init__(self, pool: "Pool", key, conn: _Conn, status: int, reason: str, headers: dict):
-        self.pool, self.key, self.conn = pool, key, conn
-        self.status, self.reason, self.headers = status, reason, headers
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        length = headers.get("content-length")
-        self._left = int(length) if length is not None and length.isdigit() and not self._chunked else None
-        self._chunk_left = 0
-        self.done = False
-        self._keep = headers.get("connection", "").lower() != "close"
-
-    async def read(self) -> bytes:
-        """The next piece of the body; b"" at its end."""
-        if self.done:
-            return b""
-        r = self.conn.reader
-        if self._chunked:
-            if self._chunk_left == 0:
-                line = await r.readline()
-                if not line:
-                    raise RemoteError("stream", "the server closed the connection inside a chunked response")
-                try:
-                    size = int(line.split(b";")[0].strip() or b"0", 16)
-                except ValueError:
-                    raise RemoteError("stream", f"a malformed chunk header {line[:40]!r}") from None
-                if size == 0:
-                    while True:          # trailers up to the empty line
-                        t = await r.readline()
-                        if t in (b"\r\n", b"\n", b""):
-                            break
-                    self.done = True
-                    return b""
-                self._chunk_left = size
-            data = await r.read(self._chunk_left)
-            if not data:
-                raise RemoteError("stream", "the server closed the connection mid-chunk (truncated response)")
-            self._chunk_left -= len(data)
-            if self._chunk_left == 0:
-                await r.readline()       # the CRLF after the chunk
-            return data
-        if self._left is not None:
-            if self._left == 0:
-                self.done = True
-                return b""
-            data = await r.read(min(self._left, 1 << 16))
-            if not data:
-                raise RemoteError("stream", "the server closed the connection before the end of its response")
-            self._left -= len(data)
-            return data
-        data = await r.read(1 << 16)     # close-delimited
-        if not data:
-            self.done, self._keep = True, False
-        return data
-
-    async def body(self, limit: int = MAX_BODY) -> bytes:
-        out = bytearray()
-        while len(out) < limit:
-            piece = await self.read()
-            if not piece:
-                break
-            out += piece
-        return bytes(out[:limit])
-
-    def release(self) -> None:
-        if self.conn is None:
-            return
-        if self.done and self._keep:
-            self.pool.put(self.key, self.conn)
-        else:
-            self.conn.close()
-        self.conn = None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-class Pool:
-    """Keep-alive connections per (scheme, host, port)."""
-
-    def __init__(self):
-        self.idle: dict[tuple, list[_Conn]] = {}
-        self.opened = 0
-
-    def put(self, key, conn: _Conn) -> None:
-        conns = self.idle.setdefault(key, [])
-        if len(conns) < IDLE_POOL and not conn.writer.is_closing():
-            conn.reused = True
-            conns.append(conn)
-        else:
-            conn.close()
-
-    def clear(self) -> None:
-        for conns in self.idle.values():
-            for c in conns:
-                c.close()
-        self.idle.clear()
-
-    async def _connect(self, key, timeout: float) -> _Conn:
-        conns = self.idle.get(key) or []
-        while conns:
-            c = conns.pop()
-            if not c.writer.is_closing() and not c.reader.at_eof():
-                return c
-            c.close()
-        scheme, host, port = key
-        ctx = ssl.create_default_context() if scheme == "https" else None
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=ctx, limit=1 << 20), timeout)
-        except asyncio.TimeoutError:
-            raise RemoteError("unreachable", f"no connection to {host}:{port} within {timeout * 1e3:.0f} ms",
-                              retry=True) from None
-        except ssl.SSLError as e:
-            raise RemoteError("unreachable", f"TLS with {host}:{port} failed: {e}") from None
-        except OSError as e:
-            raise RemoteError("unreachable", f"cannot connect to {host}:{port}: {e.strerror or e}",
-                              retry=True) from None
-        self.opened += 1
-        return _Conn(reader, writer)
-
-    async def request(self, method: str, url: str, headers: dict, body: bytes | None,
-                      timeout: float) -> Response:
-        """Send one request and read its status line and headers (within `timeout` seconds)."""
-        parts = urlsplit(url)
-        scheme = parts.scheme
-        port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, parts.hostname, port)
-        end = time.monotonic() + timeout
-        while True:   # a reused connection the server already closed is retried on a fresh one
-            conn = await self._connect(key, timeout)
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            head = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: keep-alive",
-                    "User-Agent: tricode"]
-            head += [f"{k}: {v}" for k, v in headers.items()]
-            if body is not None:
-                head.append(f"Content-Length: {len(body)}")
-            try:
-                conn.writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b""))
-                await conn.writer.drain()
-                left = max(end - time.monotonic(), 0.001)
-                status_line = await asyncio.wait_for(conn.reader.readline(), left)
-                if not status_line:
-                    raise ConnectionResetError("closed before answering")
-            except asyncio.TimeoutError:
-                conn.close()
-                raise RemoteError("slow", f"{parts.netloc} did not answer within {timeout * 1e3:.0f} ms") from None
-            except (OSError, asyncio.IncompleteReadError) as e:
-                conn.close()
-                if conn.reused:
-                    continue
-                raise RemoteError("unreachable", f"{parts.netloc} dropped the connection before answering ({e})",
-                                  retry=True) from None
-            except asyncio.CancelledError:
-                conn.close()
-                raise
-            break
-        try:
-            _, code, *reason = status_line.decode("latin-1").split(" ", 2)
-            status = int(code)
-            hdrs = {}
-            while True:
-                line = await asyncio.wait_for(conn.reader.readline(), max(end - time.monotonic(), 0.001))
-                if line in (b"\r\n", b"\n"):
-                    break
-                if not line:
-                    raise ValueError("the headers end early")
-                k, _, v = line.decode("latin-1").partition(":")
-                hdrs[k.strip().lower()] = v.strip()
-        except asyncio.TimeoutError:
-            conn.close()
-            raise RemoteError("slow", f"{parts.netloc} sent no complete headers within {timeout * 1e3:.0f} ms") from None
-        except (ValueError, OSError) as e:
-            conn.close()
-            raise RemoteError("stream", f"{parts.netloc} sent a malformed HTTP response ({e}): "
-                                        f"{status_line[:60]!r}") from None
-        except asyncio.CancelledError:
-            conn.close()
-            raise
-        return Response(self, key, conn, status, (reason or [""])[0].strip(), hdrs)
 
 
 # -- the backend ------------------------------------------------------------------------------------------
@@ -304,10 +91,16 @@ def _error_message(body: bytes) -> str:
 
 
 class RemoteBackend:
-    """Runs jobs against the configured server; lives on the daemon's event loop."""
+    """Runs jobs against the configured server; lives on the daemon's event loop.
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    The same interface as the local worker (daemon/worker.py): `submit(job)`, and each job's one
+    result or error frame comes back through `deliver(job, frame)`. What it needs is passed in: the
+    workspace (extra context), `config()` (the current config), the counters, and the local worker,
+    which budgets prompts with its tokenizer and takes the jobs back while the server is down
+    (`remote_fallback = "local"`)."""
+
+    def __init__(self, workspace, config, stats, deliver, local):
+        self.workspace, self.config, self.stats, self.deliver, self.local = workspace, config, stats, deliver, local
         self.pool = Pool()
         self.health = _Health()
         self.errors: dict[str, int] = {}
@@ -326,11 +119,11 @@ class RemoteBackend:
     # -- routing ------------------------------------------------------------------------------------
 
     def wants(self, cfg) -> bool:
-        """Should a new job go to the server (False: to the local engine)?"""
+        """Should a new job go to the server (False: to the local worker)?"""
         if cfg.backend != "openai":
             return False
         if (cfg.remote_fallback == "local" and self.health.state == "error" and self.health.kind in DOWN_KINDS
-                and self.daemon.engine.ck is not None):
+                and self.local.has_model):
             if time.monotonic() - self.health.failed_at <= DOWN_FOR:
                 self.fallbacks += 1
                 return False
@@ -338,7 +131,7 @@ class RemoteBackend:
 
     def submit(self, job) -> None:
         """Start `job` (already registered with the scheduler, its cancel a CancelSignal)."""
-        task = self.daemon.loop.create_task(self._run(job))
+        task = asyncio.get_running_loop().create_task(self._run(job))
         job.cancel.task = task
         if job.cancel.is_set():
             task.cancel()
@@ -365,7 +158,7 @@ class RemoteBackend:
     async def _run(self, job) -> None:
         sem = self.inflight.get(job.conn.id)
         if sem is None:
-            sem = self.inflight[job.conn.id] = asyncio.Semaphore(self.daemon.cfg.remote_max_inflight)
+            sem = self.inflight[job.conn.id] = asyncio.Semaphore(self.config().remote_max_inflight)
         try:
             async with sem:
                 if job.replied or job.cancel.is_set():
@@ -375,27 +168,27 @@ class RemoteBackend:
             pass                 # superseded, aborted, connection closed or shutdown: already answered
         except Exception as e:  # noqa: BLE001 - a bug must not leave the request unanswered
             log.exception("remote request %s failed", job.id)
-            self.daemon.sched.reply(job, protocol.error(job.id, protocol.INTERNAL, f"{type(e).__name__}: {e}"))
+            self.deliver(job, protocol.error(job.id, protocol.INTERNAL, f"{type(e).__name__}: {e}"))
 
     async def _serve(self, job) -> None:
-        cfg = self.daemon.cfg
+        cfg = self.config()
         self.requests += 1
         try:
             model, layout = await self._model(cfg)
-            body, prompt_tokens = await self._body(job, cfg, model, layout)
+            body = await self._body(job, cfg, model, layout)
             text, reason, first_ms, total_ms, chunks = await self._complete(job, cfg, body)
         except RemoteError as e:
             self._failed(e, cfg)
             if cfg.remote_fallback == "local" and e.kind in DOWN_KINDS \
-                    and self.daemon.engine.ck is not None and not job.replied:
+                    and self.local.has_model and not job.replied:
                 self.fallbacks += 1
-                job.prompt = None       # the engine builds its own prompt for the local model
-                self.daemon.sched.enqueue(job)
+                job.prompt = None       # the worker builds its own prompt for the local model
+                self.local.submit(job)
                 return
-            self.daemon.sched.reply(job, protocol.error(job.id, protocol.REMOTE, e.message))
+            self.deliver(job, protocol.error(job.id, protocol.REMOTE, e.message))
             return
         self._ok()
-        self._finish(job, text, reason, first_ms, total_ms, chunks, prompt_tokens)
+        self._finish(job, text, reason, first_ms, total_ms, chunks)
 
     async def _model(self, cfg) -> tuple[str, str]:
         """The served model's name (checked against the server's list) and the prompt layout."""
@@ -455,17 +248,17 @@ class RemoteBackend:
         raise RemoteError("server", f"{url}: {s} {resp.reason}: {detail}")
 
     def _prompt_builder(self):
-        tok = self.daemon.engine.tok
+        tok = self.local.tok
         if tok is None:
             raise RemoteError("config", "no local tokenizer to budget the prompt with (the model failed to load)")
         if self._builder is None or self._builder.tok is not tok:
             self._builder = PromptBuilder(tok)
         return self._builder
 
-    async def _body(self, job, cfg, model: str, layout: str) -> tuple[dict, int]:
+    async def _body(self, job, cfg, model: str, layout: str) -> dict:
         msg = job.msg
         builder = self._prompt_builder()
-        workspace = self.daemon.workspace
+        workspace = self.workspace
         budget = cfg.context_tokens if job.kind == "complete" else cfg.refactor_context_tokens
         t0 = time.perf_counter()
         job.started = t0
@@ -481,7 +274,7 @@ class RemoteBackend:
             prompt = builder.build(msg.prefix, msg.suffix, budget, extra, fim=fim)
             return prompt, layouts.render(layout, prompt, builder.tok, msg.path)
 
-        prompt, rendered = await self.daemon.loop.run_in_executor(self._executor, build)
+        prompt, rendered = await asyncio.get_running_loop().run_in_executor(self._executor, build)
         job.prompt = prompt
         job.context_ms = (time.perf_counter() - t0) * 1e3
         # the layout puts what changes rarely first: servers that cache prompt prefixes (SGLang's radix
@@ -496,7 +289,7 @@ class RemoteBackend:
             body["stop"] = [s for s in msg.stop if s]
         if layout == "tokens":     # the local decoders never emit the mask id; neither may the server
             body["logit_bias"] = {str(builder.tok.mask_id): -100}
-        return body, len(prompt.ids)
+        return body
 
     async def _complete(self, job, cfg, body: dict) -> tuple[str, str, float, float, int]:
         """Stream one completion: (raw text, stop reason, ms to the first byte, ms in all, chunks)."""
@@ -575,7 +368,7 @@ class RemoteBackend:
             if reason in ("eos", "length") and not buf.replace(b"data: [DONE]", b"").strip():
                 # the rest of the body (normally "data: [DONE]" and the end of the chunked stream) is
                 # read after the reply, to keep the connection alive for the next request
-                self.daemon.loop.create_task(self._drain(resp))
+                asyncio.get_running_loop().create_task(self._drain(resp))
                 resp = None
         finally:
             if resp is not None:
@@ -614,29 +407,10 @@ class RemoteBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise RemoteError("stream", f"{url}: a stream event without choices[0].text: {payload[:80]!r}") from None
 
-    def _finish(self, job, raw: str, reason: str, first_ms: float, total_ms: float, chunks: int,
-                prompt_tokens: int) -> None:
-        t0 = time.perf_counter()
-        text = finish_text(raw, reason, job.msg.max_lines, tuple(job.msg.stop))
-        post_ms = (time.perf_counter() - t0) * 1e3
-        st = self.daemon.sched.stats
-        st.tokens += chunks
-        if reason == "deadline":
-            st.deadline += 1
-        now = time.perf_counter()
-        result = protocol.Result(
-            id=job.id, text=text, mode="remote", stop_reason=reason, tokens=chunks,
-            queue_ms=round(((job.started or now) - job.arrived) * 1e3, 3), prefill_ms=round(first_ms, 3),
-            decode_ms=round(total_ms - first_ms, 3),
-            post_ms=round(post_ms, 3), total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=prompt_tokens,
-            context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files if job.prompt else ()))
-        frame = protocol.to_wire(result)
-        st.last_result = {k: frame[k] for k in ("mode", "stop_reason", "tokens", "nfe", "tokens_per_forward",
-                                                "prefill_tokens", "reused_tokens", "prefill_ms", "total_ms")}
-        if not job.replied:
-            st.served += 1
-            st.by_kind[job.kind] = st.by_kind.get(job.kind, 0) + 1
-        self.daemon.sched.reply(job, frame)
+    def _finish(self, job, raw: str, reason: str, first_ms: float, total_ms: float, chunks: int) -> None:
+        frame = result_frame(job, raw, reason, self.stats, mode="remote", tokens=chunks, prefill_ms=first_ms,
+                             decode_ms=total_ms - first_ms)
+        self.deliver(job, frame)
 
     # -- health ---------------------------------------------------------------------------------------
 
@@ -654,7 +428,7 @@ class RemoteBackend:
         h = self.health
         if h.state != "ok":
             if h.state == "error":
-                log.info("remote backend %s: working again (model %s)", self.daemon.cfg.remote_url, self.model)
+                log.info("remote backend %s: working again (model %s)", self.config().remote_url, self.model)
             h.state, h.kind, h.message, h.since = "ok", "", "", time.time()
 
     def status(self, cfg) -> dict:

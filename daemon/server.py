@@ -1,4 +1,10 @@
-"""The daemon process: a Unix socket server (asyncio) in front of the engine thread (scheduler.py).
+"""The daemon process: a Unix socket server (asyncio): connections, dispatch, config reloads, status.
+
+A request passes these stages, one module each: admission and queue (daemon/admission.py), the
+workspace's extra context (daemon/workspace.py) and the prompt (daemon/prompt.py), a backend that runs
+the model (the local worker thread, daemon/worker.py, or the remote backend, daemon/remote.py: both
+`submit(job)` and hand back one frame through `deliver`), and the finish (daemon/finish.py). The
+process's files and set-up are daemon/runtime.py.
 
 Files (per user; TRICODE_SOCKET moves the socket, and the lock with it):
     <runtime dir>/daemon.sock        the socket, mode 0600, in a 0700 directory; every peer's uid is
@@ -21,149 +27,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import hmac
 import itertools
-import json
 import logging
-import logging.handlers
 import os
 import secrets
 import signal
-import socket
-import struct
 import sys
 import time
 from pathlib import Path
 
+import protocol
 from daemon import config as config_mod
-from daemon import protocol
-from daemon.context import Workspace
+from daemon.admission import PRIO_INLINE, PRIO_PREFETCH, PRIO_REFACTOR, VALID_MODES, Job, RequestQueue, Stats
 from daemon.remote import CancelSignal, RemoteBackend
-from daemon.scheduler import PRIO_INLINE, PRIO_PREFETCH, PRIO_REFACTOR, VALID_MODES, Engine, Job, Scheduler, Stats
+from daemon.runtime import (AlreadyRunning, acquire_lock, bind_socket, config_stamp, load_feedback,  # noqa: F401
+                            lock_holder, peer_credentials, prepare_runtime_dir, reported_build, save_feedback,
+                            setup_logging, start_observer, token_path)
+from daemon.worker import LocalWorker
+from daemon.workspace import Workspace
 
 log = logging.getLogger("tricode.daemon")
 
 NOT_COUNTED = (protocol.SUPERSEDED, protocol.ABORTED, protocol.SHUTTING_DOWN)
 DRAIN_LIMIT_S = 300.0       # a drain-then-exit shutdown waits at most this long for running requests
-
-
-def reported_build() -> int:
-    """protocol.DAEMON_BUILD, or TRICODE_TEST_DAEMON_BUILD (tests make an "older" daemon with it)."""
-    forced = os.environ.get("TRICODE_TEST_DAEMON_BUILD", "")
-    return int(forced) if forced.isdigit() else protocol.DAEMON_BUILD
-
-
-# -- runtime files ------------------------------------------------------------------------------------
-
-def lock_path(sock: Path | None = None) -> Path:
-    sock = sock or protocol.socket_path()
-    return sock.with_name(sock.name + ".lock")
-
-
-def token_path(sock: Path | None = None) -> Path:
-    sock = sock or protocol.socket_path()
-    return sock.with_name("tcp_token")
-
-
-def lock_holder(sock: Path | None = None) -> int | None:
-    """The pid of the daemon holding the lock, or None when no daemon holds it."""
-    path = lock_path(sock)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return int(os.read(fd, 64).decode().strip() or 0) or -1
-            except ValueError:
-                return -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-class AlreadyRunning(Exception):
-    def __init__(self, pid):
-        super().__init__(f"a tricode daemon is already running (pid {pid})")
-        self.pid = pid
-
-
-def acquire_lock(sock: Path) -> int:
-    """Take the per-user lock (a stale one left by a killed daemon is simply taken over)."""
-    path = lock_path(sock)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            pid = int(os.read(fd, 64).decode().strip() or 0)
-        except ValueError:
-            pid = -1
-        os.close(fd)
-        raise AlreadyRunning(pid) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def prepare_runtime_dir(sock: Path) -> None:
-    d = sock.parent
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = d.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"{d} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
-                              f"refusing to put the daemon's socket there")
-    if d == protocol.runtime_dir() and st.st_mode & 0o077:
-        os.chmod(d, 0o700)
-
-
-def bind_socket(sock_path: Path) -> socket.socket:
-    try:
-        if sock_path.is_socket() or sock_path.exists():
-            sock_path.unlink()          # stale: we hold the lock, so no live daemon owns it
-            log.info("removed a stale socket %s", sock_path)
-    except FileNotFoundError:
-        pass
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        s.bind(str(sock_path))
-    finally:
-        os.umask(old)
-    os.chmod(sock_path, 0o600)
-    s.listen(64)
-    s.setblocking(False)
-    return s
-
-
-def peer_credentials(writer) -> tuple[int, int, int] | None:
-    sock = writer.get_extra_info("socket")
-    if sock is None or not hasattr(socket, "SO_PEERCRED"):
-        return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    return struct.unpack("3i", raw)     # pid, uid, gid
-
-
-def setup_logging(level: str, foreground: bool) -> Path:
-    path = config_mod.log_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    if not foreground:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 * 2**20, backupCount=3, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    return path
 
 
 # -- connections ----------------------------------------------------------------------------------------
@@ -235,7 +122,7 @@ class Daemon:
         self.foreground = foreground
         self.sock_path = protocol.socket_path()
         self.cfg, self.config_problems = config_mod.load()
-        self.config_stamp = self._config_stamp()
+        self.config_stamp = config_stamp()
         self.config_loaded_at = time.time()
         self.started = time.time()
         self.conns: dict[int, Connection] = {}
@@ -297,11 +184,12 @@ class Daemon:
         self._stopped = asyncio.Event()
         self.stats = Stats()
         self._load_feedback()
-        self.sched = Scheduler(loop, self.stats)
-        self.observer = self._start_observer()
+        self.queue = RequestQueue(loop, self.stats)
+        self.observer = start_observer(lambda: self.loop.call_soon_threadsafe(self.reload_config))
         self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer)
-        self.engine = Engine(self.sched, self.workspace, self.cfg, self.model_override, self._on_progress)
-        self.remote = RemoteBackend(self)
+        self.worker = LocalWorker(self.queue, self.workspace, self.cfg, self.stats, self._deliver_threadsafe,
+                                  self.model_override, self._on_progress)
+        self.remote = RemoteBackend(self.workspace, lambda: self.cfg, self.stats, self._deliver, self.worker)
         sock = bind_socket(self.sock_path)
         self.sock_ino = self.sock_path.stat().st_ino
         self.server = await asyncio.start_unix_server(self._handle_unix, sock=sock, limit=2**20)
@@ -310,7 +198,7 @@ class Daemon:
         for sig, why in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             loop.add_signal_handler(sig, self.request_stop, why)
         loop.add_signal_handler(signal.SIGHUP, self.reload_config, True)
-        self.engine.start()
+        self.worker.start()
         housekeeping = loop.create_task(self._housekeeping())
         log.info("listening on %s", self.sock_path)
         await self._stopped.wait()
@@ -328,11 +216,11 @@ class Daemon:
         self.server.close()
         if self.tcp_server is not None:
             self.tcp_server.close()
-        self.sched.shutdown()
+        self.queue.shutdown()
         self.remote.close()
-        await self.loop.run_in_executor(None, self.engine.join, 10.0)
-        if self.engine.is_alive():
-            log.warning("the engine thread did not stop within 10 s; exiting anyway")
+        await self.loop.run_in_executor(None, self.worker.join, 10.0)
+        if self.worker.is_alive():
+            log.warning("the worker thread did not stop within 10 s; exiting anyway")
         for conn in list(self.conns.values()):
             conn.close()
         await asyncio.sleep(0.05)  # let the transports flush the last replies
@@ -344,47 +232,8 @@ class Daemon:
         except Exception:  # noqa: BLE001
             pass
 
-    # -- watching the config ------------------------------------------------------------------------
-
-    def _start_observer(self):
-        try:
-            from watchdog.observers import Observer
-            from watchdog.events import FileSystemEventHandler
-        except ImportError:
-            log.warning("watchdog is not installed: no config or workspace watching")
-            return None
-        observer = Observer()
-        observer.daemon = True
-        home = config_mod.config_home()
-        daemon = self
-
-        class ConfigHandler(FileSystemEventHandler):
-            def on_any_event(self, event):
-                paths = [event.src_path, getattr(event, "dest_path", "")]
-                if any(os.fsdecode(p).endswith("config.toml") for p in paths if p):
-                    daemon.loop.call_soon_threadsafe(daemon.reload_config)
-
-        try:
-            home.mkdir(parents=True, exist_ok=True)
-            observer.schedule(ConfigHandler(), str(home), recursive=False)
-            observer.start()
-        except Exception as e:  # noqa: BLE001 - inotify limits: the housekeeping poll still works
-            log.warning("cannot watch %s (%s); polling it instead", home, e)
-            try:
-                observer.start()
-            except Exception:  # noqa: BLE001
-                return None
-        return observer
-
-    def _config_stamp(self):
-        try:
-            st = config_mod.config_path().stat()
-            return (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            return None
-
     def reload_config(self, force: bool = False) -> None:
-        stamp = self._config_stamp()
+        stamp = config_stamp()
         if stamp == self.config_stamp and not force:
             return
         self.config_stamp = stamp
@@ -398,10 +247,7 @@ class Daemon:
             return
         logging.getLogger().setLevel(cfg.log_level.upper())
         self.workspace.max_file_bytes = cfg.max_file_kb * 1024
-        pool = self.engine.pool
-        if pool is not None:
-            pool.slots = cfg.cache_slots
-        reload = self.engine.set_config(cfg)
+        reload = self.worker.set_config(cfg)
         self.remote.config_changed(old, cfg)
         changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(old, f.name)]
         log.info("config reloaded: %s changed%s", ", ".join(changed), "; reloading the model" if reload else "")
@@ -444,14 +290,24 @@ class Daemon:
                 if self.feedback_dirty and tick % 5 == 0:
                     self._save_feedback()
                 idle = self.cfg.idle_exit_minutes
-                if (idle > 0 and not self.conns and not self.sched.running and not self.sched.queue_length()
+                if (idle > 0 and not self.conns and not self.queue.running and not self.queue.queue_length()
                         and time.monotonic() - self.last_activity > idle * 60):
                     self.request_stop(f"idle for {idle} min")
             except Exception:  # noqa: BLE001
                 log.exception("housekeeping")
 
+    def _deliver(self, job: Job, frame: dict) -> None:
+        """A backend's one frame for `job` (loop thread): counted when it is a result, then replied."""
+        if frame.get("type") == "result" and not job.replied:
+            self.stats.served += 1
+            self.stats.by_kind[job.kind] = self.stats.by_kind.get(job.kind, 0) + 1
+        self.queue.reply(job, frame)
+
+    def _deliver_threadsafe(self, job: Job, frame: dict) -> None:
+        self.loop.call_soon_threadsafe(self._deliver, job, frame)
+
     def _on_progress(self, stage: str, fraction: float, message: str) -> None:
-        frame = {"type": "progress", "stage": stage, "fraction": fraction, "message": message}
+        frame = protocol.to_wire(protocol.Progress(stage, fraction, message))
         self.loop.call_soon_threadsafe(self._broadcast, frame)
 
     def _broadcast(self, frame: dict) -> None:
@@ -461,30 +317,14 @@ class Daemon:
 
     # -- feedback counters --------------------------------------------------------------------------
 
-    def _feedback_file(self) -> Path:
-        return config_mod.state_home() / "feedback.json"
-
     def _load_feedback(self) -> None:
-        try:
-            data = json.loads(self._feedback_file().read_text())
-            for k in self.stats.feedback:
-                if isinstance(data.get(k), int):
-                    self.stats.feedback[k] = data[k]
-        except (OSError, ValueError, AttributeError):
-            pass
+        load_feedback(self.stats.feedback)
 
     def _save_feedback(self) -> None:
         if not self.feedback_dirty:
             return
         self.feedback_dirty = False
-        try:
-            path = self._feedback_file()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.stats.feedback))
-            tmp.replace(path)
-        except OSError as e:
-            log.warning("cannot save feedback counters: %s", e)
+        save_feedback(self.stats.feedback)
 
     # -- connections --------------------------------------------------------------------------------
 
@@ -512,6 +352,10 @@ class Daemon:
                     frame = await protocol.read_frame(reader)
                 except protocol.ProtocolError as e:
                     self._bad(conn, e)
+                    if e.fatal:          # the stream is no longer at a frame boundary: answer, then close
+                        conn.closed = True
+                        await _linger_close(reader, writer)
+                        break
                     continue
                 except (ConnectionError, OSError):
                     break
@@ -539,7 +383,7 @@ class Daemon:
             pass
         finally:
             conn.closed = True
-            self.sched.drop_connection(conn)
+            self.queue.drop_connection(conn)
             self.remote.drop_connection(conn.id)
             self.workspace.drop_owner(conn.id)
             self.conns.pop(conn.id, None)
@@ -572,11 +416,10 @@ class Daemon:
                 conn.close()
                 return
             conn.hello, conn.client = True, msg.client
-            e = self.engine
-            conn.send({"type": "hello", "id": msg.id, "version": protocol.PROTOCOL_VERSION, "build": reported_build(),
-                       "pid": os.getpid(),
-                       "state": e.state, "model": str(e.model_path or ""), "device": e.device,
-                       "progress": e.progress, "message": e.error or e.stage})
+            e = self.worker
+            conn.send(protocol.to_wire(protocol.HelloReply(
+                id=msg.id, build=reported_build(), pid=os.getpid(), state=e.state, model=str(e.model_path or ""),
+                device=e.device, progress=e.progress, message=e.error or e.stage)))
             return
         if not conn.hello and not (kind == "shutdown" and not conn.tcp):
             # shutdown needs no hello on the Unix socket (peers are this user's): a newer `tricode lsp`
@@ -590,7 +433,7 @@ class Daemon:
         elif kind == "prefetch":
             self._prefetch(conn, msg)
         elif kind == "abort":
-            self.sched.abort(conn, msg.target)
+            self.queue.abort(conn, msg.target)
             conn.send(protocol.ok(msg.id))
         elif kind == "feedback":
             if msg.event not in ("accepted", "rejected", "partial"):
@@ -622,11 +465,11 @@ class Daemon:
         if self.stopping or self.draining:
             return
         self.draining = True
-        log.info("draining: %s (%d requests in flight)", why, len(self.sched.jobs))
+        log.info("draining: %s (%d requests in flight)", why, len(self.queue.jobs))
 
         async def wait_then_stop():
             end = time.monotonic() + limit_s
-            while self.sched.jobs and time.monotonic() < end:
+            while self.queue.jobs and time.monotonic() < end:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.05)       # let the last replies reach their connections
             self.request_stop(why)
@@ -636,7 +479,7 @@ class Daemon:
         if self.stopping or self.draining:
             conn.send(protocol.error(msg.id, protocol.SHUTTING_DOWN, "the daemon is shutting down"))
             return
-        e = self.engine
+        e = self.worker
         if e.state != "ready":
             self.stats.error(protocol.NOT_READY)
             detail = e.error if e.state == "error" else f"{e.stage} ({e.progress:.0%})"
@@ -663,16 +506,13 @@ class Daemon:
                   mode=msg.mode or (cfg.inline_mode if inline else cfg.refactor_mode), max_tokens=max_tokens,
                   deadline=time.monotonic() + deadline_ms / 1e3 if deadline_ms > 0 else None, arrived=now,
                   cancel=CancelSignal())
-        if remote:     # the model call goes to the server; the bookkeeping stays the scheduler's
-            self.sched.register(job)
-            self.remote.submit(job)
-        else:
-            self.sched.submit(job)
+        self.queue.register(job)      # the bookkeeping (supersede, abort, the one reply) stays the queue's
+        (self.remote if remote else self.worker).submit(job)
 
     def _prefetch(self, conn: Connection, msg) -> None:
         """Answer at once; queue the prefill when the model is ready and prefetch is on (else say why
         not in the `ok`: a prefetch is advice, never an error)."""
-        e = self.engine
+        e = self.worker
         why = ("the daemon is shutting down" if self.stopping else f"the model is {e.state}" if e.state != "ready"
                else "prefetch is off (prefetch_tokens_per_s = 0)" if self.cfg.prefetch_tokens_per_s <= 0
                else "completions go to the remote backend" if self.cfg.backend == "openai" else "")
@@ -681,16 +521,16 @@ class Daemon:
             return
         job = Job(conn=conn, msg=msg, kind="prefetch", priority=PRIO_PREFETCH, mode="", max_tokens=0,
                   deadline=None, arrived=time.perf_counter())
-        self.sched.submit_prefetch(job)
+        self.queue.submit_prefetch(job)
         conn.send(protocol.ok(msg.id, queued=True))
 
     # -- status -------------------------------------------------------------------------------------
 
     def status(self, rid: int = 0) -> dict:
-        e, st, cfg = self.engine, self.stats, self.cfg
+        e, st, cfg = self.worker, self.stats, self.cfg
         fb = st.feedback
         decided = fb["accepted"] + fb["rejected"] + fb["partial"]
-        running = list(self.sched.running)
+        running = list(self.queue.running)
         errors = sum(n for code, n in st.errors.items() if code not in NOT_COUNTED)
         return {
             "type": "status", "id": rid,
@@ -703,7 +543,7 @@ class Daemon:
             "memory": e.memory(),
             "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": e.spec_variant(cfg)},
             "deadline_ms": cfg.deadline_ms,
-            "queue_length": self.sched.queue_length(),
+            "queue_length": self.queue.queue_length(),
             "running": [{"id": j.id, "client": j.conn.client, "connection": j.conn.id, "kind": j.kind,
                          "doc": j.msg.doc, "tokens": len(j.tokens)} for j in running],
             "batch_size": cfg.batch_size,

@@ -19,8 +19,8 @@ import time
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
-from daemon.client import DaemonUnavailable
-from daemon.protocol import ABORTED, Generate
+from protocol.client import DaemonUnavailable
+from protocol import ABORTED, Error, Generate, Result, decode_reply
 from lsp import refactor
 from lsp.progress import WorkDone
 
@@ -192,12 +192,17 @@ class Actions:
             except DaemonUnavailable as e:
                 raise JsonRpcException(f"the tricode daemon stopped during the refactor ({e})",
                                        code=REQUEST_FAILED) from None
-            if reply.get("type") == "error":
-                if reply.get("code") == ABORTED:
+            reply = decode_reply(reply)
+            if isinstance(reply, Error):
+                if reply.code == ABORTED:
                     raise JsonRpcException("cancelled", code=REQUEST_CANCELLED)
-                raise JsonRpcException(f"tricode: {reply.get('code')}: {reply.get('message')}", code=REQUEST_FAILED)
-            generated = str(reply.get("text") or "")
-            stats = {k: reply.get(k) for k in ("mode", "tokens", "tokens_per_forward", "total_ms") if k in reply}
+                raise JsonRpcException(f"tricode: {reply.code}: {reply.message}", code=REQUEST_FAILED)
+            if not isinstance(reply, Result):
+                raise JsonRpcException(f"tricode: the daemon answered a refactor with {reply.get('type')!r}",
+                                       code=REQUEST_FAILED)
+            generated = reply.text
+            stats = {"mode": reply.mode, "tokens": reply.tokens, "tokens_per_forward": reply.tokens_per_forward,
+                     "total_ms": reply.total_ms}
             new_text = job.finish(generated)
             log.info("refactor %s on %s: %d chars generated, usable=%s %s", name, doc.uri, len(generated),
                      new_text is not None, stats)
@@ -218,7 +223,7 @@ class Actions:
             if msg_id is not None:
                 self.server.running_commands.pop(msg_id, None)
 
-    async def _apply(self, doc, version: int, job: refactor.Job, new_text: str) -> tuple[bool, str | None]:
+    async def _apply(self, doc, version: int, job: refactor.RefactorEdit, new_text: str) -> tuple[bool, str | None]:
         sl, sc = doc.position_at(job.start)
         el, ec = doc.position_at(job.end)
         edit = types.TextEdit(range=types.Range(start=types.Position(line=sl, character=sc),

@@ -23,8 +23,8 @@ import os
 import time
 from typing import Awaitable, Callable
 
-from daemon.client import DaemonClient, DaemonUnavailable, DaemonVersionMismatch
-from daemon.protocol import DAEMON_BUILD, PROTOCOL_VERSION, ProtocolError, Shutdown, Status
+from protocol.client import DaemonClient, DaemonUnavailable, DaemonVersionMismatch
+from protocol import DAEMON_BUILD, PROTOCOL_VERSION, ProtocolError, Shutdown, Status
 
 log = logging.getLogger(__name__)
 

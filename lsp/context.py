@@ -2,15 +2,16 @@
 decision, post-processing and the cache need it."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from lsp.documents import Document
 
-# What is sent to the daemon (it fits the prompt to its own token budget; this only bounds the frame).
-PREFIX_CHARS = 24_000
-SUFFIX_CHARS = 8_000
-WIRE_STEP = 64           # lines: the wire prefix's start moves in steps of this many lines
+# What is sent to the daemon: the whole text around the cursor, up to a hard cap that only keeps a
+# frame under the protocol's limit (protocol.MAX_FRAME, 8 MiB: at most 4 bytes a code point in UTF-8,
+# 4 MiB + 2 MiB here). The prompt is clipped once, by tokens, by the daemon, which owns the budget
+# (daemon/prompt.py).
+PREFIX_CHARS = 1_000_000
+SUFFIX_CHARS = 500_000
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,9 @@ class Context:
     # -- what goes on the wire ------------------------------------------------------------------------
 
     def wire_prefix(self) -> str:
-        """The prefix within PREFIX_CHARS: whole lines dropped from the start in steps of WIRE_STEP
-        lines, so that its start (the daemon's file head, daemon/context.py) stays put while the
-        cursor moves and types within a step."""
+        """The prefix, or its last PREFIX_CHARS code points from a line start when it is longer."""
         if len(self.prefix) <= PREFIX_CHARS:
             return self.prefix
-        starts = [0] + [m.end() for m in re.finditer("\n", self.prefix)]
-        for i in range(WIRE_STEP, len(starts), WIRE_STEP):
-            if len(self.prefix) - starts[i] <= PREFIX_CHARS:
-                return self.prefix[starts[i]:]
         cut = len(self.prefix) - PREFIX_CHARS
         nl = self.prefix.find("\n", cut)
         return self.prefix[nl + 1:] if 0 <= nl < cut + 2000 else self.prefix[cut:]

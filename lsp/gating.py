@@ -6,7 +6,7 @@ logged and shown by `tricode/status`.
 """
 from __future__ import annotations
 
-from daemon.gitignore import IgnoreMatcher
+from textkit.gitignore import IgnoreMatcher
 from lsp.context import Context
 from lsp.documents import Document
 from lsp.settings import Settings

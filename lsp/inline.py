@@ -13,9 +13,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from daemon.client import DaemonUnavailable
-from daemon.gitignore import IgnoreMatcher
-from daemon.protocol import NOT_READY, Complete
+from protocol.client import DaemonUnavailable
+from textkit.gitignore import IgnoreMatcher
+from protocol import NOT_READY, Complete, Error, Result, decode_reply
 
 from lsp import gating, multiline, postprocess
 from lsp.cache import CompletionCache
@@ -27,9 +27,6 @@ from lsp.settings import Settings
 log = logging.getLogger(__name__)
 
 CONNECT_WAIT_S = 2.0     # an inline request waits this long for a daemon that is starting, then answers empty
-STAT_KEYS = ("mode", "tokens", "nfe", "tokens_per_forward", "accept_length", "prompt_tokens", "prefill_tokens",
-             "reused_tokens", "queue_ms", "context_ms", "prefill_ms", "decode_ms", "total_ms", "stop_reason",
-             "loop_cut")
 
 
 class CompletionFailed(Exception):
@@ -103,7 +100,7 @@ class InlineCompleter:
         hit = self.cache.lookup(ctx, key)
         if hit is not None:
             self.counts["cache_hits"] += 1
-            info = {k: v for k, v in hit.info.items() if k in STAT_KEYS}
+            info = {k: v for k, v in hit.info.items() if k in Result.STATS}
             info.update(source="cache", typed=len(hit.typed))
             return Outcome(hit.suggestion, ctx, info)
 
@@ -134,26 +131,27 @@ class InlineCompleter:
         if reply is None:
             self.counts["superseded"] += 1
             return Outcome(postprocess.Suggestion("", 0, "superseded"), None, {"source": "superseded"})
-        if reply.get("type") == "error":
-            code = reply.get("code", "")
+        reply = decode_reply(reply)
+        if not isinstance(reply, Result):
+            code = reply.code if isinstance(reply, Error) else "bad_reply"
             if code == NOT_READY:
                 self.backend.note_not_ready()
-            log.info("daemon answered %s: %s", code, reply.get("message"))
+            log.info("daemon answered %s: %s", code, getattr(reply, "message", reply))
             return Outcome(postprocess.Suggestion("", 0, f"daemon: {code}"), ctx, {"source": "daemon", "error": code})
 
-        raw = str(reply.get("text") or "")
-        truncated = reply.get("stop_reason") in ("max_tokens", "length")   # a deadline cut is line-exact
+        raw = reply.text
+        truncated = reply.stop_reason in ("max_tokens", "length")   # a deadline cut is line-exact
         sug = postprocess.process(raw, ctx, plan, truncated=truncated)
-        info = {k: reply[k] for k in STAT_KEYS if k in reply}
+        info = {k: getattr(reply, k) for k in Result.STATS}
         info["source"] = "daemon"
-        if reply.get("stop_reason") != "deadline":      # a busy daemon's cut is not the model's answer
+        if reply.stop_reason != "deadline":      # a busy daemon's cut is not the model's answer
             self.cache.store(ctx, key, sug, info)
         log.info("completion %s @%d: %d chars (%s) mode=%s tpf=%s daemon=%sms %s",
                  doc.uri, offset, len(sug.text), "multi" if plan.multiline else "single", info.get("mode"),
                  info.get("tokens_per_forward"), info.get("total_ms"), sug.reason)
         out = Outcome(sug, ctx, info)
         out.info["raw"] = raw
-        out.info["context_files"] = list(reply.get("context_files") or [])
+        out.info["context_files"] = list(reply.context_files)
         out.info["plan"] = {"multiline": plan.multiline, "max_lines": plan.max_lines,
                             "max_tokens": plan.max_tokens, "reason": plan.reason}
         return out

@@ -1,6 +1,6 @@
 """Post-processing: turn the model's raw continuation into the suggestion an editor shows.
 
-In order: cut where the suggestion begins to repeat itself (daemon/loops.py: a run of repeated
+In order: cut where the suggestion begins to repeat itself (textkit/loops.py: a run of repeated
 tokens within a line, a repeated line or block; the daemon cuts there too and stops decoding); keep one line (single-line) or the lines that stay in the block (multi-line, "keep the
 indentation of the block"); cut where the suggestion starts repeating the code below the cursor; drop
 closing brackets/quotes the rest of the line already has, or replace that rest when the suggestion
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.loops import loop_cut
+from textkit.loops import loop_cut
 from lsp.context import Context, indent_width, split_lines
 from lsp.languages import is_closer_line, scan_code
 from lsp.multiline import Plan

@@ -1,5 +1,5 @@
 """Prefetch: tell the daemon where a completion is likely to be asked next, so that it prefills that
-prompt while the user pauses (daemon/scheduler.py runs it at the lowest priority).
+prompt while the user pauses (daemon/worker.py runs it at the lowest priority).
 
 Two triggers:
 - `textDocument/didOpen` (every LSP client): no cursor is known, so the daemon prepares the part of
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from daemon.protocol import Prefetch
+from protocol import Prefetch
 from lsp import gating
 from lsp.context import PREFIX_CHARS, Context
 from lsp.documents import Document

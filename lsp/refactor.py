@@ -1,6 +1,6 @@
 """Refactor commands as fill-in-the-middle prompts for a code-completion model (not instruction tuned).
 
-Each action becomes a `Job`: a prefix and a suffix for the daemon (`generate`, AR, refactor priority),
+Each action becomes a `RefactorEdit`: a prefix and a suffix for the daemon (`generate`, AR, refactor priority),
 stop strings and budgets, the document span the result replaces, and `finish()`, which turns the
 generated middle into the replacement text (or None when the output is unusable: nothing is applied).
 
@@ -41,7 +41,7 @@ class RefactorError(Exception):
 
 
 @dataclass
-class Job:
+class RefactorEdit:
     action: str
     title: str
     prefix: str
@@ -266,7 +266,7 @@ def available(text: str, language: str, start: int, end: int) -> list[str]:
 # -- the jobs ------------------------------------------------------------------------------------------
 
 def build(action: str, text: str, language: str, start: int, end: int, *, instruction: str = "",
-          max_tokens: int = 512) -> Job:
+          max_tokens: int = 512) -> RefactorEdit:
     """The job for `action` on the selection start..end of `text`. Raises RefactorError."""
     if action not in ACTIONS:
         raise RefactorError(f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
@@ -286,7 +286,7 @@ def build(action: str, text: str, language: str, start: int, end: int, *, instru
     return _complete_body(text, language, f, max_tokens)
 
 
-def _docstring(text: str, language: str, f: Func, max_tokens: int) -> Job:
+def _docstring(text: str, language: str, f: Func, max_tokens: int) -> RefactorEdit:
     if has_docstring(text, f):
         raise RefactorError(f"{f.name} already has a docstring")
     ind = f.body_indent
@@ -311,11 +311,11 @@ def _docstring(text: str, language: str, f: Func, max_tokens: int) -> Job:
         if f.body_start > f.header_line_end:
             return doc + "\n"
         return "\n" + doc
-    return Job("docstring", ACTIONS["docstring"], prefix, suffix, insert_at, insert_at, max_lines=16,
+    return RefactorEdit("docstring", ACTIONS["docstring"], prefix, suffix, insert_at, insert_at, max_lines=16,
                max_tokens=min(max_tokens, 256), stop=('"""',), finisher=finish)
 
 
-def _doc_comment(text: str, language: str, f: Func, max_tokens: int) -> Job:
+def _doc_comment(text: str, language: str, f: Func, max_tokens: int) -> RefactorEdit:
     if has_doc_comment(text, f):
         raise RefactorError(f"{f.name} already has a doc comment")
     ind = f.indent
@@ -330,11 +330,11 @@ def _doc_comment(text: str, language: str, f: Func, max_tokens: int) -> Job:
         if not any(lines):
             return None
         return ind + "/**\n" + "".join(ind + " * " + ln + "\n" if ln else ind + " *\n" for ln in lines) + ind + " */\n"
-    return Job("docstring", "Add doc comment", prefix, suffix, f.start, f.start, max_lines=16,
+    return RefactorEdit("docstring", "Add doc comment", prefix, suffix, f.start, f.start, max_lines=16,
                max_tokens=min(max_tokens, 256), stop=("*/",), finisher=finish)
 
 
-def _type_hints(text: str, f: Func, max_tokens: int) -> Job:
+def _type_hints(text: str, f: Func, max_tokens: int) -> RefactorEdit:
     if f.params_open < 0:
         raise RefactorError("Add type hints: no parameter list found")
     colon = f.header_end - 1
@@ -360,11 +360,11 @@ def _type_hints(text: str, f: Func, max_tokens: int) -> Job:
         if _norm(new) == _norm(old):
             return None
         return new
-    return Job("type_hints", ACTIONS["type_hints"], prefix, suffix, f.params_open + 1, colon, max_lines=1,
+    return RefactorEdit("type_hints", ACTIONS["type_hints"], prefix, suffix, f.params_open + 1, colon, max_lines=1,
                max_tokens=min(max_tokens, 160), stop=("\n",), finisher=finish)
 
 
-def _rewrite(text: str, language: str, start: int, end: int, instruction: str, max_tokens: int) -> Job:
+def _rewrite(text: str, language: str, start: int, end: int, instruction: str, max_tokens: int) -> RefactorEdit:
     instruction = " ".join((instruction or "").split())
     if not instruction:
         raise RefactorError("Rewrite selection as instructed: needs an instruction "
@@ -409,11 +409,11 @@ def _rewrite(text: str, language: str, start: int, end: int, instruction: str, m
             return None  # only comments (the scaffold echoed back): replacing code with it loses the code
         return result
     n = len(lines)
-    return Job("rewrite", ACTIONS["rewrite"], prefix, suffix, s, e, max_lines=2 * n + 8,
+    return RefactorEdit("rewrite", ACTIONS["rewrite"], prefix, suffix, s, e, max_lines=2 * n + 8,
                max_tokens=max_tokens, finisher=finish)
 
 
-def _complete_body(text: str, language: str, f: Func, max_tokens: int) -> Job:
+def _complete_body(text: str, language: str, f: Func, max_tokens: int) -> RefactorEdit:
     ind = f.body_indent
     fam = family(language)
     L = _Lines(text)
@@ -444,7 +444,7 @@ def _complete_body(text: str, language: str, f: Func, max_tokens: int) -> Job:
     return _body_job(text, start, end, ind, max_tokens, closer="}")
 
 
-def _body_job(text: str, start: int, end: int, ind: str, max_tokens: int, closer: str | None) -> Job:
+def _body_job(text: str, start: int, end: int, ind: str, max_tokens: int, closer: str | None) -> RefactorEdit:
     """The complete_body job that generates text[start:end] anew on a fresh line indented `ind`. Its
     finish() keeps the generated lines that stay in the body (none indented less than `ind`), without
     trailing blank lines; None when that is empty or starts with the `closer` line (an empty body)."""
@@ -462,7 +462,7 @@ def _body_job(text: str, start: int, end: int, ind: str, max_tokens: int, closer
         if not kept or not "".join(kept).strip() or (closer is not None and kept[0].strip() == closer):
             return None
         return "\n" + ind + "\n".join(ln.rstrip() for ln in kept).lstrip(" \t")
-    return Job("complete_body", ACTIONS["complete_body"], text[:start] + "\n" + ind, text[end:], start, end,
+    return RefactorEdit("complete_body", ACTIONS["complete_body"], text[:start] + "\n" + ind, text[end:], start, end,
                max_lines=40, max_tokens=max_tokens, finisher=finish)
 
 

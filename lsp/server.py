@@ -24,10 +24,9 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import lsp_method
 
-from daemon.client import DaemonUnavailable
-from daemon.gitignore import IgnoreMatcher
-from daemon.protocol import Document as DocumentMsg
-from daemon.protocol import Feedback, Status
+from protocol.client import DaemonUnavailable
+from textkit.gitignore import IgnoreMatcher
+from protocol import DocumentUpdate, Feedback, Status
 from lsp import gating
 from lsp.actions import Actions
 from lsp.backend import Backend
@@ -156,10 +155,10 @@ class TricodeServer(LanguageServer):
         if self.backend is None:
             return
         if closed:
-            self.backend.notify(DocumentMsg(uri=doc.uri, path=doc.path, language=doc.language, text=None))
+            self.backend.notify(DocumentUpdate(uri=doc.uri, path=doc.path, language=doc.language, text=None))
             return
         if gating.content_gate(doc, self.settings, self.ignore) is None:
-            self.backend.notify(DocumentMsg(uri=doc.uri, path=doc.path, language=doc.language, text=doc.text))
+            self.backend.notify(DocumentUpdate(uri=doc.uri, path=doc.path, language=doc.language, text=doc.text))
 
     # -- completion results ---------------------------------------------------------------------------
 

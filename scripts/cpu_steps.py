@@ -11,7 +11,7 @@ bench.decoding.complete)."""
 import json, sys, statistics, time
 import torch
 from torch.profiler import profile, ProfilerActivity
-from daemon.tokenizer import Tokenizer
+from textkit.tokenizer import Tokenizer
 from engine.checkpoint import load_checkpoint
 from engine.embedded_model import default_model
 from engine.generate import run_forwards, Forward

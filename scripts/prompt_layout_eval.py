@@ -1,4 +1,4 @@
-"""Compare the daemon's prompt layouts (daemon/context.py: `contiguous`, `window`) on held-out
+"""Compare the daemon's prompt layouts (daemon/prompt.py: `contiguous`, `window`) on held-out
 single-line FIM tasks with one model: exact match and edit similarity of the generated line, prompt
 size, and the tokens a move to another place in the same file has to prefill (the prompt's tokens
 after its common prefix with the prompt at the file's previous task, at least 20 lines away).
@@ -31,15 +31,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from daemon.context import PromptBuilder, protect_special_tokens
-    from daemon.tokenizer import Tokenizer
+    from daemon.prompt import PromptBuilder, protect_special_tokens
+    from textkit.tokenizer import Tokenizer
     from engine.checkpoint import load_checkpoint
     from engine.embedded_model import default_model
     from engine.generate import DecodeParams, generate
     from training.evaluate import cut_at_newline, edit_similarity, exact_match, make_fim_tasks, newline_stop
     from training.evaluate import read_heldout_files
 
-    import daemon.context as dc
+    import daemon.prompt as dc
     if args.near_share is not None:
         dc.NEAR_SHARE = args.near_share
     if args.head_share is not None:

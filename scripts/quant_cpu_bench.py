@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from daemon.tokenizer import Tokenizer  # noqa: E402
+from textkit.tokenizer import Tokenizer  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
 from engine.embedded_model import default_model  # noqa: E402
 from engine.generate import DecodeParams, generate  # noqa: E402

@@ -1,4 +1,4 @@
-"""The daemon end to end: real `python -m daemon.cli daemon run` processes on the tiny checkpoint,
+"""The daemon end to end: real `python -m tricode daemon run` processes on the tiny checkpoint,
 real sockets, no mocks. One daemon serves the module; the lifecycle test starts its own."""
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from daemon import protocol
-from daemon.client import DaemonClient, DaemonUnavailable, call
-from daemon.protocol import Complete, Document, Feedback, Generate, Hello, Status
+import protocol
+from protocol.client import DaemonClient, DaemonUnavailable, call
+from protocol import Complete, Feedback, Generate, Hello, Status
+from protocol import DocumentUpdate as Document
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ class D:
         return call(Status(), socket_path=self.sock, timeout=10)[0]
 
     def cli(self, *args, timeout=120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=self.env, cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "tricode", *args], env=self.env, cwd=REPO,
                               capture_output=True, text=True, timeout=timeout)
 
     async def client(self, name="test") -> DaemonClient:
@@ -89,7 +90,7 @@ def daemon():
     d.config.parent.mkdir(parents=True)
     d.config.write_text(BASE_CONFIG)
     err = open(base / "daemon.err", "wb")
-    d.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(d.ckpt)],
+    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(d.ckpt)],
                               env=d.env, cwd=REPO, stdout=err, stderr=err)
     try:
         wait_ready(d.sock, proc=d.proc)
@@ -153,8 +154,8 @@ def test_hello_version_mismatch_is_rejected(daemon, monkeypatch):
     assert reply["type"] == "error" and reply["code"] == protocol.VERSION and reply["id"] == 3
     assert protocol.recv_frame(s) is None          # the daemon closed that connection
     s.close()
-    import daemon.client as client_mod
-    from daemon.client import DaemonVersionMismatch
+    import protocol.client as client_mod
+    from protocol.client import DaemonVersionMismatch
     monkeypatch.setattr(client_mod, "Hello", lambda client: Hello(client=client, version=999))
 
     async def go():
@@ -171,7 +172,6 @@ def test_malformed_frames_get_errors_and_are_counted(daemon):
     s.sendall(protocol.pack(Hello(id=5)))
     assert protocol.recv_frame(s)["type"] == "hello"
     cases = [
-        (b"\xc1\xff\x00 not msgpack", -1),                                          # garbage bytes
         (msgpack.packb([1, 2, 3]), -1),                                              # not a map
         (msgpack.packb({"type": "frobnicate", "id": 7}), 7),                        # unknown type
         (msgpack.packb({"type": "complete", "id": 8, "max_tokens": "many"}), 8),    # wrong field type
@@ -187,19 +187,47 @@ def test_malformed_frames_get_errors_and_are_counted(daemon):
     assert daemon.proc.poll() is None
 
 
-def test_oversized_frame(daemon):
-    s = raw_connect(daemon.sock)
-    n = protocol.MAX_FRAME + 1
-    s.sendall(protocol.HEADER.pack(n))
-    chunk = b"\0" * (1 << 20)
-    left = n
-    while left:
-        left -= s.send(chunk[:min(left, len(chunk))])
+def _answer_then_close(s: socket.socket, data: bytes) -> tuple[dict, float]:
+    """Send `data` and read the daemon's answer: (the reply frame, seconds it took). The daemon must
+    then close the connection (EOF, or a reset because the peer's unread input was discarded)."""
+    t0 = time.monotonic()
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass                                        # the daemon closed while we were still sending
     r = protocol.recv_frame(s)
-    assert (r["type"], r["code"], r["id"]) == ("error", protocol.TOO_LARGE, -1)
-    r = send_body(s, msgpack.packb({"type": "status", "id": 12}))     # the connection still works
-    assert r["type"] == "status" and r["errors_by_code"][protocol.TOO_LARGE] >= 1
-    s.close()
+    took = time.monotonic() - t0
+    try:
+        assert protocol.recv_frame(s) is None       # closed
+    except ConnectionResetError:
+        pass
+    return r, took
+
+
+def test_frames_that_can_never_be_valid_are_answered_at_once_and_closed(daemon):
+    """A length prefix over the frame limit (up to 4 GB) is answered without reading the body; a body
+    that is not msgpack is answered too; both close the connection; the daemon serves on."""
+    before = daemon.status()["errors_by_code"]
+    cases = [
+        (protocol.HEADER.pack(0xFFFFFFFF), protocol.TOO_LARGE),                        # claims 4 GB
+        (protocol.HEADER.pack(protocol.MAX_FRAME + 1) + b"\0" * (1 << 16), protocol.TOO_LARGE),
+        (protocol.HEADER.pack(15) + b"\xc1\xff\x00 not msgpack", protocol.BAD_REQUEST),  # undecodable
+    ]
+    for data, code in cases:
+        s = raw_connect(daemon.sock)
+        s.settimeout(5)
+        r, took = _answer_then_close(s, data)
+        s.close()
+        assert (r["type"], r["code"], r["id"]) == ("error", code, -1), r
+        assert took < 1.0, (code, took)
+    assert daemon.proc.poll() is None
+    # a new connection is served as usual, and the errors were counted
+    st = daemon.status()
+    assert st["errors_by_code"][protocol.TOO_LARGE] == before.get(protocol.TOO_LARGE, 0) + 2
+    assert st["errors_by_code"][protocol.BAD_REQUEST] == before.get(protocol.BAD_REQUEST, 0) + 1
+    (res,) = call(Complete(doc="file:///after.py", prefix="x = ", suffix="\n", max_tokens=4), socket_path=daemon.sock,
+                  timeout=60)
+    assert res["type"] == "result", res
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -744,7 +772,7 @@ def test_daemon_on_cuda():
     d = D(base, write_tiny_checkpoint(base / "ck"))
     d.config.parent.mkdir(parents=True)
     d.config.write_text(BASE_CONFIG.replace('device = "cpu"', 'device = "cuda"'))
-    d.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(d.ckpt)],
+    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(d.ckpt)],
                               env=d.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         st = wait_ready(d.sock, proc=d.proc)

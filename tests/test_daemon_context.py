@@ -5,10 +5,11 @@ import time
 
 import pytest
 
-from daemon.context import (ALWAYS_IGNORED, CLIP_STEP, PromptBuilder, Workspace, finish_text, protect_special_tokens,
-                            python_imports, resolve_imports, text_cut)
-from daemon.gitignore import GitIgnore
-from daemon.tokenizer import Tokenizer
+from daemon.finish import finish_text, text_cut
+from daemon.prompt import CLIP_STEP, PromptBuilder, protect_special_tokens
+from daemon.workspace import ALWAYS_IGNORED, Workspace, python_imports, resolve_imports
+from textkit.gitignore import GitIgnore
+from textkit.tokenizer import Tokenizer
 from tests.tiny_checkpoint import SAMPLE_CODE, tiny_tokenizer
 
 
@@ -252,7 +253,7 @@ def test_window_layout_near_the_top_and_without_fim_tokens(tok):
 
 
 def test_token_bucket_bounds_the_prefetch_work():
-    from daemon.scheduler import TokenBucket
+    from daemon.admission import TokenBucket
     b = TokenBucket()
     assert b.take(3000, 2000, now=100.0) and not b.take(1500, 2000, now=100.0)   # 2 s of burst: 4000
     assert b.take(1000, 2000, now=100.0) and not b.take(100, 2000, now=100.01)

@@ -362,7 +362,7 @@ def test_sampling_is_seeded_and_near_zero_temperature_is_greedy(model64):
 
 
 def test_cli_generate_json(tiny_ckpt):
-    out = subprocess.run([sys.executable, "-m", "daemon.cli", "generate", "--model", str(tiny_ckpt), "--mode", "spec",
+    out = subprocess.run([sys.executable, "-m", "tricode", "generate", "--model", str(tiny_ckpt), "--mode", "spec",
                           "--block-size", "4", "--max-new-tokens", "12", "--json", "--prompt", "def add(a, b):"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -371,14 +371,14 @@ def test_cli_generate_json(tiny_ckpt):
         assert key in obj
     assert obj["mode"] == "spec" and len(obj["token_ids"]) <= 12 and obj["nfe"] >= 1
     assert obj["spec_variant"] == "auto" and obj["lookup_steps"] >= 0
-    off = subprocess.run([sys.executable, "-m", "daemon.cli", "generate", "--model", str(tiny_ckpt), "--mode", "spec",
+    off = subprocess.run([sys.executable, "-m", "tricode", "generate", "--model", str(tiny_ckpt), "--mode", "spec",
                           "--block-size", "4", "--max-new-tokens", "12", "--json", "--no-lookup",
                           "--prompt", "x = x + x + x + x + x + x + x"], capture_output=True, text=True, timeout=120)
     assert off.returncode == 0 and json.loads(off.stdout)["lookup_steps"] == 0
 
 
 def test_cli_bad_model_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "daemon.cli", "generate", "--model", str(tmp_path), "--prompt", "x"],
+    out = subprocess.run([sys.executable, "-m", "tricode", "generate", "--model", str(tmp_path), "--prompt", "x"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "config.json" in out.stderr and "Traceback" not in out.stderr
 
@@ -449,7 +449,7 @@ def test_context_drafts_keep_spec_equal_to_ar_and_save_forwards():
     """On the embedded model, code that repeats itself: context drafts replace draft forwards, and the
     greedy output is still AR's token for token, in both spec variants."""
     from engine.embedded_model import default_model
-    from daemon.tokenizer import Tokenizer
+    from textkit.tokenizer import Tokenizer
     path = default_model()
     ck, tok = load_checkpoint(path, device="cpu", dtype="float32"), Tokenizer(path)
     text = "".join(f"    parser.add_argument('--opt{i}', type=int, default={i})\n" for i in range(12))

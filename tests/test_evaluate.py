@@ -88,7 +88,7 @@ def test_newline_stop_and_cut():
 
 
 def test_humaneval_mapping_and_prompt_clipping(tiny_ckpt):
-    from daemon.tokenizer import Tokenizer
+    from textkit.tokenizer import Tokenizer
     from training.humaneval import load_tasks
     tasks = load_tasks()
     assert len(tasks) == 1033
@@ -147,7 +147,7 @@ def test_eval_command_end_to_end(tiny_ckpt, tmp_path):
             (model / f.name).write_bytes(f.read_bytes())
     (model / "heldout_files.txt").write_text("stdlib/textwrap.py\nstdlib/json/decoder.py\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "daemon.cli", "eval", "--model", str(model), "--fim-tasks", "3",
+    r = subprocess.run([sys.executable, "-m", "tricode", "eval", "--model", str(model), "--fim-tasks", "3",
                         "--humaneval-limit", "2", "--loss-rows", "2", "--data-dir", str(tmp_path / "nodata"),
                         "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr

@@ -1,12 +1,12 @@
-"""The loop guard (daemon/loops.py) on the loops seen from the embedded model and on ordinary code
-that repeats itself on purpose; its use as a stop rule (daemon.context.text_cut) and in the LSP's
+"""The loop guard (textkit/loops.py) on the loops seen from the embedded model and on ordinary code
+that repeats itself on purpose; its use as a stop rule (daemon.finish.text_cut) and in the LSP's
 post-processing."""
 from __future__ import annotations
 
 import pytest
 
-from daemon.context import finish_text, text_cut
-from daemon.loops import LITERAL_RUN, NAME_RUN, line_loop, loop_cut
+from daemon.finish import finish_text, text_cut
+from textkit.loops import LITERAL_RUN, NAME_RUN, line_loop, loop_cut
 from lsp import multiline, postprocess
 from lsp.context import Context
 from lsp.settings import Settings

@@ -1,4 +1,4 @@
-"""End-to-end tests of `tricode lsp`: the real server process (`python -m daemon.cli lsp`), driven by a
+"""End-to-end tests of `tricode lsp`: the real server process (`python -m tricode lsp`), driven by a
 pytest-lsp client as an editor does, in front of a real daemon on the tiny random-weight checkpoint.
 
 Random weights give gibberish, so the assertions hold for any model output: every request is
@@ -52,8 +52,8 @@ def private_env(root: Path, model: Path) -> tuple[dict, str]:
 
 
 def daemon_status(env: dict) -> dict | None:
-    from daemon.client import call
-    from daemon.protocol import Status
+    from protocol.client import call
+    from protocol import Status
     try:
         return call(Status(), socket_path=env["TRICODE_SOCKET"], timeout=5.0)[0]
     except Exception:
@@ -82,7 +82,7 @@ def stop_pid(pid) -> None:
 def shared_env(tiny_ckpt, tmp_path_factory):
     """One daemon for the tests that do not kill it (started once: importing torch takes seconds)."""
     env, short = private_env(tmp_path_factory.mktemp("lsp-shared"), tiny_ckpt)
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(tiny_ckpt)],
+    proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(tiny_ckpt)],
                             env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -132,7 +132,7 @@ async def editor(env: dict, *, caps: T.ClientCapabilities | None = None, options
         return T.ApplyWorkspaceEditResult(applied=True)
 
     t0 = time.perf_counter()
-    await client.start_io(sys.executable, "-m", "daemon.cli", "lsp", env=env, cwd=str(REPO))
+    await client.start_io(sys.executable, "-m", "tricode", "lsp", env=env, cwd=str(REPO))
     client.init_result = await asyncio.wait_for(client.initialize_session(T.InitializeParams(
         capabilities=caps or capabilities(), client_info=T.ClientInfo(name="pytest"),
         initialization_options={**OPTIONS, **(options or {})})), 30)

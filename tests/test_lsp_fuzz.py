@@ -1,6 +1,6 @@
 """Whatever a client sends, `tricode lsp` answers every request once and stays up.
 
-The real server (`python -m daemon.cli lsp`) in front of a real daemon on the tiny checkpoint, driven
+The real server (`python -m tricode lsp`) in front of a real daemon on the tiny checkpoint, driven
 over stdio by bench/rawlsp.py (frames written by hand, so that wrong types, missing fields and bodies
 that are not JSON can be sent). Hand-written cases from issue 16, the protocol's life cycle (before
 initialize, after shutdown), then Hypothesis: generated requests and notifications for every method

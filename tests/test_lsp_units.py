@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.gitignore import IgnoreMatcher
+from textkit.gitignore import IgnoreMatcher
 from lsp import gating, multiline, postprocess, refactor
 from lsp.cache import CompletionCache
 from lsp.context import Context
@@ -55,7 +55,7 @@ def test_server_module_imports_no_torch_and_fast():
 
 
 def test_cli_parser_build_stays_torch_free():
-    code = ("import sys; from daemon.cli import build_parser; p = build_parser(); "
+    code = ("import sys; from tricode.cli import build_parser; p = build_parser(); "
             "a = p.parse_args(['lsp', '--model', '/m', '--socket', '/s']); print(a.func.__module__, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["lsp.command", "False"]
@@ -502,3 +502,21 @@ def test_doc_comment_for_brace_languages():
 def test_no_function_no_function_actions():
     with pytest.raises(refactor.RefactorError):
         refactor.build("docstring", "x = 1\n", "python", 0, 0)
+
+
+# -- the prefix is clipped once, by the daemon ------------------------------------------------------------
+
+def test_wire_sends_the_whole_prefix_and_caps_only_the_frame():
+    import protocol
+    from lsp.context import PREFIX_CHARS, SUFFIX_CHARS
+    from protocol import Complete
+    text = "def f(x):\n    return x\n" * 4000                 # 92k characters: the daemon clips it by tokens
+    ctx = Context.from_text(text + "y = ", len(text) + 4)
+    assert ctx.wire_prefix() == ctx.prefix
+    # past the cap: the last lines that fit, from a line start, and the frame stays under the limit
+    worst = ("😀" * 99 + "\n") * (PREFIX_CHARS // 100 + 50)    # 4 bytes a code point in UTF-8
+    ctx = Context.from_text(worst + "|" + worst[:SUFFIX_CHARS + 500], len(worst))
+    p, s = ctx.wire_prefix(), ctx.wire_suffix()
+    assert len(p) <= PREFIX_CHARS and ctx.prefix.endswith(p) and p.startswith("😀")
+    assert len(s) <= SUFFIX_CHARS and ctx.suffix.startswith(s)
+    assert len(protocol.pack(Complete(prefix=p, suffix=s))) <= protocol.MAX_FRAME + protocol.HEADER.size

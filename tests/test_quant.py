@@ -320,7 +320,7 @@ def test_quantized_checkpoint_with_a_damaged_section_is_a_clear_error(quant_ckpt
 
 def _cli(*args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "-m", "daemon.cli", "quantize", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tricode", "quantize", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -24,11 +24,14 @@ from pathlib import Path
 import pytest
 
 from bench.gguf_export import LlamaServer as Server
-from daemon import config, layouts, protocol
-from daemon.client import DaemonClient, call
-from daemon.context import PromptBuilder, finish_text, protect_special_tokens
-from daemon.protocol import Complete, Generate, Status
-from daemon.tokenizer import Tokenizer
+import protocol
+from daemon import config
+from daemon import prompt as layouts
+from protocol.client import DaemonClient, call
+from daemon.finish import finish_text
+from daemon.prompt import PromptBuilder, protect_special_tokens
+from protocol import Complete, Generate, Status
+from textkit.tokenizer import Tokenizer
 from engine.embedded_model import default_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,7 +198,7 @@ class D:
         return call(Status(), socket_path=self.sock, timeout=10)[0]
 
     def cli(self, *args, timeout=120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=self.env, cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "tricode", *args], env=self.env, cwd=REPO,
                               capture_output=True, text=True, timeout=timeout)
 
     async def client(self, name="test") -> DaemonClient:
@@ -211,7 +214,7 @@ def daemon(server):
     d.config.parent.mkdir(parents=True)
     d.config.write_text(d.base_config())
     err = open(base / "daemon.err", "wb")
-    d.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run"], env=d.env, cwd=REPO,
+    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run"], env=d.env, cwd=REPO,
                               stdout=err, stderr=err)
     try:
         end = time.monotonic() + 90

@@ -1,12 +1,14 @@
-"""Ageing in the daemon's scheduler (daemon/scheduler.py): a refactor that has waited AGE_S seconds
+"""Ageing in the daemon's scheduler (daemon/admission.py): a refactor that has waited AGE_S seconds
 goes ahead of inline completions, so a stream of keystrokes cannot starve it. The real Scheduler and
 Job objects; connections are the smallest objects the scheduler talks to (id, send, closed)."""
 from __future__ import annotations
 
 import time
 
-from daemon import protocol, scheduler
-from daemon.scheduler import PRIO_INLINE, PRIO_REFACTOR, Job, Scheduler, Stats
+import protocol
+from daemon import admission as scheduler
+from daemon.admission import PRIO_INLINE, PRIO_REFACTOR, Job, Stats
+from daemon.admission import RequestQueue as Scheduler
 
 
 class Conn:

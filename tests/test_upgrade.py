@@ -1,7 +1,7 @@
 """Upgrades: `tricode lsp` (its Backend) finds a daemon of an older build, asks it for a drain-then-exit
 shutdown, the older daemon finishes the request another editor has running, exits, and a new daemon is
 started and used. The older daemon is a real daemon made to report build 1 with
-TRICODE_TEST_DAEMON_BUILD (the one test hook, daemon/protocol.py)."""
+TRICODE_TEST_DAEMON_BUILD (the one test hook, protocol/messages.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from daemon.client import DaemonClient
-from daemon.protocol import DAEMON_BUILD, Complete, Generate, Status
+from protocol.client import DaemonClient
+from protocol import DAEMON_BUILD, Complete, Generate, Status
 from lsp.backend import Backend
 from tests.test_lsp import REPO, daemon_status, private_env, stop_pid
 
@@ -25,7 +25,7 @@ def test_older_daemon_drains_then_is_replaced(tiny_ckpt, tmp_path, monkeypatch):
     for k in ("TRICODE_SOCKET", "XDG_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "TRICODE_MODEL"):
         monkeypatch.setenv(k, env[k])           # the Backend starts the new daemon with this environment
     monkeypatch.delenv("TRICODE_TEST_DAEMON_BUILD", raising=False)
-    old = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(tiny_ckpt)],
+    old = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(tiny_ckpt)],
                            env=dict(env, TRICODE_TEST_DAEMON_BUILD="1"), cwd=REPO, stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     new_pid = None
@@ -82,15 +82,15 @@ def test_daemon_of_an_older_protocol_drains_without_hello(tiny_ckpt, tmp_path, m
     is refused hello by the daemon; the refusal names the daemon's protocol and pid; the Backend sends
     shutdown {drain} without hello; the daemon finishes another editor's running request and exits. The
     daemon started next is this same code (the older protocol again): that is reported, not retried."""
-    import daemon.client as client_mod
+    import protocol.client as client_mod
     import lsp.backend as backend_mod
-    from daemon.client import DaemonVersionMismatch
-    from daemon.protocol import PROTOCOL_VERSION, Hello
+    from protocol.client import DaemonVersionMismatch
+    from protocol import PROTOCOL_VERSION, Hello
 
     env, short = private_env(tmp_path, tiny_ckpt)
     for k in ("TRICODE_SOCKET", "XDG_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "TRICODE_MODEL"):
         monkeypatch.setenv(k, env[k])
-    old = subprocess.Popen([sys.executable, "-m", "daemon.cli", "daemon", "run", "--model", str(tiny_ckpt)],
+    old = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(tiny_ckpt)],
                            env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:

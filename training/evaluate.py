@@ -294,7 +294,7 @@ def clip_right(text: str, budget: int, count: Callable[[str], int]) -> str:
 
 def fim_prompt(tok, prefix: str, suffix: str, prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> list[int]:
     """THE INFERENCE PROMPT for ``prefix`` / ``suffix`` within ``prompt_tokens`` ids in all
-    (``tok``: a :class:`daemon.tokenizer.Tokenizer`)."""
+    (``tok``: a :class:`textkit.tokenizer.Tokenizer`)."""
     if not tok.has_fim:
         raise ValueError("the checkpoint's tokenizer has no fill-in-the-middle tokens")
     count = lambda s: len(tok.encode(s))  # noqa: E731
@@ -308,8 +308,8 @@ def fim_prompt(tok, prefix: str, suffix: str, prompt_tokens: int = DEFAULT_PROMP
         p_ids = tok.encode(prefix)
         if len(p_ids) > budget - len(s_ids):      # one enormous line: keep the ids nearest the cursor
             p_ids = p_ids[len(p_ids) - (budget - len(s_ids)):]
-    return ([tok.bos_id, tok.fim["suffix"]] + s_ids + [tok.fim["prefix"]] + p_ids
-            + [tok.fim["middle"]])
+    from daemon.prompt import fim_layout
+    return fim_layout(tok.fim, p_ids, s_ids, bos=tok.bos_id)
 
 
 # ----------------------------------------------------------------------------- running
@@ -506,7 +506,7 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, loss_rows: int = DEFAULT_LOSS_ROWS,
              workers: int = 2, timeout: float = 5.0, quiet: bool = False) -> dict:
     """The whole evaluation; returns the report dict (what ``--json`` prints)."""
-    from daemon.tokenizer import Tokenizer
+    from textkit.tokenizer import Tokenizer
     from engine.checkpoint import load_checkpoint
     from engine.generate import DEFAULT_THRESHOLD, default_block_size
 
@@ -756,7 +756,7 @@ def format_model_card_section(report: dict) -> str:
 
 def cmd_eval(args) -> int:
     from engine.embedded_model import default_model
-    from daemon.tokenizer import TokenizerError
+    from textkit.tokenizer import TokenizerError
     from engine.checkpoint import CheckpointError
     model_dir = args.model or default_model()
     if model_dir is None:

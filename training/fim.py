@@ -14,7 +14,8 @@ tokenization). ``path`` in a context entry is the file's path relative to its pa
 ``json/decoder.py``) and ``content`` ends with ``"\\n"`` (one is appended if missing); long context
 content is cut to fit and may then end mid-line.
 
-THE INFERENCE PROMPT (the daemon mirrors this; it must not import ``training``)::
+THE INFERENCE PROMPT (:func:`daemon.prompt.fim_layout`, the one definition the daemon, the
+evaluation and these samples share)::
 
     [EOS] + ctx_1 + ... + ctx_k + [FIM_SUFFIX] + enc(suffix) + [FIM_PREFIX] + enc(prefix) + [FIM_MIDDLE]
 
@@ -59,6 +60,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from daemon.prompt import fim_layout
 from training.tokenizer import (EOS_ID, FILE_SEP_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID,
                                 encode, encode_batch)
 
@@ -72,6 +74,7 @@ MIN_PLAIN_SPLIT = 32      # smallest head / tail of a plain sample split across 
 WINDOW = 64               # look-ahead of the row packer
 
 _NL = re.compile(r"\n")
+_FIM = {"suffix": FIM_SUFFIX_ID, "prefix": FIM_PREFIX_ID, "middle": FIM_MIDDLE_ID}
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -86,8 +89,7 @@ def fim_ids(prefix_ids: Sequence[int], middle_ids: Sequence[int], suffix_ids: Se
             context_ids: Sequence[int] = ()) -> list[int]:
     """``ctx FIM_SUFFIX suffix FIM_PREFIX prefix FIM_MIDDLE middle EOS`` (the training sample; the
     inference prompt is ``[EOS]`` + this up to and including FIM_MIDDLE)."""
-    return (list(context_ids) + [FIM_SUFFIX_ID] + list(suffix_ids) + [FIM_PREFIX_ID]
-            + list(prefix_ids) + [FIM_MIDDLE_ID] + list(middle_ids) + [EOS_ID])
+    return fim_layout(_FIM, prefix_ids, suffix_ids, context_ids) + list(middle_ids) + [EOS_ID]
 
 
 def context_text(path: str, content: str) -> str:

@@ -31,16 +31,14 @@ def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
     """The prompt as fill-in-the-middle (suffix first, as the model was trained) when the tokenizer
     has FIM tokens: the model then continues exactly at the end of the text, whatever token boundary
     that is. Without FIM tokens: BOS + the prefix."""
-    if not tok.has_fim:
-        return [tok.bos_id] + tok.encode(prefix)
-    return ([tok.bos_id, tok.fim["suffix"]] + tok.encode(suffix or "") + [tok.fim["prefix"]] + tok.encode(prefix)
-            + [tok.fim["middle"]])
+    from daemon.prompt import unbudgeted_prompt
+    return unbudgeted_prompt(tok, prefix, suffix)
 
 
 def cmd_generate(args) -> int:
     import time
 
-    from daemon.tokenizer import Tokenizer, TokenizerError
+    from textkit.tokenizer import Tokenizer, TokenizerError
     from engine.checkpoint import CheckpointError, load_checkpoint
     from engine.generate import DecodeParams, generate
 
@@ -98,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with text and statistics")
     p.set_defaults(func=cmd_generate)
 
-    from daemon.commands import add_commands as add_daemon_commands
+    from tricode.commands import add_commands as add_daemon_commands
     from lsp.command import add_commands as add_lsp_commands
     add_daemon_commands(sub)
     add_lsp_commands(sub)

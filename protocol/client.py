@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from daemon import protocol
-from daemon.protocol import PROTOCOL_VERSION, Abort, Hello, ProtocolError, Shutdown
+import protocol
+from protocol import PROTOCOL_VERSION, Abort, Hello, ProtocolError, Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ class DaemonVersionMismatch(DaemonUnavailable):
 
 
 def start_daemon_process(socket_path: Path | None = None, model: str | None = None) -> None:
-    """Launch `python -m daemon.cli daemon start --no-wait` (it detaches the daemon and returns)."""
+    """Launch `python -m tricode daemon start --no-wait` (it detaches the daemon and returns)."""
     env = dict(os.environ)
     if socket_path is not None:
         env["TRICODE_SOCKET"] = str(socket_path)
-    cmd = [sys.executable, "-m", "daemon.cli", "daemon", "start", "--no-wait"]
+    cmd = [sys.executable, "-m", "tricode", "daemon", "start", "--no-wait"]
     if model:
         cmd += ["--model", str(model)]
     subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -228,6 +228,8 @@ class DaemonClient:
                     frame = await protocol.read_frame(reader)
                 except ProtocolError as e:
                     log.warning("bad frame from the daemon: %s", e.message)
+                    if e.fatal:          # no longer at a frame boundary: drop the connection
+                        break
                     continue
                 if frame is None:
                     break

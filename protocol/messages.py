@@ -6,8 +6,11 @@ must carry the same PROTOCOL_VERSION as the daemon's (a refusal names the daemon
 and pid; `shutdown` alone needs no hello on the Unix socket, so that a newer client can replace an
 older daemon). The daemon answers every request exactly once:
 with its reply type, or with `error` (codes below). A frame over MAX_FRAME bytes, or one that is not a
-msgpack map with a known "type", gets an `error` with id -1 (or the frame's id when it can be read),
-and the connection stays open.
+msgpack map with a known "type", gets an `error` with id -1 (or the frame's id when it can be read).
+A frame that can never be valid (a length prefix over MAX_FRAME, a body that is not msgpack) also
+closes the connection: the stream can no longer be trusted to be at a frame boundary, so the daemon
+answers at once instead of reading on. A valid msgpack body that is not a known request leaves the
+connection open.
 
     client -> daemon                           daemon -> client
     hello {version, client}                    hello {version, build, pid, state}
@@ -20,17 +23,13 @@ and the connection stays open.
     status {}                                  status {...}
     shutdown {drain}                           ok                    (drain: after the running requests)
                                                progress {stage, fraction, message}  (no id, unsolicited)
+
+Requests and replies are dataclasses both ways: `decode_request` on the daemon's side, `decode_reply`
+on the client's (Result, Error, Ok, HelloReply, Progress; a `status` report stays a map).
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import struct
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-
-import msgpack
 
 PROTOCOL_VERSION = 1
 # The daemon's behaviour level, in its hello reply as "build" (absent: 1). Bumped when `tricode lsp`
@@ -38,8 +37,7 @@ PROTOCOL_VERSION = 1
 # replaces a daemon that reports less (after the requests it is running finish). The environment
 # variable TRICODE_TEST_DAEMON_BUILD makes a daemon report another build: for tests only.
 DAEMON_BUILD = 2
-MAX_FRAME = 8 * 1024 * 1024
-HEADER = struct.Struct(">I")
+MAX_FRAME = 8 * 1024 * 1024    # bytes of one frame's body (protocol/framing.py enforces it)
 
 # error codes
 SUPERSEDED = "superseded"      # a newer completion for the same document and client replaced it
@@ -55,9 +53,10 @@ FORBIDDEN = "forbidden"        # a peer of another user, or a TCP client without
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, id: int = -1):
+    """`fatal`: the framing itself is broken (see the module docstring); the connection must close."""
+    def __init__(self, code: str, message: str, id: int = -1, fatal: bool = False):
         super().__init__(message)
-        self.code, self.message, self.id = code, message, id
+        self.code, self.message, self.id, self.fatal = code, message, id, fatal
 
 
 # -- messages ---------------------------------------------------------------------------------------
@@ -133,7 +132,9 @@ class Feedback:
 
 
 @dataclass(frozen=True)
-class Document:
+class DocumentUpdate:
+    """A document the editor opened, changed or closed (wire type "document"); not lsp.documents.Document,
+    the LSP server's own copy of an open document."""
     id: int = 0
     uri: str = ""
     path: str = ""
@@ -157,7 +158,7 @@ class Shutdown:
 
 REQUESTS = {
     "hello": Hello, "complete": Complete, "generate": Generate, "prefetch": Prefetch, "abort": Abort, "feedback": Feedback,
-    "document": Document, "status": Status, "shutdown": Shutdown}
+    "document": DocumentUpdate, "status": Status, "shutdown": Shutdown}
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,71 @@ class Result:
     prompt_tokens: int = 0     # length of the prompt the daemon built (context + suffix + prefix)
     context_ms: float = 0.0    # building that prompt (workspace context, tokenization)
     context_files: tuple[str, ...] = ()   # the extra-context files in the prompt, as labelled there
-    loop_cut: bool = False     # the text was cut where it began to repeat itself (daemon/loops.py)
+    loop_cut: bool = False     # the text was cut where it began to repeat itself (textkit/loops.py)
     type: str = "result"
+
+
+# the stats of a result (its fields less the text and the addressing): what `tricode lsp` reports
+Result.STATS = tuple(f.name for f in fields(Result) if f.name not in ("id", "text", "type", "context_files"))
+
+
+@dataclass(frozen=True)
+class Error:
+    """The answer to a request that failed (codes above); id -1 when the request's id is unknown."""
+    id: int = -1
+    code: str = ""
+    message: str = ""
+    type: str = "error"
+
+
+@dataclass(frozen=True)
+class Ok:
+    id: int = 0
+    queued: bool | None = None  # prefetch only: the prefill was queued
+    reason: str = ""            # prefetch only: why not
+    type: str = "ok"
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    id: int = 0
+    version: int = PROTOCOL_VERSION
+    build: int = 1              # absent from a daemon of build 1
+    pid: int = 0
+    state: str = ""             # loading | ready | error
+    model: str = ""
+    device: str = ""
+    progress: float = 0.0
+    message: str = ""
+    type: str = "hello"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Unsolicited (no id): the model's load, while a client waits for it."""
+    stage: str = ""             # loading | ready | error
+    fraction: float = 0.0
+    message: str = ""
+    type: str = "progress"
+
+
+# a `status` reply is an open-ended report for people and status lines: it stays a map
+REPLIES = {"result": Result, "error": Error, "ok": Ok, "hello": HelloReply, "progress": Progress}
+
+
+def decode_reply(frame: dict):
+    """A reply frame -> its dataclass (keys it does not know are ignored, so a client reads a newer
+    daemon's replies); a `status` reply or an unknown type stays the map it was. Raises
+    ProtocolError(BAD_REQUEST) when a known reply lacks a required field."""
+    cls = REPLIES.get(frame.get("type")) if isinstance(frame, dict) else None
+    if cls is None:
+        return frame
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in frame.items() if k in names}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ProtocolError(BAD_REQUEST, f"a malformed {frame.get('type')} reply: {e}") from None
 
 
 def decode_request(obj) -> object:
@@ -227,82 +291,8 @@ def to_wire(msg) -> dict:
 
 
 def error(id: int, code: str, message: str) -> dict:
-    return {"type": "error", "id": id, "code": code, "message": message}
+    return to_wire(Error(id, code, message))
 
 
 def ok(id: int, **extra) -> dict:
     return {"type": "ok", "id": id, **extra}
-
-
-def pack(msg) -> bytes:
-    body = msgpack.packb(to_wire(msg), use_bin_type=True)
-    if len(body) > MAX_FRAME:
-        raise ProtocolError(TOO_LARGE, f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
-    return HEADER.pack(len(body)) + body
-
-
-def unpack_body(body: bytes):
-    try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as e:
-        raise ProtocolError(BAD_REQUEST, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
-
-
-# -- framing over asyncio streams and blocking sockets ----------------------------------------------
-
-async def read_frame(reader: asyncio.StreamReader):
-    """Next decoded frame, or None at EOF. An oversized frame is skipped and raised as TOO_LARGE."""
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError:
-        return None
-    (n,) = HEADER.unpack(header)
-    if n > MAX_FRAME:
-        remaining = n
-        while remaining:
-            chunk = await reader.read(min(remaining, 1 << 16))
-            if not chunk:
-                return None
-            remaining -= len(chunk)
-        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
-    try:
-        body = await reader.readexactly(n)
-    except asyncio.IncompleteReadError:
-        return None
-    return unpack_body(body)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def recv_frame(sock: socket.socket):
-    header = _recv_exact(sock, HEADER.size)
-    if header is None:
-        return None
-    (n,) = HEADER.unpack(header)
-    if n > MAX_FRAME:
-        raise ProtocolError(TOO_LARGE, f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
-    body = _recv_exact(sock, n)
-    return None if body is None else unpack_body(body)
-
-
-# -- where the daemon lives -------------------------------------------------------------------------
-
-def runtime_dir() -> Path:
-    """$XDG_RUNTIME_DIR/tricode, else a private directory under the temp dir (mode 0700)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base:
-        return Path(base) / "tricode"
-    import tempfile
-    return Path(tempfile.gettempdir()) / f"tricode-{os.getuid()}"
-
-
-def socket_path() -> Path:
-    return Path(os.environ.get("TRICODE_SOCKET") or runtime_dir() / "daemon.sock")

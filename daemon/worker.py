@@ -1,7 +1,9 @@
-"""The engine thread and its queue.
+"""The worker thread that runs the local model: load, warm-up, slices, batching, the KV cache pool
+and prefetch. It pops jobs from the queue (daemon/admission.py) and hands each result back through
+the `deliver` callback it was given (daemon/finish.py builds the result); it knows nothing of
+connections or of the daemon. The remote backend (daemon/remote.py) offers the same `submit(job)`.
 
-One thread owns the model and the device and runs the decodes; the asyncio side (server.py) submits
-jobs and delivers replies. Rules:
+One thread owns the model and the device and runs the decodes. Rules:
 
 - Batching: up to `batch_size` decodes run together. Each round, every running decode advances by one
   forward, and forwards of one shape (all AR steps, drafts or verifies of one block size, diffusion
@@ -9,24 +11,10 @@ jobs and delivers replies. Rules:
   2-core CPU four warm AR completions batched take 0.67x the time of running them one after another
   (docs/benchmarks.md, section 5); greedy outputs are those of one-at-a-time decoding. `batch_size = 1` serves
   one decode at a time.
-- Two priorities: inline completions (`complete`) before refactors (`generate`): a free batch slot
-  goes to the most urgent waiting job; within a priority, connections take turns (round-robin), so one
-  busy editor cannot starve another.
-- Ageing: a refactor that has waited AGE_S seconds in the queue (since it was submitted or its last
-  slice was requeued) takes the next free slot ahead of inline completions, the longest-waiting first,
-  and at most one such slot per AGE_S seconds. Under a steady stream of keystrokes from several
-  editors strict priorities would starve refactors; with ageing the refactors get a slice at least
-  every AGE_S seconds, and inline completions lose at most one slot per AGE_S to them (on a slow,
-  loaded machine every refactor has waited AGE_S: without the limit they would all go first).
 - Refactors run in slices of SLICE_TOKENS tokens; when a slice ends and the batch is full while a job
   of the same or a higher priority waits, the refactor is requeued (resuming costs a one-token
   prefill: its KV cache keeps everything it has produced). Inline completions run in one go; they are
   short and have a deadline.
-- Supersede: a new `complete` for the same (connection, document) answers the older one SUPERSEDED at
-  once and sets its cancel flag (the decode stops before its next forward). `abort` does the same
-  with ABORTED. A job whose connection closed is cancelled silently.
-- Deadline: per job (deadline_ms, else the configured default for its kind); when it passes the
-  decode stops and the reply holds what is finished, cut at the last complete line.
 - KV cache pool: a few caches, one per recent (kind, document), least recently used reused; the
   engine reuses the common prefix of the cache's tokens and the new prompt, so consecutive
   completions in one document prefill only what changed. A cache in use by a running decode is never
@@ -39,9 +27,6 @@ jobs and delivers replies. Rules:
   request by one chunk at most), one at a time; a newer prefetch or a completion for the same
   (connection, document) drops it (what it prefilled stays in the cache), and a token bucket bounds
   its prefill work (config prefetch_tokens_per_s). It is never answered beyond the `ok` at submit.
-
-Replies are produced exactly once, on the event loop thread (`Scheduler.reply`), whatever races
-between the engine finishing, an abort, a supersede and a closed connection.
 """
 from __future__ import annotations
 
@@ -49,66 +34,21 @@ import gc
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from daemon import protocol
+import protocol
+from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
-from daemon.context import PromptBuilder, Workspace, finish_text, protect_special_tokens, text_cut
+from daemon.finish import loop_context, result_frame, text_cut
+from daemon.prompt import PromptBuilder, protect_special_tokens
+from daemon.workspace import Workspace
 
 log = logging.getLogger("tricode.daemon")
 
-PRIO_INLINE, PRIO_REFACTOR, PRIO_PREFETCH = 0, 1, 2
 SLICE_TOKENS = 32
-AGE_S = 2.0                 # a refactor waiting this long goes ahead of inline completions
 PREFETCH_CHUNK = 64       # tokens per prefetch forward: the longest a real request waits for one
-VALID_MODES = ("", "ar", "diffusion", "spec")
-
-
-@dataclass(eq=False)
-class Job:
-    conn: object                      # server.Connection: .id, .send(frame), .closed
-    msg: protocol.Complete
-    kind: str                         # complete | generate
-    priority: int
-    mode: str
-    max_tokens: int
-    deadline: float | None            # time.monotonic()
-    arrived: float                    # time.perf_counter()
-    cancel: threading.Event = field(default_factory=threading.Event)
-    replied: bool = False
-    started: float | None = None
-    prompt: object = None             # context.Prompt once built
-    tokens: list = field(default_factory=list)
-    nfe: int = 0
-    accept_lengths: list = field(default_factory=list)
-    prefill_tokens: int = 0
-    reused_tokens: int = 0
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-    context_ms: float = 0.0
-    slices: int = 0
-    engine_key: tuple | None = None   # the model the tokens so far came from
-    decode: object = None             # engine.generate.Decode of the slice running now
-    queued_at: float = field(default_factory=time.monotonic)   # entered the queue (submit or requeue)
-    aged: int = 0                     # times it went ahead of inline completions by ageing
-
-    @property
-    def id(self) -> int:
-        return self.msg.id
-
-    @property
-    def cache_key(self) -> tuple:
-        kind = "complete" if self.kind == "prefetch" else self.kind   # a prefetch fills the completion's cache
-        return (kind, self.msg.doc or self.msg.path or f"conn{self.conn.id}")
-
-
-def loop_context(job: Job) -> str | None:
-    """The text the loop guard reads before a completion (loops.py): inline completions only
-    (a refactor may rewrite repeated code on purpose)."""
-    return job.msg.prefix if job.kind == "complete" else None
 
 
 class CachePool:
@@ -142,291 +82,24 @@ class CachePool:
         return sum(c.k.numel() * c.k.element_size() * 2 for c in self.entries.values())
 
 
-class TokenBucket:
-    """The prefetch's work bound: `rate` prefill tokens a second, up to BURST_S seconds' worth saved
-    up (opening a few files at once prefetches them all); a prefetch that does not fit is dropped."""
-    BURST_S = 2.0
-
-    def __init__(self):
-        self.level: float | None = None
-        self.last = 0.0
-
-    def take(self, work: int, rate: float, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        cap = rate * self.BURST_S
-        self.level = cap if self.level is None else min(cap, self.level + (now - self.last) * rate)
-        self.last = now
-        if rate <= 0 or work > self.level:
-            return False
-        self.level -= work
-        return True
-
-
-class Stats:
-    def __init__(self):
-        self.served = 0                 # results returned
-        self.by_kind = {"complete": 0, "generate": 0}
-        self.tokens = 0
-        self.nfe = 0
-        self.accept_sum = 0
-        self.accept_n = 0
-        self.prefill_tokens = 0
-        self.reused_tokens = 0
-        self.superseded = 0
-        self.aborted = 0
-        self.deadline = 0
-        self.aged = 0                   # refactors let ahead of inline completions by ageing
-        self.loop_cuts = 0              # inline completions cut where they began to repeat themselves
-        self.errors: dict[str, int] = {}
-        self.refused_peers = 0
-        self.prefetch = {"requested": 0, "run": 0, "tokens": 0, "dropped": 0, "throttled": 0, "cached": 0}
-        self.feedback = {"accepted": 0, "rejected": 0, "partial": 0, "shown_chars": 0, "accepted_chars": 0}
-        self.last_result: dict = {}
-
-    def error(self, code: str) -> None:
-        self.errors[code] = self.errors.get(code, 0) + 1
-
-
-class Scheduler:
-    """The queue (shared with the engine thread under `cond`) and the reply bookkeeping (loop thread)."""
-
-    def __init__(self, loop, stats: Stats):
-        self.loop = loop
-        self.stats = stats
-        self.cond = threading.Condition()
-        self.queues: dict[int, OrderedDict[int, deque]] = {PRIO_INLINE: OrderedDict(), PRIO_REFACTOR: OrderedDict(),
-                                                          PRIO_PREFETCH: OrderedDict()}
-        self.running: list[Job] = []     # the decodes in the engine's batch (engine thread writes)
-        self.stopping = False
-        # loop-thread registries
-        self.jobs: dict[tuple[int, int], Job] = {}
-        self.latest: dict[tuple[int, str], Job] = {}
-        self.last_aged_pop = float("-inf")      # engine thread, under cond
-        self.prefetches: dict[tuple[int, str], Job] = {}    # (connection, document) -> its prefetch
-
-    # -- loop thread ----------------------------------------------------------------------------
-
-    def submit(self, job: Job) -> None:
-        self.register(job)
-        self.enqueue(job)
-
-    def register(self, job: Job) -> None:
-        """Take `job` into the reply bookkeeping (supersede, abort) without queueing it for the engine
-        (a job for the remote backend, remote.py)."""
-        key = (job.conn.id, job.id)
-        old = self.jobs.get(key)
-        if old is not None:  # a client reusing a live id: the older one is replaced
-            self.cancel(old, protocol.SUPERSEDED, f"request {job.id} was sent again")
-        self.jobs[key] = job
-        if job.kind == "complete" and (job.msg.doc or job.msg.path):
-            dkey = (job.conn.id, job.msg.doc or job.msg.path)
-            older = self.latest.get(dkey)
-            if older is not None and not older.replied:
-                self.stats.superseded += 1
-                self.cancel(older, protocol.SUPERSEDED, f"superseded by request {job.id}")
-            self.latest[dkey] = job
-            self.drop_prefetch(dkey)
-
-    def enqueue(self, job: Job) -> None:
-        """Queue a registered job for the engine thread."""
-        with self.cond:
-            job.queued_at = time.monotonic()
-            q = self.queues[job.priority]
-            q.setdefault(job.conn.id, deque()).append(job)
-            self.cond.notify_all()
-
-    def submit_prefetch(self, job: Job) -> None:
-        """Queue a prefetch (never answered: `replied` is set), dropping the older one of its document."""
-        job.replied = True
-        dkey = (job.conn.id, job.msg.doc or job.msg.path)
-        self.drop_prefetch(dkey)
-        self.prefetches[dkey] = job
-        self.stats.prefetch["requested"] += 1
-        with self.cond:
-            self.queues[PRIO_PREFETCH].setdefault(job.conn.id, deque()).append(job)
-            self.cond.notify_all()
-
-    def drop_prefetch(self, dkey: tuple) -> None:
-        job = self.prefetches.pop(dkey, None)
-        if job is not None and not job.cancel.is_set():
-            job.cancel.set()
-            self._unqueue(job)
-            if not job.slices:               # not finished yet (a finished prefetch has one slice)
-                self.stats.prefetch["dropped"] += 1
-
-    def cancel(self, job: Job, code: str, message: str) -> None:
-        """Answer `job` with an error now and stop its decode before the next forward."""
-        job.cancel.set()
-        self.reply(job, protocol.error(job.id, code, message))
-        self._unqueue(job)
-
-    def abort(self, conn, target: int) -> bool:
-        job = self.jobs.get((conn.id, target))
-        if job is None or job.replied:
-            return False
-        self.stats.aborted += 1
-        self.cancel(job, protocol.ABORTED, f"request {target} was aborted")
-        return True
-
-    def drop_connection(self, conn) -> None:
-        for key, job in list(self.jobs.items()):
-            if key[0] == conn.id:
-                job.replied = True
-                job.cancel.set()
-                self._unqueue(job)
-                self.jobs.pop(key, None)
-        for dkey in [k for k in self.latest if k[0] == conn.id]:
-            del self.latest[dkey]
-        for dkey in [k for k in self.prefetches if k[0] == conn.id]:
-            self.drop_prefetch(dkey)
-
-    def reply(self, job: Job, frame: dict) -> None:
-        """Send the one reply of `job` (later calls do nothing). Loop thread only."""
-        if job.replied:
-            return
-        job.replied = True
-        self.jobs.pop((job.conn.id, job.id), None)
-        dkey = (job.conn.id, job.msg.doc or job.msg.path)
-        if self.latest.get(dkey) is job:
-            del self.latest[dkey]
-        if frame.get("type") == "error":
-            self.stats.error(frame.get("code", "?"))
-        job.conn.send(frame)
-
-    def reply_threadsafe(self, job: Job, frame: dict) -> None:
-        self.loop.call_soon_threadsafe(self.reply, job, frame)
-
-    def shutdown(self) -> None:
-        """Answer every queued and running job SHUTTING_DOWN and wake the engine so it exits."""
-        for job in list(self.jobs.values()):
-            self.cancel(job, protocol.SHUTTING_DOWN, "the daemon is shutting down")
-        for dkey in list(self.prefetches):
-            self.drop_prefetch(dkey)
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-
-    def _unqueue(self, job: Job) -> None:
-        with self.cond:
-            q = self.queues[job.priority]
-            dq = q.get(job.conn.id)
-            if dq is not None:
-                try:
-                    dq.remove(job)
-                except ValueError:
-                    pass
-                if not dq:
-                    del q[job.conn.id]
-
-    # -- either thread --------------------------------------------------------------------------
-
-    def queue_length(self) -> int:
-        with self.cond:
-            return sum(len(dq) for q in self.queues.values() for dq in q.values())
-
-    def waiting(self, priority: int) -> bool:
-        """Is a job of `priority` or a more urgent one queued?"""
-        with self.cond:
-            return any(self.queues[p] for p in self.queues if p <= priority)
-
-    # -- engine thread --------------------------------------------------------------------------
-
-    def pop(self, timeout: float, busy=frozenset(), skip=()) -> Job | None:
-        """The next job to run (most urgent priority, connections in turn), waiting up to `timeout`
-        seconds; a job whose cache key is in `busy` (its document is being decoded) or whose priority
-        is in `skip` is left queued."""
-        with self.cond:
-            end = time.monotonic() + timeout
-            while not self.stopping:
-                job = self._pop_aged(busy)
-                if job is not None:
-                    return job
-                for p in sorted(self.queues):
-                    if p in skip:
-                        continue
-                    q = self.queues[p]
-                    for cid in list(q):
-                        dq = q[cid]
-                        while dq and dq[0].cancel.is_set():
-                            dq.popleft()
-                        if dq and dq[0].cache_key not in busy:
-                            job = dq.popleft()
-                            if dq:
-                                q.move_to_end(cid)      # round-robin: this connection goes last
-                            else:
-                                del q[cid]
-                            self.running.append(job)
-                            return job
-                        if not dq:
-                            del q[cid]
-                left = end - time.monotonic()
-                if left <= 0:
-                    return None
-                self.cond.wait(left)
-            return None
-
-    def _pop_aged(self, busy) -> Job | None:
-        """The refactor that has waited longest, once it has waited AGE_S seconds and no refactor went
-        ahead by ageing in the last AGE_S seconds (under `cond`)."""
-        q = self.queues[PRIO_REFACTOR]
-        now = time.monotonic()
-        if now - self.last_aged_pop < AGE_S:
-            return None
-        heads = [dq[0] for dq in q.values() if dq and not dq[0].cancel.is_set() and dq[0].cache_key not in busy
-                 and now - dq[0].queued_at >= AGE_S]
-        if not heads:
-            return None
-        job = min(heads, key=lambda j: j.queued_at)
-        dq = q[job.conn.id]
-        dq.popleft()
-        if dq:
-            q.move_to_end(job.conn.id)
-        else:
-            del q[job.conn.id]
-        job.aged += 1
-        self.stats.aged += 1
-        self.last_aged_pop = now
-        self.running.append(job)
-        return job
-
-    def finished(self, job: Job) -> None:
-        with self.cond:
-            if job in self.running:
-                self.running.remove(job)
-
-    def requeue(self, job: Job) -> None:
-        """Put a sliced job back: first of its connection's jobs, its connection last in the round."""
-        with self.cond:
-            if job in self.running:
-                self.running.remove(job)
-            if job.cancel.is_set():
-                return
-            job.queued_at = time.monotonic()
-            q = self.queues[job.priority]
-            dq = q.setdefault(job.conn.id, deque())
-            dq.appendleft(job)
-            q.move_to_end(job.conn.id)
-            self.cond.notify_all()
-
-    def pinned_keys(self) -> set:
-        """Caches to keep: those of running jobs and of queued sliced jobs (they resume from them)."""
-        with self.cond:
-            return ({j.cache_key for q in self.queues.values() for dq in q.values() for j in dq if j.slices}
-                    | {j.cache_key for j in self.running})
-
-
 def remote_only(cfg: Config) -> bool:
     """The model runs on a server and the local one is never used (no fallback): load no weights."""
     return cfg.backend == "openai" and cfg.remote_fallback != "local"
 
 
-class Engine(threading.Thread):
-    """The engine thread: loads the model, then serves the scheduler's jobs one at a time."""
+class LocalWorker(threading.Thread):
+    """The worker thread: loads the model, then serves the queue's jobs (batched, sliced).
 
-    def __init__(self, sched: Scheduler, workspace: Workspace, cfg: Config, model_override=None,
+    What it needs is passed in: the queue it pops jobs from, the workspace (extra context), the
+    config, the counters, and `deliver(job, frame)`, which it calls from its own thread with each
+    job's one result or error frame (the daemon moves it to the event loop)."""
+
+    def __init__(self, queue: RequestQueue, workspace: Workspace, cfg: Config, stats: Stats,
+                 deliver: Callable[[Job, dict], None], model_override=None,
                  on_progress: Callable[[str, float, str], None] | None = None):
-        super().__init__(name="tricode-engine", daemon=True)
-        self.sched, self.workspace, self.cfg = sched, workspace, cfg
+        super().__init__(name="tricode-worker", daemon=True)
+        self.queue, self.workspace, self.cfg = queue, workspace, cfg
+        self.stats, self.deliver = stats, deliver
         self.model_override = model_override
         self.on_progress = on_progress or (lambda *a: None)
         self.state = "loading"
@@ -448,6 +121,17 @@ class Engine(threading.Thread):
         self._reload.set()
         self.prefetch_bucket = TokenBucket()
 
+    # -- the backend interface (loop thread) ------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Run `job` (registered with the queue); its result comes back through `deliver`."""
+        self.queue.enqueue(job)
+
+    @property
+    def has_model(self) -> bool:
+        """A local model is loaded (the remote backend may fall back to it)."""
+        return self.ck is not None
+
     # -- configuration (loop thread) ---------------------------------------------------------------
 
     def wanted_key(self, cfg: Config) -> tuple:
@@ -459,10 +143,13 @@ class Engine(threading.Thread):
         reload = self.wanted_key(cfg) != self.wanted_key(self.cfg) or (self.state == "error"
                                                                         and cfg != self.cfg)
         self.cfg = cfg
+        pool = self.pool
+        if pool is not None:
+            pool.slots = cfg.cache_slots
         if reload:
             self._reload.set()
-            with self.sched.cond:
-                self.sched.cond.notify_all()
+            with self.queue.cond:
+                self.queue.cond.notify_all()
         return reload
 
     # -- the thread --------------------------------------------------------------------------------
@@ -477,7 +164,7 @@ class Engine(threading.Thread):
                 self._admit(running)
             if running:
                 self._round(running)
-            elif self.sched.stopping:
+            elif self.queue.stopping:
                 return
 
     def _admit(self, running: list[Job]) -> None:
@@ -485,13 +172,13 @@ class Engine(threading.Thread):
         takes no slot and starts only when nothing else runs."""
         while len(real := [j for j in running if j.kind != "prefetch"]) < max(1, self.cfg.batch_size):
             skip = (PRIO_PREFETCH,) if running else ()
-            job = self.sched.pop(timeout=0 if running else 0.5, busy={j.cache_key for j in running}, skip=skip)
+            job = self.queue.pop(timeout=0 if running else 0.5, busy={j.cache_key for j in running}, skip=skip)
             if job is None:
                 return
             try:
                 if self._begin(job):
                     running.append(job)
-            except Exception as e:  # noqa: BLE001 - a bug must not kill the engine thread
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the worker thread
                 self._internal(job, e)
 
     def _round(self, running: list[Job]) -> None:
@@ -522,8 +209,8 @@ class Engine(threading.Thread):
     def _internal(self, job: Job, e: Exception) -> None:
         log.error("request %s failed", job.id, exc_info=e)
         job.decode = None
-        self.sched.finished(job)
-        self.sched.reply_threadsafe(job, protocol.error(job.id, protocol.INTERNAL, f"{type(e).__name__}: {e}"))
+        self.queue.finished(job)
+        self.deliver(job, protocol.error(job.id, protocol.INTERNAL, f"{type(e).__name__}: {e}"))
 
     def _progress(self, stage: str, fraction: float, message: str) -> None:
         self.stage, self.progress = message, fraction
@@ -564,7 +251,7 @@ class Engine(threading.Thread):
             import torch  # noqa: F401
             self._threads(cfg)
 
-            from daemon.tokenizer import Tokenizer, TokenizerError
+            from textkit.tokenizer import Tokenizer, TokenizerError
             from engine.checkpoint import CheckpointError, load_checkpoint
             from engine.generate import DecodeParams, generate
         except Exception as e:  # noqa: BLE001
@@ -618,7 +305,7 @@ class Engine(threading.Thread):
     def _load_tokenizer(self, path: Path, key: tuple, t0: float) -> None:
         """The model runs on a server (backend = "openai", no local fallback): only the tokenizer that
         budgets the prompts is loaded, no weights and no torch."""
-        from daemon.tokenizer import Tokenizer, TokenizerError
+        from textkit.tokenizer import Tokenizer, TokenizerError
         try:
             tok = Tokenizer(path)
         except TokenizerError as e:
@@ -657,8 +344,8 @@ class Engine(threading.Thread):
         if job.kind == "prefetch":
             return self._begin_prefetch(job)
         if self.state != "ready":
-            self.sched.finished(job)
-            self.sched.reply_threadsafe(job, protocol.error(
+            self.queue.finished(job)
+            self.deliver(job, protocol.error(
                 job.id, protocol.NOT_READY, f"the model is {self.state}: {self.error or self.stage}"))
             return False
         cfg = self.cfg
@@ -692,7 +379,7 @@ class Engine(threading.Thread):
                               spec_variant=cfg.spec_variant, lookup=cfg.lookup)
         params = for_device(model, params)
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
-        cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
+        cache = self.pool.get(job.cache_key, need, self.queue.pinned_keys())
         base = list(job.tokens)
         before = loop_context(job)
 
@@ -727,59 +414,27 @@ class Engine(threading.Thread):
         job.prefill_ms += res.prefill_ms
         job.decode_ms += max(res.elapsed_ms - res.prefill_ms, 0.0)
         if res.stop_reason == "cancelled":
-            self.sched.finished(job)
+            self.queue.finished(job)
             return False  # already answered (aborted, superseded, connection closed, shutdown)
         more = (job.kind == "generate" and res.stop_reason == "length"
                 and len(job.tokens) < job.max_tokens)
         if not more:
-            self._finish(job, res.stop_reason, tuple(job.msg.stop))
+            self._finish(job, res.stop_reason)
             return False
-        if others + 1 >= max(1, self.cfg.batch_size) and self.sched.waiting(job.priority):
-            self.sched.requeue(job)
+        if others + 1 >= max(1, self.cfg.batch_size) and self.queue.waiting(job.priority):
+            self.queue.requeue(job)
             return False
         self._slice(job)
         return True
 
-    def _finish(self, job: Job, stop_reason: str, stops) -> None:
+    def _finish(self, job: Job, stop_reason: str) -> None:
         t0 = time.perf_counter()
-        raw = self.tok.decode(job.tokens)
-        before = loop_context(job)
-        text = finish_text(raw, stop_reason, job.msg.max_lines, stops, before)
-        looped = before is not None and text != finish_text(raw, stop_reason, job.msg.max_lines, stops)
-        post_ms = (time.perf_counter() - t0) * 1e3
-        st = self.sched.stats
-        st.tokens += len(job.tokens)
-        st.nfe += job.nfe
-        st.accept_sum += sum(job.accept_lengths)
-        st.accept_n += len(job.accept_lengths)
-        st.prefill_tokens += job.prefill_tokens
-        st.reused_tokens += job.reused_tokens
-        if stop_reason == "deadline":
-            st.deadline += 1
-        st.loop_cuts += looped
-        now = time.perf_counter()
-        result = protocol.Result(
-            id=job.id, text=text, mode=job.mode, stop_reason=stop_reason, tokens=len(job.tokens),
-            nfe=job.nfe, tokens_per_forward=round(len(job.tokens) / job.nfe, 4) if job.nfe else 0.0,
-            accept_length=round(sum(job.accept_lengths) / len(job.accept_lengths), 4) if job.accept_lengths else 0.0,
-            prefill_tokens=job.prefill_tokens, reused_tokens=job.reused_tokens,
-            queue_ms=round(((job.started or now) - job.arrived) * 1e3, 3),
-            prefill_ms=round(job.prefill_ms, 3), decode_ms=round(job.decode_ms, 3), post_ms=round(post_ms, 3),
-            total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=len(job.prompt.ids),
-            context_ms=round(job.context_ms, 3), context_files=tuple(job.prompt.context_files),
-            loop_cut=looped)
-        frame = protocol.to_wire(result)
-        st.last_result = {k: frame[k] for k in ("mode", "stop_reason", "tokens", "nfe", "tokens_per_forward",
-                                                "prefill_tokens", "reused_tokens", "prefill_ms", "total_ms")}
-        self.sched.finished(job)
-
-        def deliver():
-            if not job.replied:
-                st.served += 1
-                st.by_kind[job.kind] = st.by_kind.get(job.kind, 0) + 1
-            self.sched.reply(job, frame)
-
-        self.sched.loop.call_soon_threadsafe(deliver)
+        frame = result_frame(job, self.tok.decode(job.tokens), stop_reason, self.stats, mode=job.mode,
+                             tokens=len(job.tokens), nfe=job.nfe, accept_lengths=job.accept_lengths,
+                             prefill_tokens=job.prefill_tokens, reused_tokens=job.reused_tokens,
+                             prefill_ms=job.prefill_ms, decode_ms=job.decode_ms, loop_guard=True, post_from=t0)
+        self.queue.finished(job)
+        self.deliver(job, frame)
 
     # -- prefetch ----------------------------------------------------------------------------------
 
@@ -806,9 +461,9 @@ class Engine(threading.Thread):
         depend on the cursor when none is known) into that completion's cache; False when there is
         nothing to do, the model is not ready or the token bucket is empty."""
         from engine.generate import DecodeParams, Prefill, for_device, scratch_slots
-        st = self.sched.stats.prefetch
+        st = self.stats.prefetch
         if self.state != "ready" or job.cancel.is_set():
-            self.sched.finished(job)
+            self.queue.finished(job)
             return False
         cfg = self.cfg
         self._threads(cfg)
@@ -819,17 +474,17 @@ class Engine(threading.Thread):
         params = for_device(self.ck.model, DecodeParams(mode=cfg.inline_mode, block_size=cfg.block_size or None,
                                                         spec_variant=cfg.spec_variant))
         need = len(job.prompt.ids) + cfg.max_tokens + scratch_slots(params, params.block_size) + 2
-        cache = self.pool.get(job.cache_key, need, self.sched.pinned_keys())
+        cache = self.pool.get(job.cache_key, need, self.queue.pinned_keys())
         work = len(ids) - cache.common_prefix(ids)
         if len(ids) < 2 or work <= 0:
             st["cached"] += 1
             job.slices = 1
-            self.sched.finished(job)
+            self.queue.finished(job)
             return False
         if not self.prefetch_bucket.take(work, cfg.prefetch_tokens_per_s):
             st["throttled"] += 1
             job.slices = 1
-            self.sched.finished(job)
+            self.queue.finished(job)
             return False
         job.decode = Prefill(self.ck.model, ids, cache=cache, chunk=PREFETCH_CHUNK, cancel=job.cancel)
         return True
@@ -837,12 +492,12 @@ class Engine(threading.Thread):
     def _end_prefetch(self, job: Job) -> None:
         res = job.decode.result if job.decode is not None else None
         job.decode, job.slices = None, 1
-        st = self.sched.stats.prefetch
+        st = self.stats.prefetch
         if res is not None:
             st["run"] += 1
             st["tokens"] += res.prefill_tokens
             job.prefill_tokens, job.prefill_ms = res.prefill_tokens, res.prefill_ms
-        self.sched.finished(job)
+        self.queue.finished(job)
 
     # -- status (any thread) -----------------------------------------------------------------------
 

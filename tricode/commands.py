@@ -71,7 +71,7 @@ def _hello(timeout: float = 5.0):
     """(client, hello) for a running daemon, or (None, None). Blocking, via a private event loop."""
     import asyncio
 
-    from daemon.client import DaemonClient, DaemonUnavailable
+    from protocol.client import DaemonClient, DaemonUnavailable
 
     async def go():
         c = DaemonClient(client_name="cli", autostart=False)
@@ -85,7 +85,7 @@ def _hello(timeout: float = 5.0):
 
 
 def _request(*msgs, timeout: float | None = 30.0) -> list[dict] | None:
-    from daemon.client import DaemonUnavailable, call
+    from protocol.client import DaemonUnavailable, call
     try:
         return call(*msgs, timeout=timeout)
     except (DaemonUnavailable, OSError):
@@ -97,7 +97,7 @@ def _spawn(model: Path | None) -> subprocess.Popen:
     state = config.state_home()
     state.mkdir(parents=True, exist_ok=True)
     out = open(state / "daemon.stderr", "ab")
-    cmd = [sys.executable, "-m", "daemon.cli", "daemon", "run", "--detached"]
+    cmd = [sys.executable, "-m", "tricode", "daemon", "run", "--detached"]
     if model:
         cmd += ["--model", str(Path(model).expanduser().resolve())]
     env = dict(os.environ)
@@ -138,8 +138,8 @@ def wait_ready(timeout: float, on_progress=None, start: bool = False, model: Pat
     Raises DaemonUnavailable (no daemon / no answer) or RuntimeError (the model failed to load)."""
     import asyncio
 
-    from daemon.client import DaemonClient, DaemonUnavailable
-    from daemon.protocol import Status
+    from protocol.client import DaemonClient, DaemonUnavailable
+    from protocol import Status
 
     async def go():
         done = asyncio.Event()
@@ -199,8 +199,8 @@ def lock_pid() -> int | None:
 # -- daemon start|stop|status|restart|run -------------------------------------------------------------
 
 def cmd_start(args) -> int:
-    from daemon import protocol
-    from daemon.client import DaemonUnavailable
+    import protocol
+    from protocol.client import DaemonUnavailable
     hello = _hello()
     if hello is not None:
         print(f"tricode daemon already running: pid {hello.get('pid')}, {hello.get('state')}, "
@@ -234,7 +234,7 @@ def _log_hint() -> str:
 
 
 def cmd_stop(args) -> int:
-    from daemon.protocol import Shutdown
+    from protocol import Shutdown
     hello = _hello()
     pid = hello.get("pid") if hello else lock_pid()
     if not pid or pid < 0:
@@ -271,8 +271,8 @@ def _fmt_bytes(n) -> str:
 
 
 def cmd_status(args) -> int:
-    from daemon import protocol
-    from daemon.protocol import Status
+    import protocol
+    from protocol import Status
     replies = _request(Status(), timeout=10.0)
     if not replies:
         pid = lock_pid()
@@ -373,8 +373,8 @@ def split_at(text: str, line: int, character: int) -> tuple[str, str]:
 
 
 def cmd_complete(args) -> int:
-    from daemon.client import DaemonUnavailable
-    from daemon.protocol import Complete
+    from protocol.client import DaemonUnavailable
+    from protocol import Complete
     path = args.file.expanduser().resolve()
     try:
         text = path.read_text(encoding="utf-8")
@@ -413,10 +413,10 @@ def cmd_complete(args) -> int:
 # -- demo ----------------------------------------------------------------------------------------------
 
 def cmd_demo(args) -> int:
-    from daemon import protocol
+    import protocol
     from engine.embedded_model import EMBEDDED_MODEL, default_model
-    from daemon.client import DaemonUnavailable
-    from daemon.protocol import Complete
+    from protocol.client import DaemonUnavailable
+    from protocol import Complete
 
     model = args.model or default_model()
     running = _hello()
