@@ -3,7 +3,7 @@ each chunk (postings for ranking) and the symbols each file defines, kept curren
 Torch-free and model-free; nothing leaves the machine. Retrieval (daemon/retrieval.py) ranks with it.
 
 What is indexed: files under the root with a suffix in INDEX_SUFFIXES that the root's .gitignore
-rules (daemon/gitignore.py, plus the always-ignored names the workspace uses) do not ignore, up to
+rules (textkit/gitignore.py, plus the always-ignored names the workspace uses) do not ignore, up to
 `max_file_bytes`, valid UTF-8 without NUL bytes. Binary, huge, unreadable, non-UTF-8 files, files
 that vanish while being read, broken symlinks and symlink loops are skipped with a debug log line;
 nothing is raised out of the index. Chunks and definitions come from daemon/repo_chunks.py.
@@ -44,7 +44,7 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.gitignore import GitIgnore
+from textkit.gitignore import GitIgnore
 from daemon.repo_chunks import Def, chunk_file, identifiers, split_lines
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ _s: dict = {}
 def _load() -> dict:
     if not _s:
         import torch
-        from daemon.context import PromptBuilder, protect_special_tokens
-        from daemon.tokenizer import Tokenizer
+        from daemon.prompt import PromptBuilder, protect_special_tokens
+        from textkit.tokenizer import Tokenizer
         from engine.checkpoint import load_checkpoint
         from engine.embedded_model import default_model
         from training.evaluate import newline_stop

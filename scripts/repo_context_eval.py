@@ -205,8 +205,8 @@ def token_counter():
 
 
 def today_context(root: Path, case: Case, text: str) -> list[tuple[str, str]]:
-    """What the prompt holds today besides the file: the workspace files it imports (daemon/context.py)."""
-    from daemon.context import MAX_IMPORTS, resolve_imports
+    """What the prompt holds today besides the file: the workspace files it imports (daemon/workspace.py)."""
+    from daemon.workspace import MAX_IMPORTS, resolve_imports
     f = (root / case.path).resolve()
     out = []
     for g in resolve_imports(text, f, root.resolve(), MAX_IMPORTS):
