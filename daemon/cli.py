@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_lsp_commands(sub)
     from training.commands import add_commands as add_training_commands
     add_training_commands(sub)
+    from registry.commands import add_model_commands
+    add_model_commands(sub)
     return parser
 
 
