@@ -12,8 +12,6 @@ import pytest
 from daemon.gguf_tokenizer import read_metadata
 from daemon.tokenizer import Tokenizer, TokenizerError
 
-XX
-
 N_FILES, CHARS = 300, 4000
 
 
