@@ -37,10 +37,6 @@ _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?
 # pre-tokenizer name -> (split regex, ignore_merges: a whole word in the vocabulary is one token)
 PRE_TOKENIZERS = {"qwen2": (_QWEN2, False), "llama-bpe": (_LLAMA3, True)}
 
-# named special tokens worth knowing by name (whichever the vocabulary has)
-NAMED = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-         "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>")
-
 
 class GGUFError(Exception):
     pass
