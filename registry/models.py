@@ -153,7 +153,11 @@ def new_folder(name: str) -> Path:
     """A private folder next to the models (same filesystem, so publishing is one rename)."""
     root = models_dir()
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    folder = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)     # mkdtemp makes it private; a model folder is an ordinary one
+    return folder
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
