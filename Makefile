@@ -16,13 +16,22 @@ XDG_CACHE_HOME ?= $(HOME)/.cache
 export PIP_CACHE_DIR ?= $(XDG_CACHE_HOME)/tricode/pip
 export npm_config_cache ?= $(CURDIR)/build/npm-cache
 
-.PHONY: run test bench install vscode clean
+# the real code model (Qwen2.5-Coder 0.5B Instruct, 491 MB): pulled once per machine into the user's
+# data folder ($$XDG_DATA_HOME/tricode/models, default ~/.local/share), like pip's cache, and checked
+# against its pinned sha256; when it is already there the pull is a no-op. Tests that need it find it
+# with registry.models.find (the real_gguf fixture).
+MODEL ?= qwen2.5-coder-0.5b
 
-run: $(STAMP)
+.PHONY: run test bench install vscode clean model
+
+run: $(STAMP) model
 	$(VENV)/bin/tricode demo
 
-test: $(STAMP)
+test: $(STAMP) model
 	$(PY) -m pytest -q -ra tests
+
+model: $(STAMP)
+	$(PY) -m registry pull $(MODEL)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

@@ -1,7 +1,7 @@
 """The daemon's settings: one TOML file, `$XDG_CONFIG_HOME/tricode/config.toml` (flat keys, all
 optional; tables such as `[lsp]` belong to other parts of tricode and are ignored here).
 
-    model = "~/models/nld-8b"     # checkpoint directory; "" = the embedded model
+    model = "~/models/nld-8b"     # checkpoint directory, GGUF file or model name (tricode model list); "" = embedded
     device = "auto"               # auto | cpu | cuda | cuda:1 ...
     inline_mode = "spec"          # ar | diffusion | spec
     deadline_ms = 1000
@@ -21,6 +21,8 @@ import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from registry.models import resolve_lenient
 
 MODES = ("ar", "diffusion", "spec")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -190,6 +192,6 @@ def resolve_model(cfg: Config, override: str | Path | None = None) -> Path | Non
     """The checkpoint directory to serve: --model, then TRICODE_MODEL, then the config, then embedded."""
     for candidate in (override, os.environ.get("TRICODE_MODEL"), cfg.model):
         if candidate:
-            return Path(candidate).expanduser()
+            return resolve_lenient(candidate)   # a path, or a pulled/imported model name
     from engine.embedded_model import default_model
     return default_model()

@@ -1,4 +1,5 @@
-"""Text <-> token ids for a checkpoint: its `tokenizer.json` and the special ids from `config.json`.
+"""Text <-> token ids for a checkpoint: its `tokenizer.json` and the special ids from `config.json`,
+or a GGUF file's own vocabulary (textkit/gguf_tokenizer.py).
 
 Fill-in-the-middle tokens are looked up by the names the common code tokenizers use; a checkpoint
 without them can still complete from the prefix alone (`has_fim` is False).
@@ -15,6 +16,7 @@ _FIM_NAMES = {
     "suffix": ("<|fim_suffix|>", "<fim_suffix>", "[SUFFIX]", "<SUF>"),
     "middle": ("<|fim_middle|>", "<fim_middle>", "[MIDDLE]", "<MID>"),
     "file_sep": ("<|file_sep|>", "<file_sep>"),
+    "repo_name": ("<|repo_name|>", "<repo_name>"),
 }
 
 
@@ -23,8 +25,14 @@ class TokenizerError(Exception):
 
 
 class Tokenizer:
+    chat_template: str | None = None      # set from a GGUF file (textkit/gguf_tokenizer.py)
+    special_tokens: dict[str, int] = {}   # control and user-defined tokens by text (GGUF)
+
     def __init__(self, checkpoint_dir: str | Path):
         d = Path(checkpoint_dir)
+        if d.is_file():                   # a GGUF file carries its own vocabulary
+            from textkit.gguf_tokenizer import load_into
+            return load_into(self, d)
         path = d / "tokenizer.json"
         try:
             self._tok = _HFTokenizer.from_file(str(path))

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from engine.embedded_model import default_model
+from registry.models import model_arg
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="NLD checkpoint directory (default: the embedded model)")
+    p.add_argument("--model", type=model_arg, help="checkpoint directory, GGUF file or model name (default: the embedded model)")
     p.add_argument("--mode", choices=("ar", "diffusion", "spec"), default="spec")
     p.add_argument("--spec-variant", choices=("auto", "linear", "quadratic"), default="auto",
                    help="auto: quadratic on a GPU, linear on a CPU")
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_lsp_commands(sub)
     from training.commands import add_commands as add_training_commands
     add_training_commands(sub)
+    from registry.commands import add_model_commands
+    add_model_commands(sub)
     return parser
 
 

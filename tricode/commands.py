@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from registry.models import model_arg
+
 DEMO_SAMPLE = Path(__file__).resolve().parent / "demo_sample.py"
 DEMO_CURSOR = "    # demo: complete here\n"
 
@@ -21,7 +23,7 @@ def add_commands(sub) -> None:
     dsub = d.add_subparsers(dest="daemon_command", required=True)
 
     p = dsub.add_parser("start", help="start the daemon in the background and wait until the model is ready")
-    p.add_argument("--model", type=Path, help="checkpoint directory (default: config, TRICODE_MODEL, embedded)")
+    p.add_argument("--model", type=model_arg, help="checkpoint directory (default: config, TRICODE_MODEL, embedded)")
     p.add_argument("--no-wait", action="store_true", help="return as soon as the daemon process is launched")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the model (default 600)")
     p.set_defaults(func=cmd_start)
@@ -35,12 +37,12 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_status)
 
     p = dsub.add_parser("restart", help="stop, then start")
-    p.add_argument("--model", type=Path)
+    p.add_argument("--model", type=model_arg)
     p.add_argument("--timeout", type=float, default=600.0)
     p.set_defaults(func=cmd_restart, no_wait=False)
 
     p = dsub.add_parser("run", help="run the daemon in the foreground (for systemd or a terminal)")
-    p.add_argument("--model", type=Path)
+    p.add_argument("--model", type=model_arg)
     p.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
@@ -53,11 +55,11 @@ def add_commands(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-lines", type=int, default=0, help="0 = until the model stops (default)")
     p.add_argument("--deadline-ms", type=int, default=0, help="0 = the daemon's default")
-    p.add_argument("--model", type=Path, help="model for a daemon started by this command")
+    p.add_argument("--model", type=model_arg, help="model for a daemon started by this command")
     p.set_defaults(func=cmd_complete)
 
     p = sub.add_parser("demo", help="start the daemon, complete a sample file, show how to connect editors")
-    p.add_argument("--model", type=Path, help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--model", type=model_arg, help="checkpoint directory (default: the embedded model)")
     p.set_defaults(func=cmd_demo)
 
 
