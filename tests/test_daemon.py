@@ -617,7 +617,8 @@ def test_config_reload(daemon):
     try:
         r = arun(inflight())
         assert r["type"] == "result" and r["tokens"] > 0           # not dropped by the reload
-        st = until(lambda s: s["config"]["values"]["deadline_ms"] == 777 and s["tcp"], "deadline_ms")
+        st = until(lambda s: s["config"]["values"]["deadline_ms"] == 777 and s["tcp"] and s["state"] == "ready",
+                   "deadline_ms")
         assert st["modes"]["inline"] == "ar" and st["deadline_ms"] == 777 and st["state"] == "ready"
         r = call(Complete(doc="r", prefix="x = ", suffix="\n", max_tokens=4), socket_path=daemon.sock)[0]
         assert r["mode"] == "ar"
