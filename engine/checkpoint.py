@@ -219,7 +219,8 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
         return load_gguf(path, device=device, dtype=dtype)
     if path.is_dir():
         from engine.pretrained import hf_architecture, load_hf_ar
-        if hf_architecture(path) is not None:
+        arch = hf_architecture(path)
+        if arch is not None:
             return load_hf_ar(path, device=device, dtype=dtype)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory or a GGUF file. Point --model at a checkpoint "

@@ -28,13 +28,21 @@ ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "Mist
 
 
 def hf_architecture(path: Path) -> str | None:
-    """The AR architecture a directory's config.json names, or None (an NLD checkpoint, or no config)."""
+    """The AR architecture a directory's config.json names, or None (an NLD checkpoint, or no config).
+    Another causal LM (`...ForCausalLM`, not NLD) is a CheckpointError naming its architecture."""
     try:
         raw = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     archs = (raw.get("architectures") or []) if isinstance(raw, dict) else []
-    return next((a for a in archs if a in ARCHITECTURES), None)
+    found = next((a for a in archs if a in ARCHITECTURES), None)
+    if found is None and raw.get("model_type") != "nemotron_labs_diffusion":
+        other = [a for a in archs if isinstance(a, str) and a.endswith("ForCausalLM")]
+        if other:
+            raise CheckpointError(f"{path / 'config.json'}: architecture {other[0]} is not served; tricode "
+                                  f"serves {', '.join(ARCHITECTURES)}, NLD checkpoints and GGUF files of "
+                                  f"the qwen2/llama architectures")
+    return found
 
 
 def config_from_hf(raw: dict, where: str) -> ModelConfig:
@@ -58,7 +66,7 @@ def config_from_hf(raw: dict, where: str) -> ModelConfig:
             raise CheckpointError(f"{where}: attention_bias is true (a bias on o_proj too); not served")
         if raw.get("mlp_bias"):
             raise CheckpointError(f"{where}: mlp_bias is true; not served")
-    d = dict(raw, model_type=model_type, attention_bias=bias,
+    d = dict(raw, model_type=model_type, attention_bias=bias, block_size=8, dlm_paradigm="autoregressive",
              tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)))
     window = raw.get("sliding_window") if model_type == "mistral" else None
     if window:
