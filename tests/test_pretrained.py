@@ -269,7 +269,8 @@ def test_real_gguf_greedy_agrees_with_llama_cpp(real):
     and 8 tokens (not all 16 the agreement script compares) keeps them clear of near-ties. A wrong
     bias, RoPE base or convention, norm eps or head changes the continuation within a token or two."""
     ck, prompts, llama_cpp = real
-    llm = llama_cpp.Llama(model_path=str(REAL_GGUF), n_ctx=2048, logits_all=False, verbose=False, n_threads=2)
+    from scripts.llamacpp_agreement import open_llama      # extra buffer types off (see there)
+    llm = open_llama(str(REAL_GGUF), n_ctx=2048, logits_all=False, verbose=False, n_threads=2)
     for ids in prompts:
         ours = generate(ck.model, ids, DecodeParams(mode="ar", max_new_tokens=8)).tokens
         theirs = []
