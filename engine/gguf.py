@@ -230,7 +230,7 @@ def _write_cache(path: Path, file: Path, cfg: ModelConfig, tensors: dict[str, to
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
                   metadata=dict(_stamp(path), config=_config_json(cfg)))
         os.replace(tmp, file)
-    except OSError as e:
+    except Exception as e:              # no space, read-only home, a safetensors error: serve without it
         log.warning("cannot write the converted GGUF cache %s (%s); the next load converts again", file, e)
         try:
             tmp.unlink(missing_ok=True)
