@@ -225,8 +225,9 @@ def test_unserved_hf_directories(tmp_path):
 # -- the real model ---------------------------------------------------------------------------------
 
 REAL_GGUF = Path(os.environ.get("TRICODE_TEST_GGUF", "/tmp/models/qwen2.5-coder-0.5b.gguf"))
-# Prompts from real code whose first 8 greedy tokens are not near-ties (checked: at every step the
-# top-2 logit margin of llama.cpp's and tricode's runs is well above their difference, see below).
+# Prompts of real code whose first 8 greedy tokens are not near-ties: measured, tricode's top-2 logit
+# margin at each of the 8 steps is at least 1.7, 2.0 and 2.7, while the largest difference between
+# tricode's and llama.cpp's logits over the whole vocabulary at those steps is 0.47, 0.65 and 0.40.
 REAL_PROMPTS = [
     "import os\nimport sys\n\n\ndef read_lines(path):\n    \"\"\"Return the lines of the file at path.\"\"\"\n",
     "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
@@ -241,7 +242,6 @@ def real():
     if not REAL_GGUF.is_file():
         pytest.skip(f"{REAL_GGUF} is not there (set TRICODE_TEST_GGUF)")
     llama_cpp = pytest.importorskip("llama_cpp")
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     vocab = llama_cpp.Llama(model_path=str(REAL_GGUF), vocab_only=True, verbose=False)
     ck = load_checkpoint(REAL_GGUF, device="cpu", dtype="float32")
     prompts = [vocab.tokenize(p.encode(), add_bos=False, special=False) for p in REAL_PROMPTS]
@@ -264,10 +264,11 @@ def test_real_gguf_greedy_agrees_with_llama_cpp(real):
     """The first 8 greedy tokens equal llama.cpp's on the same GGUF and the same token ids.
 
     Tolerance: llama.cpp multiplies quantized weights by activations quantized to 8 bits, tricode
-    dequantized weights by float32 activations, so logits differ by rounding (~1e-2 here); a token
-    may flip only where the top two logits are that close. The prompts were picked with clear margins,
-    and 8 tokens (not all 16 the agreement script compares) keeps them clear of near-ties. A wrong
-    bias, RoPE base or convention, norm eps or head changes the continuation within a token or two."""
+    dequantized weights by float32 activations, so logits differ by rounding (up to ~0.5 on some
+    vocabulary entry); a token may flip only where the top two logits are that close (on 50 held-out
+    prompts, 7 diverged within 16 tokens, each where tricode's top-2 margin was below 0.13). These
+    prompts have margins of 1.7 or more for their first 8 tokens (see REAL_PROMPTS). A wrong bias,
+    RoPE base or convention, norm eps or head changes the continuation within a token or two."""
     ck, prompts, llama_cpp = real
     from scripts.llamacpp_agreement import open_llama      # extra buffer types off (see there)
     llm = open_llama(str(REAL_GGUF), n_ctx=2048, logits_all=False, verbose=False, n_threads=2)
