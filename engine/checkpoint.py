@@ -1,4 +1,6 @@
-"""Loading and saving checkpoints in the NLD Hugging Face layout.
+"""Loading and saving checkpoints in the NLD Hugging Face layout; `load_checkpoint` also dispatches
+pretrained AR checkpoints (Qwen2/Llama/Mistral) to engine/pretrained.py (an HF directory) and
+engine/gguf.py (a .gguf file).
 
 A checkpoint directory holds `config.json`, the weights (`model.safetensors`, or shards listed in
 `model.safetensors.index.json`), `tokenizer.json` (read by the daemon, only checked for here) and
@@ -37,10 +39,22 @@ class Checkpoint:
     model: NLDModel
     device: torch.device
     dtype: torch.dtype
+    format: str = "nld"         # nld | hf (an AR safetensors directory) | gguf
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / "tokenizer.json"
+        """tokenizer.json in a directory; a GGUF file carries its vocabulary itself."""
+        return self.path if self.format == "gguf" else self.path / "tokenizer.json"
+
+    @property
+    def capabilities(self) -> dict:
+        """What this checkpoint is and can do, for `tricode daemon status` and error messages."""
+        cfg = self.config
+        return {"path": str(self.path), "format": self.format, "family": cfg.family,
+                "model_type": cfg.model_type, "drafter": cfg.has_drafter, "modes": list(cfg.modes),
+                "parameters": cfg.num_parameters, "layers": cfg.num_hidden_layers,
+                "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
+                "context_length": cfg.max_position_embeddings}
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -124,6 +138,7 @@ def read_config(path: Path) -> ModelConfig:
         raise CheckpointError(f"{f}: not valid JSON ({e})") from None
     if raw.get("model_type", "nemotron_labs_diffusion") != "nemotron_labs_diffusion":
         log.warning("%s: model_type is %r, not 'nemotron_labs_diffusion'; loading it as NLD", f, raw["model_type"])
+        raw["model_type"] = "nemotron_labs_diffusion"
     if raw.get("tie_word_embeddings"):
         raise CheckpointError(f"{f}: tie_word_embeddings is true; NLD models have an untied diffusion_head")
     try:
@@ -199,9 +214,17 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
     set of quantized layers serving every pass keeps greedy spec == ar."""
     auto = dtype is None or dtype == "auto"
     path = Path(path).expanduser()
+    if path.is_file() and is_gguf_file(path):
+        from engine.gguf import load_gguf
+        return load_gguf(path, device=device, dtype=dtype)
+    if path.is_dir():
+        from engine.pretrained import hf_architecture, load_hf_ar
+        arch = hf_architecture(path)
+        if arch is not None:
+            return load_hf_ar(path, device=device, dtype=dtype)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory. Point --model at an NLD checkpoint directory "
-                              f"(config.json, model.safetensors, tokenizer.json)")
+        raise CheckpointError(f"{path}: not a directory or a GGUF file. Point --model at a checkpoint "
+                              f"directory (config.json, model.safetensors) or a .gguf file")
     cfg = read_config(path)
     if not (path / "tokenizer.json").is_file():
         raise CheckpointError(f"{path / 'tokenizer.json'}: missing; the checkpoint needs its tokenizer")
@@ -226,6 +249,7 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
     model.to_empty(device=device)
     model.to(dtype)
     model.inv_freq = rope_inv_freq(cfg)[0].to(device)  # to_empty left the buffer uninitialised
+    model.source = str(path)
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     with torch.no_grad():
         for name, t in _read_tensors(files, list(names)):
@@ -246,6 +270,15 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
              f", {quant.bits}-bit weights {backends}" if quant else "",
              ", drafter LoRA" if model.has_lora else "", ", bf16 prefill" if model.prefill_twin else "")
     return Checkpoint(path=path, config=cfg, model=model, device=device, dtype=dtype)
+
+
+def is_gguf_file(path: Path) -> bool:
+    """A file that starts with the GGUF magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def _load_lora(model: NLDModel, d: Path, dtype) -> None:

@@ -1,8 +1,10 @@
-"""Model configuration: the NLD `config.json` as a frozen dataclass.
+"""Model configuration: a checkpoint's `config.json` as a frozen dataclass.
 
 Knows the keys a Nemotron-Labs-Diffusion checkpoint carries (Llama/Mistral keys plus `mask_token_id`,
-`block_size`, `dlm_paradigm`) and how RoPE is scaled. Knows nothing of weights or files beyond the one
-JSON object it is given.
+`block_size`, `dlm_paradigm`), how RoPE is scaled, and the pretrained autoregressive families that share
+the network (Qwen2, Llama, Mistral: `model_type`), which differ from NLD in q/k/v bias, tied embeddings
+and having no mask token, hence no drafter: what a checkpoint can decode (`modes`) follows from its
+family. Knows nothing of weights or files beyond the one JSON object it is given.
 """
 from __future__ import annotations
 
@@ -25,6 +27,14 @@ class RopeScaling:
     query_scale_beta: float = 0.1
 
 
+NLD_MODEL_TYPE = "nemotron_labs_diffusion"
+# Pretrained autoregressive families served by the same network (plain RoPE, RMSNorm, SwiGLU, GQA).
+AR_MODEL_TYPES = ("qwen2", "llama", "mistral")
+ALL_MODES = ("ar", "diffusion", "spec")
+# A checkpoint without a drafter: `spec` drafts from the context only (prompt lookup), never a forward.
+AR_MODES = ("ar", "spec")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 131072
@@ -38,21 +48,28 @@ class ModelConfig:
     rope_theta: float = 1e6
     rope_scaling: RopeScaling | None = field(default_factory=RopeScaling)
     max_position_embeddings: int = 262144
-    mask_token_id: int = 100
+    mask_token_id: int | None = 100      # None: an AR checkpoint, which has no mask token
     eos_token_id: int = 11
     bos_token_id: int = 1
     block_size: int = 32
     dlm_paradigm: str = "bidirectional"
     torch_dtype: str = "bfloat16"
-    model_type: str = "nemotron_labs_diffusion"
+    model_type: str = NLD_MODEL_TYPE
+    attention_bias: bool = False         # q/k/v projections carry a bias (Qwen2)
+    tie_word_embeddings: bool = False    # the output head is the embedding matrix
 
     def __post_init__(self):
         problems = []
+        if self.model_type not in (NLD_MODEL_TYPE, *AR_MODEL_TYPES):
+            problems.append(f"model_type {self.model_type!r} is not served (tricode serves {NLD_MODEL_TYPE} "
+                            f"and the autoregressive {', '.join(AR_MODEL_TYPES)})")
+        elif self.has_drafter and self.mask_token_id is None:
+            problems.append("an NLD checkpoint needs mask_token_id")
         if self.num_attention_heads % self.num_key_value_heads:
             problems.append(f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                             f"num_key_value_heads ({self.num_key_value_heads})")
         for name in ("mask_token_id", "eos_token_id", "bos_token_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < self.vocab_size:
                 problems.append(f"{name} ({getattr(self, name)}) is outside the vocabulary (0..{self.vocab_size - 1})")
         if self.head_dim % 2:
             problems.append(f"head_dim ({self.head_dim}) must be even for RoPE")
@@ -60,6 +77,20 @@ class ModelConfig:
             problems.append(f"block_size ({self.block_size}) must be at least 1")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def has_drafter(self) -> bool:
+        """NLD checkpoints draft by block diffusion (mask tokens); the AR families cannot."""
+        return self.model_type == NLD_MODEL_TYPE
+
+    @property
+    def family(self) -> str:
+        return "nld" if self.model_type == NLD_MODEL_TYPE else self.model_type
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The decoding modes this checkpoint serves (`spec` without a drafter: context drafts only)."""
+        return ALL_MODES if self.has_drafter else AR_MODES
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -74,6 +105,8 @@ class ModelConfig:
         kwargs["head_dim"] = d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"]
         eos = d.get("eos_token_id", cls.eos_token_id)
         kwargs["eos_token_id"] = eos[0] if isinstance(eos, list) else eos
+        if kwargs.get("model_type") in AR_MODEL_TYPES:
+            kwargs["mask_token_id"] = None       # AR checkpoints have no mask token, whatever the dict says
         rope = d.get("rope_parameters") or d.get("rope_scaling")
         if rope and rope.get("rope_theta") and "rope_theta" not in d:
             kwargs["rope_theta"] = rope["rope_theta"]
@@ -116,8 +149,11 @@ class ModelConfig:
     def num_parameters(self) -> int:
         h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
         attn = h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
+        if self.attention_bias:
+            attn += d * (self.num_attention_heads + 2 * self.num_key_value_heads)
         layer = attn + 3 * h * i + 2 * h
-        return self.num_hidden_layers * layer + 2 * self.vocab_size * h + h
+        heads = 1 if self.tie_word_embeddings else 2
+        return self.num_hidden_layers * layer + heads * self.vocab_size * h + h
 
 
 def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:

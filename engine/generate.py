@@ -8,6 +8,11 @@
                (`spec_variant="quadratic"`: draft and verify fused into one forward, see spec_quadratic);
                a draft found in the context (lookup.py) replaces the draft forward
 
+A checkpoint without a drafter (an AR family, config.py `has_drafter`) decodes `ar`, and `spec` with
+context drafts only: a step with no match in the context verifies the seed alone, which is an AR step.
+`diffusion`, and `spec` that would need a diffusion draft (lookup off, the quadratic variant), raise
+ModeError naming the checkpoint and the modes it serves.
+
 Each decoder is a generator: it yields a `Forward` (the ids to run, the cache, the attention
 pattern) and receives that forward's logits, so one driver can run a single decode (`generate`) and
 another can run the pending forwards of many decodes as one batched forward (`step`).
@@ -121,6 +126,28 @@ class Forward:
 Steps = Generator[Forward, torch.Tensor, None]
 
 
+class ModeError(ValueError):
+    """A decoding mode the checkpoint cannot serve; the message names it and the modes it can."""
+
+
+def check_mode(model: NLDModel, params: DecodeParams) -> None:
+    """Raise ModeError when `params` needs a drafter the model does not have."""
+    cfg = model.cfg
+    if cfg.has_drafter:
+        return
+    need = None
+    if params.mode == "diffusion":
+        need = "mode 'diffusion' denoises mask tokens"
+    elif params.mode == "spec" and params.spec_variant == "quadratic":
+        need = "spec_variant 'quadratic' drafts with mask tokens"
+    elif params.mode == "spec" and not params.lookup:
+        need = "spec without context lookup drafts by diffusion"
+    if need:
+        name = model.source or f"this {cfg.model_type} model"
+        raise ModeError(f"{name}: {need}, and this {cfg.family} checkpoint has no drafter (no mask token); "
+                        f"it supports modes {', '.join(cfg.modes)} (spec drafts from the context only)")
+
+
 def default_block_size(model: NLDModel) -> int:
     cfg_block = model.cfg.block_size
     return cfg_block if model.head.weight.is_cuda else min(cfg_block, CPU_BLOCK_SIZE)
@@ -131,6 +158,8 @@ def default_spec_variant(model: NLDModel) -> str:
     block 32 on an H200: one 42 ms step instead of 56 ms for draft + verify, docs/gpu_check.md);
     linear on a CPU, where width costs time (decode 63 vs 99 ms per single-line completion at block 4,
     docs/benchmarks.md)."""
+    if not model.cfg.has_drafter:
+        return "linear"                     # context drafts only; the quadratic step needs mask tokens
     return "quadratic" if model.head.weight.is_cuda else "linear"
 
 
@@ -235,6 +264,7 @@ class Decode:
             raise ValueError("the prompt must hold at least one token (start it with the BOS token)")
         self.t0 = time.perf_counter()
         params = for_device(model, params)
+        check_mode(model, params)
         block = params.block_size
         scratch = scratch_slots(params, block)
         need = len(prompt_ids) + params.max_new_tokens + scratch + 1
@@ -435,14 +465,15 @@ def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> Steps:
     speculative-sampling rule (accept d_i with probability p_i(d_i), else sample the residual), which
     leaves the output distributed as AR sampling.
     With `lookup`, a draft found in the context (lookup.py) replaces the draft forward: one forward
-    for the step instead of two.
+    for the step instead of two. Without a drafter (an AR checkpoint) a step with no context draft
+    verifies the seed alone: one causal token, an AR step.
     """
     M = run.mask_id
     while not run.done:
         n = min(block, run.remaining + 1)  # the seed plus at most `remaining - 1` drafts and a bonus
         found = run.context_draft() if n > 1 else []
         ids = [seed] + found
-        if not found and n > 1:
+        if not found and n > 1 and run.model.cfg.has_drafter:
             if run.interrupted():
                 return
             draft = yield from run.forward([seed] + [M] * (n - 1), cache, pattern="block", write=False, lora=True)

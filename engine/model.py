@@ -1,5 +1,9 @@
 """The NLD network: a Llama/Mistral-style decoder whose attention pattern is chosen per forward.
 
+The same module serves pretrained autoregressive checkpoints of the Qwen2/Llama/Mistral families
+(config.py `model_type`): q/k/v bias when `attention_bias`, the head tied to the embedding when
+`tie_word_embeddings`; they only ever run the "causal" pattern (they have no mask token).
+
 One set of weights, three ways to attend (DESIGN.md §2-3), selected by `pattern`:
   "causal"     each new token sees the cached prefix and the new tokens up to itself (AR, verify)
   "block"      each new token sees the cached prefix and every new token (diffusion steps, drafts)
@@ -55,7 +59,7 @@ class Layer(nn.Module):
         self.n_q, self.n_kv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, d
         self.eps = cfg.rms_norm_eps
         self.input_norm = nn.Parameter(torch.ones(h))
-        self.qkv = nn.Linear(h, (self.n_q + 2 * self.n_kv) * d, bias=False)
+        self.qkv = nn.Linear(h, (self.n_q + 2 * self.n_kv) * d, bias=cfg.attention_bias)
         self.o = nn.Linear(self.n_q * d, h, bias=False)
         self.o_lora: LoRA | None = None
         self.post_norm = nn.Parameter(torch.ones(h))
@@ -146,11 +150,19 @@ class NLDModel(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        self.source = ""                    # where the weights came from (a path), for messages
         inv_freq, self.rope_magnitude = rope_inv_freq(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._impl: str | None = None
         self._twin: list[NLDModel] = []     # a list keeps the twin out of this module's parameters
         self._table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None   # see rope_at
+
+    def tie_weights(self) -> None:
+        """With `tie_word_embeddings`, the head is the embedding matrix (one tensor). Call again after
+        anything that replaces parameters (`to_empty`)."""
+        if self.cfg.tie_word_embeddings:
+            self.head.weight = self.embed.weight
 
     @property
     def prefill_twin(self) -> "NLDModel | None":
@@ -163,10 +175,15 @@ class NLDModel(nn.Module):
         return self._twin[0] if self._twin else None
 
     def add_prefill_twin(self, dtype: torch.dtype) -> None:
-        twin = NLDModel(self.cfg).to(self.head.weight.device)
+        # built on the meta device and allocated in `dtype`: a randomly initialised float32 copy
+        # first would cost the model's size again (2.5 GB for a 0.5B model) and seconds of init
+        with torch.device("meta"):
+            twin = NLDModel(self.cfg).to(dtype)
+        twin.to_empty(device=self.head.weight.device)
+        twin.tie_weights()
         state = {k: v for k, v in self.state_dict().items() if "o_lora" not in k}
-        twin.load_state_dict(state)
-        twin.to(dtype).eval().requires_grad_(False)
+        twin.load_state_dict(state)     # copy_ rounds to `dtype` exactly as .to(dtype) does
+        twin.eval().requires_grad_(False)
         twin.inv_freq = self.inv_freq
         self._twin = [twin]
 

@@ -25,7 +25,8 @@ def _logits(model: NLDModel, ids: list[int], prefix: int, pattern: str, lora: bo
     pos = torch.arange(len(ids), device=x.device)
     mask = _mask(prefix, len(ids) - prefix, pattern).to(x.device)
     logits = model.forward_masked(x, pos, mask, lora=lora)[0].clone()
-    logits[:, model.cfg.mask_token_id] = float("-inf")
+    if model.cfg.mask_token_id is not None:
+        logits[:, model.cfg.mask_token_id] = float("-inf")
     return logits
 
 

@@ -61,7 +61,8 @@ class EagerRunner:
             lora = torch.tensor(f.lora, device=device) if isinstance(f.lora, tuple) else f.lora
             logits = net(x, [g.cache for g in fs] if len(fs) > 1 else f.cache, pattern=f.pattern,
                          write=f.write, positions=positions, group=f.group, lora=lora, last_only=f.last_only)
-            logits[..., model.cfg.mask_token_id] = float("-inf")  # the mask id is never a prediction
+            if model.cfg.mask_token_id is not None:   # None: an AR checkpoint, no mask token
+                logits[..., model.cfg.mask_token_id] = float("-inf")  # the mask id is never a prediction
         return list(logits)
 
 
@@ -94,7 +95,8 @@ def static_forward(model: NLDModel, cache: KVCache, ids: torch.Tensor, start: to
         x = x[-1:]
     from engine.model import rms_norm
     logits = model.head(rms_norm(x, model.norm, model.cfg.rms_norm_eps))
-    logits[:, model.cfg.mask_token_id] = float("-inf")
+    if model.cfg.mask_token_id is not None:
+        logits[:, model.cfg.mask_token_id] = float("-inf")
     return logits.view(1, x.shape[0], -1)
 
 
