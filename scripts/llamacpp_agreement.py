@@ -83,7 +83,7 @@ def heldout_prompts(n: int, chars: int, seed: int) -> list[tuple[str, str]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=os.environ.get("TRICODE_TEST_GGUF", "/tmp/models/qwen2.5-coder-0.5b.gguf"))
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="GGUF file or model name (tricode model list)")
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--chars", type=int, default=1200, help="characters of prefix before the cut")
@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the per-prompt results here")
     args = ap.parse_args(argv)
+    from registry.models import resolve
+    args.model = str(resolve(args.model))
 
     import torch
     from engine.checkpoint import load_checkpoint

@@ -1,7 +1,7 @@
 """Pretrained AR checkpoints (Qwen2/Llama/Mistral): HF directories and GGUF files load into the engine
 and compute what the architecture defines (a naive float64 forward, tests/tiny_pretrained.py); the
 modes a checkpoint without a drafter serves; clear errors for what cannot be served. The tests marked
-`slow` use the real Qwen2.5-Coder 0.5B GGUF ($TRICODE_TEST_GGUF) and llama-cpp-python."""
+`slow` use the real Qwen2.5-Coder 0.5B GGUF (the `real_gguf` fixture: the pulled model) and llama-cpp-python."""
 import json
 import os
 import random
@@ -224,7 +224,6 @@ def test_unserved_hf_directories(tmp_path):
 
 # -- the real model ---------------------------------------------------------------------------------
 
-REAL_GGUF = Path(os.environ.get("TRICODE_TEST_GGUF", "/tmp/models/qwen2.5-coder-0.5b.gguf"))
 # Prompts of real code whose first 8 greedy tokens are not near-ties: measured, tricode's top-2 logit
 # margin at each of the 8 steps is at least 1.7, 2.0 and 2.7, while the largest difference between
 # tricode's and llama.cpp's logits over the whole vocabulary at those steps is 0.47, 0.65 and 0.40.
@@ -238,12 +237,10 @@ REAL_PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def real():
-    if not REAL_GGUF.is_file():
-        pytest.skip(f"{REAL_GGUF} is not there (set TRICODE_TEST_GGUF)")
-    llama_cpp = pytest.importorskip("llama_cpp")
-    vocab = llama_cpp.Llama(model_path=str(REAL_GGUF), vocab_only=True, verbose=False)
-    ck = load_checkpoint(REAL_GGUF, device="cpu", dtype="float32")
+def real(real_gguf):
+    import llama_cpp
+    vocab = llama_cpp.Llama(model_path=str(real_gguf), vocab_only=True, verbose=False)
+    ck = load_checkpoint(real_gguf, device="cpu", dtype="float32")
     prompts = [vocab.tokenize(p.encode(), add_bos=False, special=False) for p in REAL_PROMPTS]
     return ck, prompts, llama_cpp
 
@@ -271,7 +268,7 @@ def test_real_gguf_greedy_agrees_with_llama_cpp(real):
     RoPE base or convention, norm eps or head changes the continuation within a token or two."""
     ck, prompts, llama_cpp = real
     from scripts.llamacpp_agreement import open_llama      # extra buffer types off (see there)
-    llm = open_llama(str(REAL_GGUF), n_ctx=2048, logits_all=False, verbose=False, n_threads=2)
+    llm = open_llama(str(ck.path), n_ctx=2048, logits_all=False, verbose=False, n_threads=2)
     for ids in prompts:
         ours = generate(ck.model, ids, DecodeParams(mode="ar", max_new_tokens=8)).tokens
         theirs = []
