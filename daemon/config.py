@@ -1,7 +1,8 @@
 """The daemon's settings: one TOML file, `$XDG_CONFIG_HOME/tricode/config.toml` (flat keys, all
 optional; tables such as `[lsp]` belong to other parts of tricode and are ignored here).
 
-    model = "~/models/nld-8b"     # checkpoint directory, GGUF file or model name (tricode model list); "" = embedded
+    model = "~/models/nld-8b"     # checkpoint directory, GGUF file or model name (tricode model list);
+                                  # "" = the pulled qwen2.5-coder-0.5b when it is there, else the embedded model
     device = "auto"               # auto | cpu | cuda | cuda:1 ...
     inline_mode = "spec"          # ar | diffusion | spec
     deadline_ms = 1000
@@ -9,7 +10,9 @@ optional; tables such as `[lsp]` belong to other parts of tricode and are ignore
     remote_url = "http://gpu-box:30000/v1"
 
 Where the model comes from, first match wins: `--model` on `tricode daemon start|run`, the
-TRICODE_MODEL environment variable, `model` in this file, the embedded model. The daemon watches the
+TRICODE_MODEL environment variable, `model` in this file, then the default: the pulled
+`qwen2.5-coder-0.5b` (DEFAULT_MODEL, `tricode model pull`) when it is on this machine, else the
+embedded model. A name goes through registry.models.resolve (an unknown name is a clear error). The daemon watches the
 file and applies a change between requests (a new model, device or dtype reloads the model).
 A key with a bad value is reported (log and `status`) and its default used instead.
 """
@@ -22,9 +25,10 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from registry.models import resolve_lenient
+from registry.models import find, resolve, resolve_lenient
 
 MODES = ("ar", "diffusion", "spec")
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"    # the default when it is pulled (issue 21); else the embedded model
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -47,7 +51,7 @@ def log_path() -> Path:
 @dataclass(frozen=True)
 class Config:
     # the model
-    model: str = ""                    # "" = TRICODE_MODEL, else the embedded model
+    model: str = ""                    # "" = TRICODE_MODEL, else DEFAULT_MODEL when pulled, else embedded
     device: str = "auto"
     dtype: str = "auto"
     cpu_threads: int = 0               # torch threads on a CPU device; 0 = 1 on <= 2 cores, else torch's default
@@ -188,10 +192,22 @@ def load(path: Path | None = None) -> tuple[Config, list[str]]:
     return cfg, [f"{path}: {p}" for p in problems]
 
 
-def resolve_model(cfg: Config, override: str | Path | None = None) -> Path | None:
-    """The checkpoint directory to serve: --model, then TRICODE_MODEL, then the config, then embedded."""
-    for candidate in (override, os.environ.get("TRICODE_MODEL"), cfg.model):
-        if candidate:
-            return resolve_lenient(candidate)   # a path, or a pulled/imported model name
+def default_model_path() -> Path | None:
+    """The model served when none is named: the pulled DEFAULT_MODEL when it is on this machine (and
+    whole), else the embedded checkpoint (None when that is not installed either)."""
+    pulled = find(DEFAULT_MODEL)
+    if pulled is not None:
+        return pulled
     from engine.embedded_model import default_model
     return default_model()
+
+
+def resolve_model(cfg: Config, override: str | Path | None = None, strict: bool = False) -> Path | None:
+    """The model to serve: --model, then TRICODE_MODEL, then the config, then default_model_path().
+    A name goes through registry.models.resolve; with `strict` an unknown name or missing path raises
+    ModelError (its message says what to do), else it comes back as the path it spells."""
+    for candidate in (override, os.environ.get("TRICODE_MODEL"), cfg.model):
+        if candidate:
+            return resolve(candidate) if strict else resolve_lenient(candidate)
+    return default_model_path()
+
