@@ -93,7 +93,8 @@ def result_frame(job, raw: str, stop_reason: str, stats, *, mode: str, tokens: i
     `loop_guard`), the counters of `stats` (daemon.admission.Stats) advanced, the wire frame returned.
     `post_from`: when the post-processing began (perf_counter; default now)."""
     t0 = time.perf_counter() if post_from is None else post_from
-    text, looped = finish(raw, stop_reason, job.msg.max_lines, tuple(job.msg.stop),
+    stops = tuple(job.msg.stop) + (job.prompt.stops if job.prompt is not None else ())
+    text, looped = finish(raw, stop_reason, job.msg.max_lines, stops,
                           loop_context(job) if loop_guard else None)
     post_ms = (time.perf_counter() - t0) * 1e3
     stats.tokens += tokens

@@ -288,7 +288,8 @@ class RemoteBackend:
         if msg.stop:
             body["stop"] = [s for s in msg.stop if s]
         if layout == "tokens":     # the local decoders never emit the mask id; neither may the server
-            body["logit_bias"] = {str(builder.tok.mask_id): -100}
+            if builder.tok.mask_id is not None:     # an AR checkpoint (GGUF) has no mask token
+                body["logit_bias"] = {str(builder.tok.mask_id): -100}
         return body
 
     async def _complete(self, job, cfg, body: dict) -> tuple[str, str, float, float, int]:

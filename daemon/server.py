@@ -539,6 +539,9 @@ class Daemon:
             "uptime_s": round(time.time() - self.started, 1),
             "state": e.state, "error": e.error, "progress": round(e.progress, 3), "stage": e.stage,
             "model": str(e.model_path or ""), "model_name": e.model_path.name if e.model_path else "",
+            # what the loaded checkpoint is and can do (engine Checkpoint.capabilities): family,
+            # format, drafter, modes ({} while loading, on error, and for a remote-only backend)
+            "capabilities": dict(e.capabilities),
             "device": e.device, "dtype": e.dtype, "prefill_dtype": e.prefill_dtype, "lora": e.lora, "load_ms": round(e.load_ms, 1),
             "memory": e.memory(),
             "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": e.spec_variant(cfg)},

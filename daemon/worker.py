@@ -42,13 +42,26 @@ import protocol
 from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
-from daemon.prompt import PromptBuilder, protect_special_tokens
+from daemon.prompt import PromptBuilder, chatml_template, protect_special_tokens
+from registry.models import ModelError
 from daemon.workspace import Workspace
 
 log = logging.getLogger("tricode.daemon")
 
 SLICE_TOKENS = 32
 PREFETCH_CHUNK = 64       # tokens per prefetch forward: the longest a real request waits for one
+
+
+def stop_token_ids(tok) -> tuple[int, ...]:
+    """The ids that end any completion: the tokenizer's end-of-turn ids (a GGUF's eos,
+    <|endoftext|>, <|im_end|>) and its FIM / repository control ids (a model that writes
+    <|fim_prefix|> or <|file_sep|> has left the middle it was asked for)."""
+    ids = set(getattr(tok, "eot_ids", ()) or ()) | {tok.eos_id}
+    ids |= {i for i in (getattr(tok, "fim", None) or {}).values() if i is not None}
+    pad = (getattr(tok, "special_tokens", None) or {}).get("<|fim_pad|>")
+    if pad is not None:
+        ids.add(pad)
+    return tuple(sorted(i for i in ids if i is not None))
 
 
 class CachePool:
@@ -117,6 +130,8 @@ class LocalWorker(threading.Thread):
         self.prefill_dtype = ""          # the prompt's prefill (a bf16 twin on CPUs with native bf16)
         self.lora = False
         self.load_ms = 0.0
+        self.capabilities: dict = {}     # engine Checkpoint.capabilities of the loaded model
+        self.stop_ids: tuple[int, ...] = ()   # token ids that end any completion (eot, FIM controls)
         self._reload = threading.Event()
         self._reload.set()
         self.prefetch_bucket = TokenBucket()
@@ -222,6 +237,7 @@ class LocalWorker(threading.Thread):
 
     def _unload(self) -> None:
         self.ck = self.tok = self.builder = self.pool = None
+        self.capabilities, self.stop_ids = {}, ()
         gc.collect()
         try:
             import torch
@@ -235,7 +251,12 @@ class LocalWorker(threading.Thread):
         key = self.wanted_key(cfg)
         self.state, self.error = "loading", ""
         self._unload()
-        path = resolve_model(cfg, self.model_override)
+        try:
+            path = resolve_model(cfg, self.model_override, strict=True)
+        except ModelError as e:
+            self.model_path = None
+            self._fail(str(e))
+            return
         self.model_path = path
         if path is None:
             self._fail("no model: the embedded model is not installed; set `model = \"DIR\"` in "
@@ -257,7 +278,8 @@ class LocalWorker(threading.Thread):
         except Exception as e:  # noqa: BLE001
             self._fail(f"cannot import the engine: {type(e).__name__}: {e}")
             return
-        weights = sum(f.stat().st_size for f in path.rglob("*.safetensors")) if path.is_dir() else 0
+        weights = (sum(f.stat().st_size for f in path.rglob("*.safetensors")) if path.is_dir()
+                   else path.stat().st_size if path.is_file() else 0)
         self._progress("loading", 0.1, f"reading {weights / 2**20:.0f} MiB of weights from {path}")
         done = threading.Event()
 
@@ -281,15 +303,18 @@ class LocalWorker(threading.Thread):
             done.set()
         protect_special_tokens(tok)
         self._progress("loading", 0.85, "warming up")
+        caps = ck.capabilities
         try:
             prompt = [tok.bos_id] + tok.encode("def f(x):\n    return x\n")
-            for mode in dict.fromkeys((cfg.inline_mode, cfg.refactor_mode)):
-                generate(ck.model, prompt, DecodeParams(mode=mode, max_new_tokens=4,
+            # only the modes this checkpoint serves (a request for another gets the ModeError reply)
+            for mode in dict.fromkeys(m for m in (cfg.inline_mode, cfg.refactor_mode) if m in caps["modes"]):
+                generate(ck.model, prompt, DecodeParams(mode=mode, max_new_tokens=4, lookup=cfg.lookup,
                                                         spec_variant=cfg.spec_variant))
         except Exception as e:  # noqa: BLE001 - e.g. CUDA out of memory
             self._fail(f"warm-up failed: {type(e).__name__}: {e}")
             return
         self.ck, self.tok = ck, tok
+        self.capabilities, self.stop_ids = caps, stop_token_ids(tok)
         self.builder = PromptBuilder(tok)
         self.pool = CachePool(ck.model, cfg.cache_slots)
         self.device, self.dtype = str(ck.device), str(ck.dtype).removeprefix("torch.")
@@ -313,6 +338,7 @@ class LocalWorker(threading.Thread):
             return
         protect_special_tokens(tok)
         self.tok, self.builder = tok, PromptBuilder(tok)
+        self.capabilities, self.stop_ids = {}, stop_token_ids(tok)
         self.device, self.dtype, self.prefill_dtype, self.lora = "remote", "", "", False
         self.loaded_key = key
         self.load_ms = (time.perf_counter() - t0) * 1e3
@@ -359,7 +385,14 @@ class LocalWorker(threading.Thread):
             job.started = time.perf_counter()
             job.prompt = self._prompt(job, cfg.context_tokens if job.kind == "complete" else cfg.refactor_context_tokens)
             job.context_ms = (time.perf_counter() - job.started) * 1e3
-        self._slice(job)
+        from engine.generate import ModeError
+        try:
+            self._slice(job)
+        except ModeError as e:      # e.g. diffusion on a checkpoint without a drafter: say so
+            job.decode = None
+            self.queue.finished(job)
+            self.deliver(job, protocol.error(job.id, protocol.BAD_REQUEST, str(e)))
+            return False
         return True
 
     def _slice(self, job: Job) -> None:
@@ -368,7 +401,7 @@ class LocalWorker(threading.Thread):
 
         cfg, msg, tok = self.cfg, job.msg, self.tok
         model = self.ck.model
-        stops = tuple(msg.stop)
+        stops = tuple(msg.stop) + job.prompt.stops
         block = msg.block_size or cfg.block_size or None
         n = job.max_tokens - len(job.tokens)
         if job.kind == "generate":
@@ -376,7 +409,7 @@ class LocalWorker(threading.Thread):
         params = DecodeParams(mode=job.mode, max_new_tokens=n, block_size=block,
                               threshold=msg.threshold or cfg.threshold or None,
                               temperature=max(msg.temperature, 0.0), deadline=job.deadline,
-                              spec_variant=cfg.spec_variant, lookup=cfg.lookup)
+                              spec_variant=cfg.spec_variant, lookup=cfg.lookup, stop_token_ids=self.stop_ids)
         params = for_device(model, params)
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
         cache = self.pool.get(job.cache_key, need, self.queue.pinned_keys())
@@ -448,6 +481,9 @@ class LocalWorker(threading.Thread):
                 extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
             except Exception:  # noqa: BLE001 - context is a bonus, never a failure
                 log.exception("extra context for %s", msg.path)
+        if job.kind == "generate" and chatml_template(getattr(self.tok, "chat_template", None)):
+            # an instruct model: refactors through its chat template (the file's own text only)
+            return self.builder.build_chat(msg.prefix, msg.suffix, budget, msg.language, msg.path)
         return self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
 
     def _layout(self, job: Job) -> dict:

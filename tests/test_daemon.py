@@ -39,8 +39,10 @@ def arun(coro, timeout: float = 60.0):
 
 
 def make_env(base: Path) -> dict:
+    # an own XDG_DATA_HOME: no pulled model there, so a daemon without --model serves the embedded
+    # one (the pulled qwen2.5-coder-0.5b would be the default otherwise, and slow)
     env = dict(os.environ, XDG_RUNTIME_DIR=str(base / "run"), XDG_CONFIG_HOME=str(base / "cfg"),
-               XDG_STATE_HOME=str(base / "state"))
+               XDG_STATE_HOME=str(base / "state"), XDG_DATA_HOME=str(base / "data"))
     for k in ("TRICODE_SOCKET", "TRICODE_MODEL"):
         env.pop(k, None)
     return env

@@ -46,7 +46,7 @@ def private_env(root: Path, model: Path) -> tuple[dict, str]:
     env = dict(os.environ)
     env.update(TRICODE_SOCKET=f"{short}/daemon.sock", XDG_RUNTIME_DIR=short,
                XDG_STATE_HOME=str(root / "state"), XDG_CONFIG_HOME=str(root / "config"),
-               TRICODE_MODEL=str(model), TRICODE_LSP_LOG="warning")
+               XDG_DATA_HOME=str(root / "data"), TRICODE_MODEL=str(model), TRICODE_LSP_LOG="warning")
     env.pop("PYTHONSTARTUP", None)
     return env, short
 

@@ -166,7 +166,8 @@ class D:
     def __init__(self, base: Path, server: Server):
         self.base, self.server = base, server
         self.env = dict(os.environ, XDG_RUNTIME_DIR=str(base / "run"), XDG_CONFIG_HOME=str(base / "cfg"),
-                        XDG_STATE_HOME=str(base / "state"), TRICODE_TEST_KEY=KEY, TRICODE_BAD_KEY="wrong-token")
+                        XDG_STATE_HOME=str(base / "state"), XDG_DATA_HOME=str(base / "data"),  # no pulled model
+                        TRICODE_TEST_KEY=KEY, TRICODE_BAD_KEY="wrong-token")
         for k in ("TRICODE_SOCKET", "TRICODE_MODEL"):
             self.env.pop(k, None)
         self.sock = base / "run" / "tricode" / "daemon.sock"

@@ -296,6 +296,7 @@ def cmd_status(args) -> int:
         + (f": {st['error']}" if st.get("error") else ""),
         f"pid          {st['pid']}, up {st['uptime_s']:.0f} s, protocol {st['version']}",
         f"model        {st['model'] or '-'}" + (" (+ drafter LoRA)" if st.get("lora") else ""),
+        *_capability_lines(st),
         f"device       {st['device'] or '-'} {st['dtype']}"
         + (f" (prompts prefilled in {st['prefill_dtype']})" if st.get("prefill_dtype", st["dtype"]) != st["dtype"] else ""),
         f"memory       rss {_fmt_bytes(mem.get('rss_bytes'))}, weights {_fmt_bytes(mem.get('model_bytes'))}, "
@@ -323,6 +324,18 @@ def cmd_status(args) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _capability_lines(st: dict) -> list[str]:
+    """The checkpoint line of `tricode daemon status`: family, format, drafter, the modes it serves."""
+    caps = st.get("capabilities") or {}
+    if not caps:
+        return []
+    params = caps.get("parameters") or 0
+    size = f", {params / 1e6:,.0f}M parameters" if params else ""
+    drafter = "with a drafter" if caps.get("drafter") else "no drafter (spec drafts from the context)"
+    return [f"checkpoint   {caps.get('family', '?')} ({caps.get('format', '?')}{size}), {drafter}, "
+            f"modes {', '.join(caps.get('modes', ())) or '-'}"]
 
 
 def _remote_lines(st: dict) -> list[str]:
@@ -416,16 +429,18 @@ def cmd_complete(args) -> int:
 
 def cmd_demo(args) -> int:
     import protocol
-    from engine.embedded_model import EMBEDDED_MODEL, default_model
+    from daemon.config import DEFAULT_MODEL, default_model_path
+    from engine.embedded_model import EMBEDDED_MODEL
     from protocol.client import DaemonUnavailable
     from protocol import Complete
 
-    model = args.model or default_model()
+    # the default: the pulled qwen2.5-coder-0.5b (`make run` pulls it), else the embedded model
+    model = args.model or default_model_path()
     running = _hello()
     if running is None and model is None:
-        _err(f"the embedded model is not installed yet ({EMBEDDED_MODEL} has no config.json).")
-        _err("Train it (tricode train, see docs/model_card.md) or run `tricode demo --model DIR` with an "
-             "NLD checkpoint directory.")
+        _err(f"the embedded model is not installed yet ({EMBEDDED_MODEL} has no config.json) and "
+             f"{DEFAULT_MODEL} is not pulled.")
+        _err(f"Run `tricode model pull {DEFAULT_MODEL}` (or `make run`), or `tricode demo --model NAME|PATH`.")
         return 2
     print("== tricode demo ==")
     if running is not None:

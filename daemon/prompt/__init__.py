@@ -1,4 +1,5 @@
-"""Every prompt format in one place: the local model's fill-in-the-middle layout (which the training
+"""Every prompt format in one place (this package; its modules: `chat` the instruct models' chat
+template, `fim` the pretrained code models' inline formats; this module the rest): the local model's fill-in-the-middle layout (which the training
 data and the evaluation use too, so training, eval, daemon and remote cannot drift), its budgeting and
 clipping by tokens (PromptBuilder: the prefix is clipped here, once, by the side that owns the token
 budget), and the per-family layouts of a model served by another machine (`render`).
@@ -61,6 +62,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Mapping, Sequence
+
+from daemon.prompt.chat import (CHAT_SYSTEM, FILL, ChatTemplateError, chat_ids, chat_text,  # noqa: F401
+                                chatml_template, fill_messages)
 
 log = logging.getLogger(__name__)
 
@@ -384,69 +388,6 @@ class PromptBuilder:
                 entries.append(entry)
                 files.append(label)
         return ctx, files, entries
-
-
-# -- chat (instruct models) ------------------------------------------------------------------------------
-#
-# Refactors on an instruct model go through its chat template. The template is a Jinja program in the
-# checkpoint (tokenizer.chat_template); rather than run Jinja in the daemon, this renders the one
-# layout the supported families use, ChatML (Qwen2 / Qwen2.5):
-#
-#     <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
-#
-# `chatml_template` checks the checkpoint's template lays messages out that way (the test renders the
-# real template with Jinja and compares); <|im_start|> and <|im_end|> are control tokens, put in by id,
-# and the reply ends at <|im_end|> (one of the tokenizer's eot ids).
-
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-FILL = "<FILL>"
-CHAT_SYSTEM = ("You are a coding assistant inside a code editor. You write code only, in the language, "
-               "style and indentation of the file you are given.")
-
-
-class ChatTemplateError(ValueError):
-    """The checkpoint has no chat template this module can render."""
-
-
-def chatml_template(template: str | None) -> bool:
-    """Does the chat template (Jinja source) lay a message out as ChatML: `<|im_start|>` + role +
-    newline + content + `<|im_end|>` + newline, with `<|im_start|>assistant\\n` as the generation prompt?"""
-    if not template:
-        return False
-    return (IM_START in template and IM_END in template and "'<|im_start|>assistant\\n'" in template
-            and "message.role + '\\n' + message.content + '<|im_end|>'" in template.replace('"', "'"))
-
-
-def chat_text(messages: Sequence[Mapping[str, str]], assistant_prefix: str = "") -> str:
-    """The ChatML text of `messages` with the generation prompt (and the start of the reply)."""
-    body = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
-    return f"{body}{IM_START}assistant\n{assistant_prefix}"
-
-
-def chat_ids(tok, messages: Sequence[Mapping[str, str]], assistant_prefix: str = "") -> list[int]:
-    """`chat_text` as token ids: the control tokens by id, the text between them encoded as text (so a
-    `<|im_end|>` written in the user's code stays text)."""
-    if not chatml_template(getattr(tok, "chat_template", None)):
-        raise ChatTemplateError("the checkpoint's chat template is not ChatML (<|im_start|>role ... <|im_end|>); "
-                                "refactors use the FIM prompt instead")
-    start, end = tok.special_tokens[IM_START], tok.special_tokens[IM_END]
-    ids: list[int] = []
-    for m in messages:
-        ids += [start] + tok.encode(f"{m['role']}\n{m['content']}") + [end] + tok.encode("\n")
-    return ids + [start] + tok.encode(f"assistant\n{assistant_prefix}")
-
-
-def fill_messages(prefix: str, suffix: str, language: str = "", path: str = "") -> tuple[list[dict], str]:
-    """(messages, assistant_prefix) asking an instruct model for the code between prefix and suffix.
-    The reply is seeded with the code fence and the cursor's line up to the cursor, so that what the
-    model writes next is the missing code itself, starting at the cursor; it ends at the closing fence."""
-    lang = (language or "").lower()
-    where = f" ({PurePath(path).name})" if path else ""
-    user = (f"Here is a {lang or 'source'} file{where} with a part missing at {FILL}. Write the missing code: "
-            f"reply with one ```{lang} block that starts with the line holding {FILL} and ends where the "
-            f"missing part ends.\n\n```{lang}\n{prefix}{FILL}{suffix}\n```")
-    line = prefix[prefix.rfind("\n") + 1:]
-    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": user}], f"```{lang}\n{line}"
 
 
 # -- remote layouts ---------------------------------------------------------------------------------------
