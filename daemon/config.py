@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from daemon.prompt.fim import FORMATS as FIM_FORMATS
 from registry.models import find, resolve, resolve_lenient
 
 MODES = ("ar", "diffusion", "spec")
@@ -65,6 +66,8 @@ class Config:
     # budgets
     context_tokens: int = 1024         # prompt budget of an inline completion
     prompt_layout: str = "window"      # window: stable part first, the cursor's window last; contiguous
+    inline_format: str = "auto"        # a pretrained model's inline prompt format (daemon/prompt/fim.py
+                                       # FORMATS); auto = the measured best (fim.BEST_FORMAT)
     refactor_context_tokens: int = 2048
     deadline_ms: int = 1000            # default time budget of an inline completion
     refactor_deadline_ms: int = 60000
@@ -99,7 +102,8 @@ class Config:
 
 
 _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
-            "log_level": LOG_LEVELS, "prompt_layout": ("window", "contiguous"), "backend": ("local", "openai"),
+            "log_level": LOG_LEVELS, "prompt_layout": ("window", "contiguous"),
+            "inline_format": ("auto",) + FIM_FORMATS, "backend": ("local", "openai"),
             "remote_fallback": ("", "local"),
             "remote_prompt": ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,

@@ -42,7 +42,7 @@ import protocol
 from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
-from daemon.prompt import PromptBuilder, chatml_template, protect_special_tokens
+from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
 from registry.models import ModelError
 from daemon.workspace import Workspace
 
@@ -158,9 +158,11 @@ class LocalWorker(threading.Thread):
         reload = self.wanted_key(cfg) != self.wanted_key(self.cfg) or (self.state == "error"
                                                                         and cfg != self.cfg)
         self.cfg = cfg
-        pool = self.pool
+        pool, builder = self.pool, self.builder
         if pool is not None:
             pool.slots = cfg.cache_slots
+        if builder is not None:
+            builder.fim_format = pretrained_format(builder.tok, cfg.inline_format)
         if reload:
             self._reload.set()
             with self.queue.cond:
@@ -315,7 +317,7 @@ class LocalWorker(threading.Thread):
             return
         self.ck, self.tok = ck, tok
         self.capabilities, self.stop_ids = caps, stop_token_ids(tok)
-        self.builder = PromptBuilder(tok)
+        self.builder = PromptBuilder(tok, pretrained_format(tok, cfg.inline_format))
         self.pool = CachePool(ck.model, cfg.cache_slots)
         self.device, self.dtype = str(ck.device), str(ck.dtype).removeprefix("torch.")
         twin = ck.model.prefill_twin
@@ -337,7 +339,7 @@ class LocalWorker(threading.Thread):
             self._fail(f"the tokenizer that budgets remote prompts: {e}")
             return
         protect_special_tokens(tok)
-        self.tok, self.builder = tok, PromptBuilder(tok)
+        self.tok, self.builder = tok, PromptBuilder(tok, pretrained_format(tok, self.cfg.inline_format))
         self.capabilities, self.stop_ids = {}, stop_token_ids(tok)
         self.device, self.dtype, self.prefill_dtype, self.lora = "remote", "", "", False
         self.loaded_key = key
@@ -462,7 +464,10 @@ class LocalWorker(threading.Thread):
 
     def _finish(self, job: Job, stop_reason: str) -> None:
         t0 = time.perf_counter()
-        frame = result_frame(job, self.tok.decode(job.tokens), stop_reason, self.stats, mode=job.mode,
+        text = self.tok.decode(job.tokens)
+        if job.prompt is not None and job.prompt.heal:   # the whitespace the prompt left to the model
+            text = fim.heal(text, job.prompt.heal)
+        frame = result_frame(job, text, stop_reason, self.stats, mode=job.mode,
                              tokens=len(job.tokens), nfe=job.nfe, accept_lengths=job.accept_lengths,
                              prefill_tokens=job.prefill_tokens, reused_tokens=job.reused_tokens,
                              prefill_ms=job.prefill_ms, decode_ms=job.decode_ms, loop_guard=True, post_from=t0)

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Mapping, Sequence
 
+from daemon.prompt import fim
 from daemon.prompt.chat import (CHAT_SYSTEM, FILL, ChatTemplateError, chat_ids, chat_text,  # noqa: F401
                                 chatml_template, fill_messages)
 
@@ -138,7 +139,9 @@ class Prompt:
     stable_tokens: int = 0      # the leading ids that do not depend on the cursor (what a prefetch
                                 # without a cursor prepares)
     stops: tuple[str, ...] = ()     # stop strings the format adds (a chat prompt's closing code fence)
-    format: str = "tricode"         # which layout built `ids` (tricode | chat | the FIM formats)
+    format: str = "tricode"         # which layout built `ids` (tricode | chat | a format of fim.FORMATS)
+    heal: str = ""                  # the cursor line's whitespace the prompt left for the model to write
+                                    # (fim.heal removes it from the completion again)
 
 
 def _split_lines(text: str) -> list[str]:
@@ -146,11 +149,24 @@ def _split_lines(text: str) -> list[str]:
     return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
-class PromptBuilder:
-    """Builds prompts for one tokenizer, with a cache of per-line token counts."""
+def pretrained_format(tok, configured: str = "auto") -> str | None:
+    """The inline format of a pretrained code model's tokenizer (a GGUF vocabulary with Qwen2.5-Coder's
+    FIM and repository tokens): `configured`, or with "auto" the one measured best (fim.BEST_FORMAT);
+    None for tricode's own models (their layout is fim_layout)."""
+    special = getattr(tok, "special_tokens", None) or {}
+    if getattr(tok, "pre_tokenizer", None) is None or not all(
+            t in special for t in (fim.QWEN25_CODER.fim_prefix, fim.QWEN25_CODER.fim_middle)):
+        return None
+    return fim.BEST_FORMAT if configured == "auto" else configured
 
-    def __init__(self, tok):
+
+class PromptBuilder:
+    """Builds prompts for one tokenizer, with a cache of per-line token counts. `fim_format`: a
+    pretrained model's inline format (fim.FORMATS; pretrained_format picks it), else tricode's layout."""
+
+    def __init__(self, tok, fim_format: str | None = None):
         self.tok = tok
+        self.fim_format = fim_format
         self._counts: dict[str, int] = {}
 
     def _line_counts(self, lines: list[str]) -> list[int]:
@@ -243,6 +259,8 @@ class PromptBuilder:
         (prefix only when it has no FIM tokens), the pieces themselves are kept for other layouts
         (the remote backend's). `layout="window"` is build_window (FIM tokenizers with a file separator)."""
         tok = self.tok
+        if self.fim_format is not None:
+            return self.build_pretrained(prefix, suffix, budget, extra, label)
         use_fim = tok.has_fim if fim is None else fim
         if layout == "window" and use_fim and tok.has_fim and tok.fim.get("file_sep") is not None:
             return self.build_window(prefix, suffix, budget, extra, label)
@@ -268,6 +286,36 @@ class PromptBuilder:
                       context_tokens=len(ctx), context_files=files, prefix_clipped_lines=clipped,
                       prefix_ids=prefix_ids, suffix_ids=suffix_ids, entry_ids=entries,
                       stable_tokens=1 + len(ctx))
+
+    def build_pretrained(self, prefix: str, suffix: str, budget: int, extra=(), label: str = "") -> Prompt:
+        """An inline prompt in the pretrained model's format (self.fim_format, fim.build_prompt): the
+        prefix gets what the suffix (a quarter of the budget, for the formats that use one) and the
+        other files (`repo`: up to a quarter, whole files clipped from the end) leave; text pieces are
+        encoded as plain text, control tokens by id. The cursor line's trailing whitespace is left out
+        (Prompt.heal)."""
+        tok, fmt = self.tok, self.fim_format
+        count = lambda text: len(tok.encode(text))  # noqa: E731
+        suffix_budget = budget // 4 if fmt in ("fim-short", "fim-full", "fim-spm", "chat") else 0
+        files: list[tuple[str, str]] = []
+        if fmt == "repo" and extra:
+            left = budget // 4
+            for name, content in extra:
+                ids = self.clip_head(content, left - len(tok.encode(name)) - 2)
+                if len(ids) >= MIN_ENTRY_TOKENS:
+                    files.append((name, tok.decode(ids)))
+                    left -= len(ids) + len(tok.encode(name)) + 2
+                if left < MIN_ENTRY_TOKENS:
+                    break
+        used = sum(count(f"{n}\n{c}") + 2 for n, c in files)
+        prefix_budget = max(budget - suffix_budget - used - 64, 16)
+        pieces = fim.build_prompt(fmt, prefix, suffix, count=count, prefix_tokens=prefix_budget,
+                                  suffix_tokens=suffix_budget, path=label or "file", repo_name=_repo_name(""),
+                                  repo_files=files)
+        ids = fim.prompt_ids(pieces, tok.encode, lambda s: tok.special_tokens[s])
+        heal = fim.trailing_whitespace(prefix) if fmt != "chat" else ""
+        return Prompt(ids, prefix_tokens=len(ids) - used, context_tokens=used,
+                      context_files=[n for n, _ in files], fim=fmt != "plain", stable_tokens=1,
+                      stops=("```",) if fmt == "chat" else (), format=fmt, heal=heal)
 
     def build_chat(self, prefix: str, suffix: str, budget: int, language: str = "", path: str = "") -> Prompt:
         """A refactor's prompt for an instruct model: prefix and suffix clipped by tokens (the suffix
