@@ -60,8 +60,8 @@ def real(real_gguf):
 def demo_request(**kw) -> Complete:
     from tricode.demo_sample import __file__ as sample
     text = Path(sample).read_text()
-    cut = text.index("# demo: complete here")
-    prefix, suffix = text[:cut] + "    ", "\n" + text[cut + len("# demo: complete here"):]
+    cut = text.index("    # demo: complete here\n")
+    prefix, suffix = text[:cut] + "    ", "\n" + text[cut + len("    # demo: complete here\n"):]
     args = dict(doc=Path(sample).as_uri(), prefix=prefix, suffix=suffix, path=sample, max_tokens=48,
                 max_lines=1, deadline_ms=120000)
     args.update(kw)
@@ -70,7 +70,7 @@ def demo_request(**kw) -> Complete:
 
 def test_default_model_status_shows_what_it_can_do(real, real_gguf):
     st = real.status()
-    assert st["model"] == str(real_gguf), st["model"]
+    assert Path(st["model"]).resolve() == real_gguf.resolve(), st["model"]   # through the default
     caps = st["capabilities"]
     assert caps["family"] == "qwen2" and caps["format"] == "gguf" and caps["drafter"] is False
     assert caps["modes"] == ["ar", "spec"]
