@@ -292,9 +292,24 @@ def clip_right(text: str, budget: int, count: Callable[[str], int]) -> str:
     return "".join(lines[:end])
 
 
+def pretrained_prompt(tok, prefix: str, suffix: str, prompt_tokens: int = DEFAULT_PROMPT_TOKENS):
+    """The daemon's inline prompt for a pretrained code model (a GGUF vocabulary: daemon.prompt's
+    measured format, PromptBuilder.build_pretrained), or None for tricode's own models. Returns the
+    daemon's Prompt (its `heal`: the whitespace to remove from the completion, fim.heal)."""
+    from daemon.prompt import PromptBuilder, pretrained_format
+    fmt = pretrained_format(tok)
+    if fmt is None:
+        return None
+    return PromptBuilder(tok, fmt).build_pretrained(prefix, suffix, prompt_tokens)
+
+
 def fim_prompt(tok, prefix: str, suffix: str, prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> list[int]:
     """THE INFERENCE PROMPT for ``prefix`` / ``suffix`` within ``prompt_tokens`` ids in all
-    (``tok``: a :class:`textkit.tokenizer.Tokenizer`)."""
+    (``tok``: a :class:`textkit.tokenizer.Tokenizer`); a pretrained model's is the daemon's format
+    (pretrained_prompt)."""
+    pre = pretrained_prompt(tok, prefix, suffix, prompt_tokens)
+    if pre is not None:
+        return pre.ids
     if not tok.has_fim:
         raise ValueError("the checkpoint's tokenizer has no fill-in-the-middle tokens")
     count = lambda s: len(tok.encode(s))  # noqa: E731
@@ -338,16 +353,23 @@ def run_completions(model, tok, tasks: Sequence[FimTask], mode: str, *, block_si
     """Greedy single-line completions of ``tasks`` in one mode: per task a dict with ``line`` (the
     generated line), ``tokens``, ``nfe``, ``accept_lengths``, ``denoise_steps``, ``ms``,
     ``prefill_ms``, ``stop_reason``, ``block_size``."""
+    from daemon.prompt import fim
+    from daemon.worker import stop_token_ids
     from engine.generate import DecodeParams, generate
     params = DecodeParams(**DECODERS[mode], max_new_tokens=max_new_tokens, block_size=block_size,
-                          threshold=threshold, temperature=0.0)
-    stop = newline_stop(tok.decode)
+                          threshold=threshold, temperature=0.0, stop_token_ids=stop_token_ids(tok))
     prog = _Progress(label or mode, len(tasks), quiet)
     out = []
     for i, t in enumerate(tasks):
-        ids = fim_prompt(tok, t.prefix, t.suffix, prompt_tokens)
+        pre = pretrained_prompt(tok, t.prefix, t.suffix, prompt_tokens)
+        ids = pre.ids if pre is not None else fim_prompt(tok, t.prefix, t.suffix, prompt_tokens)
+        heal = pre.heal if pre is not None else ""
+        # the line ends at a newline after the healed whitespace (the model writes the indentation)
+        stop = newline_stop(lambda ids, heal=heal: fim.heal(tok.decode(ids), heal) if heal else tok.decode(ids))
         res = generate(model, ids, params, stop=stop)
-        out.append({"line": cut_at_newline(tok.decode(res.tokens)), "tokens": res.tokens, "nfe": res.nfe,
+        text = tok.decode(res.tokens)
+        line = cut_at_newline(fim.heal(text, heal) if heal else text)
+        out.append({"line": line, "tokens": res.tokens, "nfe": res.nfe,
                     "accept_lengths": res.accept_lengths, "denoise_steps": res.denoise_steps,
                     "lookup_steps": res.lookup_steps,
                     "ms": res.elapsed_ms, "prefill_ms": res.prefill_ms, "stop_reason": res.stop_reason,
@@ -519,6 +541,18 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
     ckpt = load_checkpoint(model_dir, device=device)
     tok = Tokenizer(model_dir)
     model = ckpt.model
+    served = ckpt.capabilities["modes"]
+    unserved = [m for m in modes if DECODERS[m]["mode"] not in served or (m == "spec-quad" and not ckpt.config.has_drafter)]
+    if unserved:
+        log(f"{model_dir.name}: no drafter, so no {', '.join(unserved)} (it serves {', '.join(served)})")
+        modes = [m for m in modes if m not in unserved]
+    # the tasks: the model's own held-out list, else the embedded model's (a pulled model is compared
+    # with the embedded one on the same tasks, picked with the embedded tokenizer's line filter)
+    task_dir, task_tok = model_dir, tok
+    if not (model_dir.is_dir() and (model_dir / "heldout_files.txt").is_file()):
+        from engine.embedded_model import default_model
+        if default_model() is not None:
+            task_dir, task_tok = default_model(), Tokenizer(default_model())
     block = block_size or default_block_size(model)
     thr = threshold if threshold is not None else DEFAULT_THRESHOLD
     report: dict = {
@@ -526,15 +560,20 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
         "dtype": str(ckpt.dtype).removeprefix("torch."), "modes": list(modes), "block_size": block,
         "prefill_dtype": str((model.prefill_twin or model).head.weight.dtype).removeprefix("torch."),
         "threshold": thr, "seed": seed, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new_tokens,
-        "training": {k: v for k, v in _training_info(model_dir).items() if k in ("steps", "tokens_seen")},
+        "training": {k: v for k, v in _training_info(model_dir).items() if k in ("steps", "tokens_seen")}
+        if model_dir.is_dir() else {},
+        "format": ckpt.format, "family": ckpt.config.family, "tasks_from": str(task_dir),
     }
     timings: dict = {}
-    files, finfo = read_heldout_files(model_dir, data_dir, log)
+    files, finfo = read_heldout_files(task_dir, data_dir, log)
 
     # 1. held-out losses
     t0 = time.perf_counter()
-    report["losses"] = heldout_losses(ckpt, model_dir, data_dir, files, loss_rows, log) if loss_rows > 0 \
-        else {"skipped": "--loss-rows 0"}
+    if ckpt.format != "nld":
+        report["losses"] = {"skipped": f"a {ckpt.format} checkpoint: the losses are tricode's training objective"}
+    else:
+        report["losses"] = heldout_losses(ckpt, model_dir, data_dir, files, loss_rows, log) if loss_rows > 0 \
+            else {"skipped": "--loss-rows 0"}
     timings["losses_s"] = time.perf_counter() - t0
     if "ar_loss" in report["losses"]:
         log(f"held-out loss: AR {report['losses']['ar_loss']:.3f}, masked {report['losses']['masked_loss']:.3f}")
@@ -548,7 +587,7 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
     elif not files:
         report["fim"] = {"skipped": "no held-out files (heldout_files.txt missing or its files absent)"}
     else:
-        tasks = make_fim_tasks(files, fim_tasks, seed, count_tokens=lambda s: len(tok.encode(s)),
+        tasks = make_fim_tasks(files, fim_tasks, seed, count_tokens=lambda s: len(task_tok.encode(s)),
                                max_line_tokens=min(DEFAULT_MAX_LINE_TOKENS, max_new_tokens - 2))
         log(f"single-line FIM: {len(tasks)} tasks from {len({t.task_id.rsplit(':', 1)[0] for t in tasks})} "
             f"of {len(files)} held-out files")
@@ -758,7 +797,12 @@ def cmd_eval(args) -> int:
     from engine.embedded_model import default_model
     from textkit.tokenizer import TokenizerError
     from engine.checkpoint import CheckpointError
-    model_dir = args.model or default_model()
+    from registry.models import ModelError, resolve
+    try:
+        model_dir = resolve(args.model) if args.model else default_model()
+    except ModelError as e:
+        print(f"tricode eval: {e}", file=sys.stderr)
+        return 2
     if model_dir is None:
         print("tricode eval: no model: pass --model DIR (an NLD checkpoint directory)", file=sys.stderr)
         return 2
@@ -783,7 +827,8 @@ def cmd_eval(args) -> int:
 
 def add_eval_command(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model: held-out losses, single-line FIM, HumanEval infilling")
-    p.add_argument("--model", type=Path, help="NLD checkpoint directory (default: the embedded model)")
+    p.add_argument("--model", help="checkpoint directory, GGUF file or model name (tricode model list; "
+                                   "default: the embedded model)")
     p.add_argument("--modes", type=_modes, default=list(MODE_ORDER), help="comma list of " + ",".join(MODE_ORDER))
     p.add_argument("--fim-tasks", type=int, default=DEFAULT_FIM_TASKS, dest="fim_tasks",
                    help="held-out single-line FIM tasks (0 = skip)")
