@@ -29,6 +29,7 @@ from daemon.prompt.fim import FORMATS as FIM_FORMATS
 from registry.models import find, resolve, resolve_lenient
 
 MODES = ("ar", "diffusion", "spec")
+RUNNERS = ("auto", "llama", "torch")
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"    # the default when it is pulled (issue 21); else the embedded model
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -55,6 +56,8 @@ class Config:
     model: str = ""                    # "" = TRICODE_MODEL, else DEFAULT_MODEL when pulled, else embedded
     device: str = "auto"
     dtype: str = "auto"
+    runner: str = "auto"               # auto: a GGUF model on a CPU runs on llama.cpp's kernels (engine/
+                                       # llama_runner.py), else torch | llama | torch (env TRICODE_RUNNER wins)
     cpu_threads: int = 0               # torch threads on a CPU device; 0 = 1 on <= 2 cores, else torch's default
     # decoding, per request kind (a request may override the mode)
     inline_mode: str = "spec"
@@ -98,12 +101,12 @@ class Config:
 
     def engine_key(self) -> tuple:
         """Settings whose change needs a model reload."""
-        return (self.model, self.device, self.dtype)
+        return (self.model, self.device, self.dtype, self.runner)
 
 
 _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
             "log_level": LOG_LEVELS, "prompt_layout": ("window", "contiguous"),
-            "inline_format": ("auto",) + FIM_FORMATS, "backend": ("local", "openai"),
+            "inline_format": ("auto",) + FIM_FORMATS, "runner": RUNNERS, "backend": ("local", "openai"),
             "remote_fallback": ("", "local"),
             "remote_prompt": ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,

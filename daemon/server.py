@@ -542,6 +542,7 @@ class Daemon:
             # what the loaded checkpoint is and can do (engine Checkpoint.capabilities): family,
             # format, drafter, modes ({} while loading, on error, and for a remote-only backend)
             "capabilities": dict(e.capabilities),
+            "runner": e.runner, "runner_failures": dict(e.fallback.failed),
             "device": e.device, "dtype": e.dtype, "prefill_dtype": e.prefill_dtype, "lora": e.lora, "load_ms": round(e.load_ms, 1),
             "memory": e.memory(),
             "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": e.spec_variant(cfg)},

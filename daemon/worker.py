@@ -20,6 +20,11 @@ One thread owns the model and the device and runs the decodes. Rules:
   completions in one document prefill only what changed. A cache in use by a running decode is never
   handed to another: a second job for that document waits for the first.
 - A model reload (config change) waits until the running decodes finish; no job starts meanwhile.
+- The runner: a GGUF model on a CPU runs on llama.cpp's kernels at the file's quantized width
+  (engine/llama_runner.py, `runner = "auto"`); torch is the reference and the GPU path (`runner =
+  "torch"`, or TRICODE_RUNNER=torch). A llama.cpp model that cannot be loaded, or a step of it that
+  raises, is marked failed once (engine.runner.EagerFallback, keyed by the model's path): the requests
+  of that step get an error reply and the model is loaded on the torch path, never retried.
 - Prefetch (`prefetch` jobs, the lowest priority): the prompt a completion at a place will have is
   prefilled into the cache that completion will use (same (kind, document) key), in chunks of
   PREFETCH_CHUNK tokens (engine.generate.Prefill). A prefetch takes no batch slot, starts only when
@@ -34,7 +39,6 @@ import gc
 import logging
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -44,55 +48,13 @@ from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
 from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
 from registry.models import ModelError
+from daemon.model_load import CachePool, load_llama, runner_choice, stop_token_ids
 from daemon.workspace import Workspace
 
 log = logging.getLogger("tricode.daemon")
 
 SLICE_TOKENS = 32
 PREFETCH_CHUNK = 64       # tokens per prefetch forward: the longest a real request waits for one
-
-
-def stop_token_ids(tok) -> tuple[int, ...]:
-    """The ids that end any completion: the tokenizer's end-of-turn ids (a GGUF's eos,
-    <|endoftext|>, <|im_end|>) and its FIM / repository control ids (a model that writes
-    <|fim_prefix|> or <|file_sep|> has left the middle it was asked for)."""
-    ids = set(getattr(tok, "eot_ids", ()) or ()) | {tok.eos_id}
-    ids |= {i for i in (getattr(tok, "fim", None) or {}).values() if i is not None}
-    pad = (getattr(tok, "special_tokens", None) or {}).get("<|fim_pad|>")
-    if pad is not None:
-        ids.add(pad)
-    return tuple(sorted(i for i in ids if i is not None))
-
-
-class CachePool:
-    """KV caches keyed by (kind, document), least recently used evicted (its buffers reused)."""
-
-    def __init__(self, model, slots: int):
-        self.model, self.slots = model, slots
-        self.entries: OrderedDict[tuple, object] = OrderedDict()
-
-    def get(self, key, need: int, pinned=()):
-        """The cache of `key`, else a reused or new one; caches of `pinned` keys are never taken (the
-        pool grows past `slots` while every cache is pinned and shrinks back later)."""
-        cache = self.entries.pop(key, None)
-        while len(self.entries) >= self.slots:
-            victim = next((k for k in self.entries if k not in pinned), None)
-            if victim is None:
-                break
-            old = self.entries.pop(victim)
-            if cache is None:
-                cache = old
-                cache.crop(0)
-        if cache is None or cache.max_len < need:
-            size = max(need, 512)
-            size = -(-size // 256) * 256
-            cache = None                 # drop the old buffers before allocating the new ones
-            cache = self.model.new_cache(size)
-        self.entries[key] = cache
-        return cache
-
-    def bytes(self) -> int:
-        return sum(c.k.numel() * c.k.element_size() * 2 for c in self.entries.values())
 
 
 def remote_only(cfg: Config) -> bool:
@@ -131,6 +93,9 @@ class LocalWorker(threading.Thread):
         self.lora = False
         self.load_ms = 0.0
         self.capabilities: dict = {}     # engine Checkpoint.capabilities of the loaded model
+        self.runner = ""                 # "llama.cpp" | "torch" (the loaded model's runner)
+        from engine.runner import EagerFallback
+        self.fallback = EagerFallback("the llama.cpp runner")   # model paths that run on torch from now on
         self.stop_ids: tuple[int, ...] = ()   # token ids that end any completion (eot, FIM controls)
         self._reload = threading.Event()
         self._reload.set()
@@ -151,7 +116,7 @@ class LocalWorker(threading.Thread):
 
     def wanted_key(self, cfg: Config) -> tuple:
         path = resolve_model(cfg, self.model_override)
-        return (str(path) if path else None, cfg.device, cfg.dtype, remote_only(cfg))
+        return (str(path) if path else None, cfg.device, cfg.dtype, remote_only(cfg), runner_choice(cfg))
 
     def set_config(self, cfg: Config) -> bool:
         """Apply a new config; True when it needs a model reload (done between jobs)."""
@@ -209,11 +174,22 @@ class LocalWorker(threading.Thread):
         if not active:
             return
         try:
-            step(self.ck.model, [j.decode for j in active])
+            if self.runner == "llama.cpp":
+                if self.fallback.attempt(str(self.model_path), lambda: step(self.ck.model, [j.decode for j in active])
+                                         or True) is None:
+                    raise RuntimeError(f"the llama.cpp runner failed ({self.fallback.failed[str(self.model_path)]}); "
+                                       "the model is being reloaded on the torch path: retry")
+            else:
+                step(self.ck.model, [j.decode for j in active])
         except Exception as e:  # noqa: BLE001
             for job in active:
                 running.remove(job)
                 self._internal(job, e)
+            if str(self.model_path) in self.fallback and self.runner == "llama.cpp":
+                for job in list(running):     # prefetches on llama.cpp caches: dropped
+                    running.remove(job)
+                    self._end_prefetch(job)
+                self._reload.set()            # done once nothing runs: the torch path from now on
             return
         for job in [j for j in active if j.decode.done]:
             running.remove(job)
@@ -295,7 +271,10 @@ class LocalWorker(threading.Thread):
         hb = threading.Thread(target=heartbeat, daemon=True)
         hb.start()
         try:
-            ck = load_checkpoint(path, device=cfg.device, dtype=cfg.dtype)
+            ck = load_llama(path, cfg, self.fallback, self._progress)
+            self.runner = "llama.cpp" if ck is not None else "torch"
+            if ck is None:
+                ck = load_checkpoint(path, device=cfg.device, dtype=cfg.dtype)
             tok = Tokenizer(path)
         except (CheckpointError, TokenizerError, OSError, ValueError, RuntimeError) as e:
             done.set()
@@ -320,14 +299,16 @@ class LocalWorker(threading.Thread):
         self.builder = PromptBuilder(tok, pretrained_format(tok, cfg.inline_format))
         self.pool = CachePool(ck.model, cfg.cache_slots)
         self.device, self.dtype = str(ck.device), str(ck.dtype).removeprefix("torch.")
+        if self.runner == "llama.cpp":
+            self.dtype = "gguf (its own quantized types, llama.cpp kernels)"
         twin = ck.model.prefill_twin
         self.prefill_dtype = str(twin.head.weight.dtype).removeprefix("torch.") if twin is not None else self.dtype
         self.lora = bool(getattr(ck.model, "has_lora", False))
         self.loaded_key = key
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.state = "ready"
-        self._progress("ready", 1.0, f"ready: {path.name} on {self.device} ({self.dtype}) "
-                                     f"in {self.load_ms / 1e3:.1f} s")
+        self._progress("ready", 1.0, f"ready: {path.name} on {self.device} ({self.dtype}, runner "
+                                     f"{self.runner}) in {self.load_ms / 1e3:.1f} s")
 
     def _load_tokenizer(self, path: Path, key: tuple, t0: float) -> None:
         """The model runs on a server (backend = "openai", no local fallback): only the tokenizer that

@@ -297,7 +297,7 @@ def cmd_status(args) -> int:
         f"pid          {st['pid']}, up {st['uptime_s']:.0f} s, protocol {st['version']}",
         f"model        {st['model'] or '-'}" + (" (+ drafter LoRA)" if st.get("lora") else ""),
         *_capability_lines(st),
-        f"device       {st['device'] or '-'} {st['dtype']}"
+        f"device       {st['device'] or '-'} {st['dtype']}" + (f", runner {st['runner']}" if st.get("runner") else "")
         + (f" (prompts prefilled in {st['prefill_dtype']})" if st.get("prefill_dtype", st["dtype"]) != st["dtype"] else ""),
         f"memory       rss {_fmt_bytes(mem.get('rss_bytes'))}, weights {_fmt_bytes(mem.get('model_bytes'))}, "
         f"kv caches {_fmt_bytes(mem.get('kv_cache_bytes'))}"
