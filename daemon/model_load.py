@@ -21,8 +21,12 @@ def runner_choice(cfg: Config) -> str:
 def stop_token_ids(tok) -> tuple[int, ...]:
     """The ids that end any completion: the tokenizer's end-of-turn ids (a GGUF's eos,
     <|endoftext|>, <|im_end|>) and its FIM / repository control ids (a model that writes
-    <|fim_prefix|> or <|file_sep|> has left the middle it was asked for)."""
-    ids = set(getattr(tok, "eot_ids", ()) or ()) | {tok.eos_id}
+    <|fim_prefix|> or <|file_sep|> has left the middle it was asked for). Only for a pretrained
+    model's vocabulary (a GGUF's, which names its eot ids); tricode's own models stop at their EOS,
+    as they were trained to (and as before)."""
+    if getattr(tok, "eot_ids", None) is None:
+        return ()
+    ids = set(tok.eot_ids) | {tok.eos_id}
     ids |= {i for i in (getattr(tok, "fim", None) or {}).values() if i is not None}
     pad = (getattr(tok, "special_tokens", None) or {}).get("<|fim_pad|>")
     if pad is not None:

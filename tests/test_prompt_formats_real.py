@@ -7,7 +7,7 @@ import jinja2
 import pytest
 
 from daemon import prompt as P
-from daemon.worker import stop_token_ids
+from daemon.model_load import stop_token_ids
 from textkit.tokenizer import Tokenizer
 
 

@@ -354,7 +354,7 @@ def run_completions(model, tok, tasks: Sequence[FimTask], mode: str, *, block_si
     generated line), ``tokens``, ``nfe``, ``accept_lengths``, ``denoise_steps``, ``ms``,
     ``prefill_ms``, ``stop_reason``, ``block_size``."""
     from daemon.prompt import fim
-    from daemon.worker import stop_token_ids
+    from daemon.model_load import stop_token_ids
     from engine.generate import DecodeParams, generate
     params = DecodeParams(**DECODERS[mode], max_new_tokens=max_new_tokens, block_size=block_size,
                           threshold=threshold, temperature=0.0, stop_token_ids=stop_token_ids(tok))
