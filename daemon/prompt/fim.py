@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 FORMATS = ("fim-prefix", "fim-short", "fim-full", "fim-spm", "plain", "chat", "repo")
-# the daemon's inline format for these models ("auto"): the one that won the measurement
+# the daemon's inline format for these models ("auto"): the one that won the measurement: the whole
+# (clipped) suffix, healed
 # (docs/model_card.md, "Prompt formats for the real models")
-BEST_FORMAT = "fim-prefix"
+BEST_FORMAT = "fim-full"
 
 CHAT_SYSTEM = ("You are a code completion engine. You are shown a source file with one place "
                "marked {marker}. Reply with only the code that belongs at {marker}: the rest of "
