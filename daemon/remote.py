@@ -4,7 +4,7 @@ With `backend = "openai"` the daemon keeps everything else (workspace context, p
 supersede/abort, deadlines, stop rules, post-processing, replies, status) and sends the model call
 to `remote_url`: POST {remote_url}/completions with stream: true, greedy unless the request asks for a
 temperature, the request's stop strings and max tokens. The prompt is built by prompt.PromptBuilder
-with the local tokenizer and laid out for the served model (daemon/prompt.py `render`).
+with the local tokenizer and laid out for the served model (daemon/prompt/ `render`).
 
 HTTP: a small HTTP/1.1 client on asyncio streams (stdlib only): connections are kept alive and
 reused per host; a response is read as chunked, Content-Length or close-delimited, and its SSE

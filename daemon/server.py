@@ -1,7 +1,7 @@
 """The daemon process: a Unix socket server (asyncio): connections, dispatch, config reloads, status.
 
 A request passes these stages, one module each: admission and queue (daemon/admission.py), the
-workspace's extra context (daemon/workspace.py) and the prompt (daemon/prompt.py), a backend that runs
+workspace's extra context (daemon/workspace.py) and the prompt (daemon/prompt/), a backend that runs
 the model (the local worker thread, daemon/worker.py, or the remote backend, daemon/remote.py: both
 `submit(job)` and hand back one frame through `deliver`), and the finish (daemon/finish.py). The
 process's files and set-up are daemon/runtime.py.

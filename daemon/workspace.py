@@ -6,7 +6,7 @@ imports (Python `import x` / `from x import y`), the other documents the editor 
 path), files recently saved in the workspace (watched with watchdog, sorted by path). Files that
 .gitignore ignores, binary files and files over the size limit are never read.
 
-This module knows files and paths, not tokens: daemon/prompt.py budgets and lays out what
+This module knows files and paths, not tokens: daemon/prompt/ budgets and lays out what
 `Workspace.extra_files` returns.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ from lsp.documents import Document
 # What is sent to the daemon: the whole text around the cursor, up to a hard cap that only keeps a
 # frame under the protocol's limit (protocol.MAX_FRAME, 8 MiB: at most 4 bytes a code point in UTF-8,
 # 4 MiB + 2 MiB here). The prompt is clipped once, by tokens, by the daemon, which owns the budget
-# (daemon/prompt.py).
+# (daemon/prompt/).
 PREFIX_CHARS = 1_000_000
 SUFFIX_CHARS = 500_000
 

@@ -1,4 +1,4 @@
-"""Compare the daemon's prompt layouts (daemon/prompt.py: `contiguous`, `window`) on held-out
+"""Compare the daemon's prompt layouts (daemon/prompt/: `contiguous`, `window`) on held-out
 single-line FIM tasks with one model: exact match and edit similarity of the generated line, prompt
 size, and the tokens a move to another place in the same file has to prefill (the prompt's tokens
 after its common prefix with the prompt at the file's previous task, at least 20 lines away).
