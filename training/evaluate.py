@@ -521,15 +521,33 @@ def _modes(text: str) -> list[str]:
     return [m for m in MODE_ORDER if m in want]
 
 
+def load_for_eval(model_dir: Path, device="auto", runner: str = "auto"):
+    """(Checkpoint, runner name): a GGUF file on a CPU through llama.cpp's kernels
+    (engine/llama_runner.py, as the daemon runs it) unless `runner` is "torch"; else torch's
+    load_checkpoint. With "auto" a llama.cpp that cannot load the file falls back to torch."""
+    import torch
+    from engine.checkpoint import Checkpoint, load_checkpoint, pick_device
+    if runner != "torch" and model_dir.is_file() and pick_device(device).type == "cpu":
+        try:
+            from engine.llama_runner import LlamaModel
+            lm = LlamaModel.load(model_dir, threads=torch.get_num_threads(), n_ctx=4096, n_seq=2)
+            return Checkpoint(path=model_dir, config=lm.cfg, model=lm, device=torch.device("cpu"),
+                              dtype=torch.float32, format="gguf"), "llama.cpp"
+        except (ImportError, ValueError, RuntimeError) as e:
+            if runner == "llama":
+                raise ValueError(f"the llama.cpp runner: {e}") from None
+            print(f"tricode eval: llama.cpp cannot run {model_dir.name} ({e}); using torch", file=sys.stderr)
+    return load_checkpoint(model_dir, device=device), "torch"
+
+
 def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: int = DEFAULT_FIM_TASKS,
              humaneval_limit: int | None = None, block_size: int | None = None,
              threshold: float | None = None, data_dir: Path | None = REPO / "data", device="auto",
              seed: int = 0, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, loss_rows: int = DEFAULT_LOSS_ROWS,
-             workers: int = 2, timeout: float = 5.0, quiet: bool = False) -> dict:
+             workers: int = 2, timeout: float = 5.0, quiet: bool = False, runner: str = "auto") -> dict:
     """The whole evaluation; returns the report dict (what ``--json`` prints)."""
     from textkit.tokenizer import Tokenizer
-    from engine.checkpoint import load_checkpoint
     from engine.generate import DEFAULT_THRESHOLD, default_block_size
 
     def log(msg: str) -> None:
@@ -538,7 +556,7 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
 
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
-    ckpt = load_checkpoint(model_dir, device=device)
+    ckpt, runner_name = load_for_eval(model_dir, device, runner)
     tok = Tokenizer(model_dir)
     model = ckpt.model
     served = ckpt.capabilities["modes"]
@@ -558,7 +576,9 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
     report: dict = {
         "model": str(model_dir), "parameters": ckpt.config.num_parameters, "device": str(ckpt.device),
         "dtype": str(ckpt.dtype).removeprefix("torch."), "modes": list(modes), "block_size": block,
-        "prefill_dtype": str((model.prefill_twin or model).head.weight.dtype).removeprefix("torch."),
+        "prefill_dtype": (str((model.prefill_twin or model).head.weight.dtype).removeprefix("torch.")
+                          if runner_name == "torch" else "gguf"),
+        "runner": runner_name,
         "threshold": thr, "seed": seed, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new_tokens,
         "training": {k: v for k, v in _training_info(model_dir).items() if k in ("steps", "tokens_seen")}
         if model_dir.is_dir() else {},
@@ -812,7 +832,7 @@ def cmd_eval(args) -> int:
                           threshold=args.threshold, data_dir=args.data_dir, device=args.device,
                           seed=args.seed, prompt_tokens=args.prompt_tokens,
                           max_new_tokens=args.max_new_tokens, loss_rows=args.loss_rows,
-                          workers=args.workers, timeout=args.timeout)
+                          workers=args.workers, timeout=args.timeout, runner=args.runner)
     except (CheckpointError, TokenizerError, ValueError) as e:
         print(f"tricode eval: {e}", file=sys.stderr)
         return 2
@@ -847,6 +867,8 @@ def add_eval_command(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="sandboxed test processes at a time")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per HumanEval test program")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runner", default="auto", choices=("auto", "llama", "torch"),
+                   help="a GGUF model on a CPU: llama.cpp's kernels (auto, llama) or torch's fp32 reference")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the report as one JSON object")
     out.add_argument("--markdown", action="store_true", help="print the model-card section (markdown)")
