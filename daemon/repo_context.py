@@ -40,6 +40,7 @@ class _Root:
     def __init__(self, index: RepoIndex, retriever: Retriever):
         self.index, self.retriever = index, retriever
         self.watch = None
+        self.unwatched = False    # the recursive watch could not be scheduled (or there is no observer)
         self.closed = False
 
 
@@ -110,7 +111,9 @@ class RepoContext:
                 if entry.closed:
                     self._unschedule(w)
                     return
-                entry.watch = w
+                entry.watch, entry.unwatched = w, w is None
+        else:
+            entry.unwatched = True
         index.start()
 
     def drop_root(self, root: Path) -> None:
@@ -134,9 +137,9 @@ class RepoContext:
                 pass
 
     def covers(self, d: Path) -> bool:
-        """Is directory `d` inside an indexed root (watched recursively already)?"""
+        """Is directory `d` inside an indexed root (watched recursively, or about to be)?"""
         with self._lock:
-            return any(d == r or r in d.parents for r, e in self._roots.items() if e.watch is not None)
+            return any(d == r or r in d.parents for r, e in self._roots.items() if not e.unwatched)
 
     def roots(self) -> list[Path]:
         with self._lock:
