@@ -413,14 +413,25 @@ class PromptBuilder:
         return ctx, files, entries
 
 
+CHARS_PER_TOKEN = 4       # an estimate for source text, where only a size in characters is needed
+
+
 def repo_held(prefix: str, extra: list[tuple[str, str]], budget: int, layout: str) -> list[str]:
-    """What a prompt holds besides the repository snippets, as retrieval's `held` (snippets that
-    repeat it are dropped): the other files, and the current file before the cursor's line (in the
-    window layout only its head, about HEAD_SHARE of the budget at ~4 characters a token). Ends at the
+    """About what a prompt of `budget` tokens holds besides the repository snippets, as retrieval's
+    `held` (snippets that repeat it are dropped): the start of each other file (an entry gets at most
+    half of the extra files' share: 1 - the window's and head's shares in the window layout,
+    EXTRA_MIN_SHARE and what the prefix leaves in the contiguous one; estimated at CHARS_PER_TOKEN),
+    and the current file before the cursor's line (in the window layout only its head). Ends at the
     start of the cursor's line, so it does not change while the user types within that line."""
     start = prefix.rfind("\n") + 1
-    head = prefix[:start] if layout != "window" else prefix[:min(start, int(budget * HEAD_SHARE) * 4)]
-    return [content for _, content in extra] + [head]
+    if layout == "window":
+        entry_share = (1 - SUFFIX_SHARE - NEAR_SHARE - NEAR_SLACK) / 2
+        head = prefix[:min(start, int(budget * HEAD_SHARE) * CHARS_PER_TOKEN)]
+    else:
+        entry_share = (1 - SUFFIX_SHARE) / 2
+        head = prefix[:start]
+    cap = int(budget * entry_share) * CHARS_PER_TOKEN
+    return [content[:cap] for _, content in extra] + [head]
 
 
 # -- remote layouts ---------------------------------------------------------------------------------------
