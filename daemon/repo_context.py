@@ -41,6 +41,7 @@ class _Root:
         self.index, self.retriever = index, retriever
         self.watch = None
         self.unwatched = False    # the recursive watch could not be scheduled (or there is no observer)
+        self.started = False      # the build was started (until then the status says "building")
         self.closed = False
 
 
@@ -115,6 +116,7 @@ class RepoContext:
         else:
             entry.unwatched = True
         index.start()
+        entry.started = True
 
     def drop_root(self, root: Path) -> None:
         with self._lock:
@@ -212,6 +214,7 @@ class RepoContext:
         for e in entries:
             s = asdict(e.index.stats())
             s["watched"] = e.watch is not None
+            s["building"] = s["building"] or not e.started
             out.append(s)
         return out
 
