@@ -43,6 +43,7 @@ from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucke
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
 from daemon.prompt import PromptBuilder, protect_special_tokens
+from daemon.repo_context import prompt_repo, reported
 from daemon.workspace import Workspace
 
 log = logging.getLogger("tricode.daemon")
@@ -162,6 +163,8 @@ class LocalWorker(threading.Thread):
                 self._load()
             if not self._reload.is_set():
                 self._admit(running)
+            # the repository index builds wait while a completion or refactor decodes
+            self.workspace.hold_index(any(j.kind != "prefetch" for j in running))
             if running:
                 self._round(running)
             elif self.queue.stopping:
@@ -448,7 +451,13 @@ class LocalWorker(threading.Thread):
                 extra = self.workspace.extra_files(msg.path, msg.doc, msg.prefix + msg.suffix)
             except Exception:  # noqa: BLE001 - context is a bonus, never a failure
                 log.exception("extra context for %s", msg.path)
-        return self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
+        layout = self._layout(job)
+        repo, repo_budget, snippets = prompt_repo(self.workspace, self.tok, cfg, msg, budget, extra,
+                                                  layout.get("layout", "contiguous"))
+        prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra, repo=repo, repo_budget=repo_budget,
+                                    **layout)
+        prompt.repo_context = reported(prompt, snippets)
+        return prompt
 
     def _layout(self, job: Job) -> dict:
         """Inline completions (and their prefetches) use the configured layout; refactors the contiguous one."""
