@@ -1,0 +1,366 @@
+"""Next-edit evaluation on real edits: the diffs between consecutive releases of Python packages.
+
+    python scripts/next_edit_eval.py cases --sdists DIR --out cases.json      # build the fixed case set
+    python scripts/next_edit_eval.py score --cases cases.json --predictor pattern
+    python scripts/next_edit_eval.py score --cases cases.json --predictor llama --format sweep \\
+        --model /tmp/models/qwen2.5-coder-0.5b.gguf [--gate 0.5]
+
+The sdists come from the registry (`python -m pip download --no-deps --no-binary :all: NAME==VER -d DIR`,
+the pairs in RELEASES). A case is one change (a difflib hunk) of a file between two releases: the file
+with its earlier hunks of the release already made is the current text, those hunks are the history
+(unified diffs, as lsp/edit_history.py writes them), the cursor is at the change's first line. The
+expected region is the region of the next release (every hunk inside it made). "none" cases are
+places of such a file that the release leaves alone: the right answer there is no edit.
+
+Scores: exact (the region after the predictor's edit equals the expected one), similarity gain
+(difflib ratio toward the expected region after the edit, minus before; 0 for no edit), no-edit
+precision (none cases answered with no edit), edit rate, latency p50/p95, tokens, tokens per forward.
+Prompt formats and the region come from daemon/next_edit_prompt.py (the one home of the format).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import random
+import re
+import statistics
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from daemon import next_edit_prompt as nep          # noqa: E402
+from daemon.edit_pattern import tokens              # noqa: E402
+from lsp.edit_history import make_edit              # noqa: E402
+
+RELEASES = [("idna", "2.10", "3.0"), ("itsdangerous", "1.1.0", "2.0.0"), ("markupsafe", "1.1.1", "2.0.0"),
+            ("chardet", "4.0.0", "5.0.0"), ("jinja2", "2.11.3", "3.0.0"), ("click", "7.1.2", "8.0.0"),
+            ("jsonschema", "3.2.0", "4.0.0")]
+SEED = 24
+MAX_EDIT_CASES, MAX_NONE_CASES = 50, 20
+PER_FILE = 3
+MAX_HUNK_LINES = 3
+MAX_FILE_LINES = 2500
+
+
+# -- cases ------------------------------------------------------------------------------------------------
+
+def _sdist_files(sdists: Path, name: str, version: str) -> dict[str, str]:
+    pats = [p for p in sdists.glob("*.tar.gz") if p.name.lower().startswith(f"{name.lower()}-{version}.tar")]
+    if not pats:
+        raise SystemExit(f"no sdist of {name}=={version} in {sdists}: run "
+                         f"python -m pip download --no-deps --no-binary :all: {name}=={version} -d {sdists}")
+    out = {}
+    with tarfile.open(pats[0]) as tar:
+        for m in tar.getmembers():
+            parts = m.name.split("/")[1:]
+            if not m.isfile() or not m.name.endswith(".py") or any(p in ("docs", "tests", "examples") for p in parts):
+                continue
+            rel = "/".join(p for p in parts if p != "src")
+            f = tar.extractfile(m)
+            try:
+                out[rel] = f.read().decode("utf-8").replace("\r\n", "\n")
+            except UnicodeDecodeError:
+                continue
+    return out
+
+
+def _signature(old: str, new: str) -> set:
+    """What a hunk does, with names abstracted: pairs of (removed, inserted) token runs."""
+    ta, tb = tokens(old), tokens(new)
+    sm = difflib.SequenceMatcher(None, ta, tb, autojunk=False)
+
+    def norm(ts):
+        return "".join("ID" if re.match(r"[A-Za-z_]\w+\Z", t) else t for t in ts if not t.isspace())
+    return {(norm(ta[i1:i2]), norm(tb[j1:j2])) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal"}
+
+
+def _hunks(a: list[str], b: list[str]) -> list[tuple[int, int, int, int]]:
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return [(i1, i2, j1, j2) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal"]
+
+
+def build_cases(sdists: Path) -> list[dict]:
+    rng = random.Random(SEED)
+    edit_pool, none_pool = [], []
+    for name, v0, v1 in RELEASES:
+        old_files, new_files = _sdist_files(sdists, name, v0), _sdist_files(sdists, name, v1)
+        for rel in sorted(set(old_files) & set(new_files)):
+            a = old_files[rel].splitlines(keepends=True)
+            b = new_files[rel].splitlines(keepends=True)
+            if a == b or len(a) > MAX_FILE_LINES:
+                continue
+            hunks = _hunks(a, b)
+            path = f"{name}/{rel}"
+            cur = list(a)           # the file with hunks[:k] made
+            shift = 0               # line offset of cur relative to a, after the made hunks
+            history, sigs = [], []
+            file_edits = []
+            for k, (i1, i2, j1, j2) in enumerate(hunks):
+                old_s, new_s = "".join(a[i1:i2]), "".join(b[j1:j2])
+                sig = _signature(old_s, new_s)
+                small = 0 < i2 - i1 <= MAX_HUNK_LINES and 0 < j2 - j1 <= MAX_HUNK_LINES
+                if history and small and any(sig & s for s in sigs):
+                    line = i1 + shift
+                    text = "".join(cur)
+                    # the expected next release text of the whole file, with this and all later hunks made
+                    file_edits.append({"path": path, "text": text, "line": line, "history": history[-nep.MAX_HISTORY:],
+                                       "rest": [[x1 + shift, x2 + shift, "".join(b[y1:y2])] for x1, x2, y1, y2 in hunks[k:]],
+                                       "repeat": True})
+                before = "".join(cur)
+                cur[i1 + shift:i2 + shift] = b[j1:j2]
+                after = "".join(cur)
+                history.append(make_edit("file:///" + path, before, after).diff.replace("a//", "a/").replace("b//", "b/"))
+                sigs.append(sig)
+                shift += (j2 - j1) - (i2 - i1)
+            rng.shuffle(file_edits)
+            edit_pool.extend(file_edits[:PER_FILE])
+            # places the release leaves alone: 8+ lines from every hunk, in the text after 2+ hunks are made
+            if len(hunks) >= 3:
+                k = min(2, len(hunks) - 1)
+                cur2 = list(a)
+                sh = 0
+                for (i1, i2, j1, j2) in hunks[:k]:
+                    cur2[i1 + sh:i2 + sh] = b[j1:j2]
+                    sh += (j2 - j1) - (i2 - i1)
+                hist2 = []
+                c3, sh3 = list(a), 0
+                for (i1, i2, j1, j2) in hunks[:k]:
+                    before = "".join(c3)
+                    c3[i1 + sh3:i2 + sh3] = b[j1:j2]
+                    sh3 += (j2 - j1) - (i2 - i1)
+                    hist2.append(make_edit("file:///" + path, before, "".join(c3)).diff.replace("a//", "a/").replace("b//", "b/"))
+                far = [ln for ln in range(hunks[k][0], len(a))
+                       if all(abs(ln - h[0]) > 8 and abs(ln - h[1]) > 8 for h in hunks) and a[ln].strip()]
+                if far:
+                    ln = rng.choice(far)
+                    line = ln + sh
+                    text = "".join(cur2)
+                    none_pool.append({"path": path, "text": text, "line": line, "history": hist2,
+                                      "rest": [[x1 + sh, x2 + sh, "".join(b[y1:y2])] for x1, x2, y1, y2 in hunks[k:]],
+                                      "repeat": False})
+    rng.shuffle(edit_pool)
+    rng.shuffle(none_pool)
+    cases = edit_pool[:MAX_EDIT_CASES] + none_pool[:MAX_NONE_CASES]
+    for i, c in enumerate(cases):
+        c["id"] = i
+    return cases
+
+
+def expected_region(case: dict, start: int, end: int) -> str | None:
+    """The region text[start:end] (whole lines) as the next release has it: every remaining hunk inside
+    it made. None when a hunk crosses the region's border (the case does not fit this region)."""
+    text = case["text"]
+    l0 = text.count("\n", 0, start)
+    l1 = l0 + text[start:end].count("\n")
+    lines = text[start:end].splitlines(keepends=True)
+    for i1, i2, new in sorted(case["rest"], reverse=True):
+        if i2 <= l0 and i1 < l0 or i1 >= l1:
+            continue                      # wholly outside
+        if i1 < l0 or i2 > l1:
+            return None                   # crosses a border
+        lines[i1 - l0:i2 - l0] = new.splitlines(keepends=True)
+    return "".join(lines)
+
+
+# -- predictors ---------------------------------------------------------------------------------------------
+
+class Pattern:
+    """The history's generalised pattern applied to the region: the first changed line only."""
+    name = "pattern"
+
+    def predict(self, case, start, end, cursor):
+        region = case["text"][start:end]
+        t0 = time.perf_counter()
+        from daemon.edit_pattern import apply_rules, rules_from_history
+        rules = rules_from_history([nep.changed_lines(d) for d in case["history"]])
+        out = apply_rules(region, rules, first_line_only=True)
+        return out, {"ms": (time.perf_counter() - t0) * 1e3, "tokens": 0, "forwards": 0}
+
+
+class NoEdit:
+    name = "none"
+
+    def predict(self, case, start, end, cursor):
+        return case["text"][start:end], {"ms": 0.0, "tokens": 0, "forwards": 0}
+
+
+class Llama:
+    """A prompt format through llama-cpp-python: greedy rewrite, then the gate: the rewrite's mean token
+    log-probability against the region copied unchanged, both scored under the same prompt."""
+
+    def __init__(self, model: str, fmt: str, gate: float | None, threads: int, candidates: str):
+        import llama_cpp
+        self.llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_threads=threads, logits_all=False,
+                                   verbose=False, seed=0)
+        self.fmt, self.gate, self.candidates = fmt, gate, candidates
+        self.name = f"llama:{fmt}" + (f":gate{gate}" if gate is not None else "") + (
+            f":{candidates}" if candidates != "rewrite" else "")
+
+    def _score(self, prompt_toks: list[int], answer: str) -> tuple[float, int]:
+        """Mean log-probability of `answer` (+ the stop marker) after the prompt (teacher-forced)."""
+        import numpy as np
+        ans = self.llm.tokenize(answer.encode(), add_bos=False, special=True)
+        if not ans:
+            return 0.0, 0
+        self.llm.reset()
+        self.llm.eval(prompt_toks + ans)
+        # logits for positions predicting ans: the llama object keeps the last batch's logits when
+        # logits_all is False, so score with a second pass that keeps them all
+        scores = self.llm.scores[len(prompt_toks) - 1:len(prompt_toks) + len(ans) - 1]
+        lp = scores - np.log(np.exp(scores - scores.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) \
+            - scores.max(axis=1, keepdims=True)
+        vals = [float(lp[i, t]) for i, t in enumerate(ans)]
+        return sum(vals) / len(vals), len(ans)
+
+    def predict(self, case, start, end, cursor):
+        text = case["text"]
+        region = text[start:end]
+        prompt = nep.build(self.fmt, path=case["path"], text=text, cursor=cursor, region_start=start,
+                           region_end=end, history=case["history"])
+        t0 = time.perf_counter()
+        ptoks = self.llm.tokenize(prompt.text.encode(), add_bos=False, special=True)
+        n_lines = region.count("\n")
+        out = ""
+        ntok = 0
+        if self.candidates in ("rewrite", "both"):
+            gen = self.llm.create_completion(ptoks, max_tokens=min(400, int(len(region) / 2.5) + 40),
+                                             temperature=0.0, stop=list(prompt.stop), echo=False)
+            out = prompt.parse(gen["choices"][0]["text"])
+            ntok = gen["usage"]["completion_tokens"]
+            # the region's line count bounds the rewrite (+2 lines: a split line)
+            out = "".join(out.splitlines(keepends=True)[:n_lines + 2])
+            if out and not out.endswith("\n") and region.endswith("\n"):
+                out += "\n"
+        cands = []
+        if out and out != region:
+            cands.append(out)
+        if self.candidates in ("draft", "both"):
+            d = nep.draft(region, case["history"])
+            if d != region and d not in cands:
+                cands.append(d)
+        info = {"tokens": ntok, "forwards": ntok, "candidates": len(cands)}
+        choice = region
+        if cands and self.gate is not None:
+            copy_lp, _ = self._score(ptoks, region + prompt.stop[0])
+            best = None
+            for c in cands:
+                lp, _ = self._score(ptoks, c + prompt.stop[0])
+                if lp - copy_lp > -self.gate and (best is None or lp > best[0]):
+                    best = (lp, c)
+            info["copy_lp"] = copy_lp
+            if best is not None:
+                choice = best[1]
+                info["lp"] = best[0]
+        elif cands:
+            choice = cands[0]
+        info["ms"] = (time.perf_counter() - t0) * 1e3
+        info["prompt_tokens"] = len(ptoks)
+        return choice, info
+
+
+# -- scoring --------------------------------------------------------------------------------------------------
+
+def region_of(case: dict, region: str) -> tuple[int, int, int]:
+    text = case["text"]
+    starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+    cursor = starts[min(case["line"], len(starts) - 1)]
+    cursor += len(text[cursor:].split("\n", 1)[0]) - len(text[cursor:].split("\n", 1)[0].lstrip())
+    if region == "copilot":
+        s, e = nep.region_lines(text, cursor)
+    else:
+        s, e = nep.region_tokens(text, cursor)
+    return s, e, cursor
+
+
+def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) -> dict:
+    rows = []
+    for c in cases[:limit or None]:
+        s, e, cursor = region_of(c, region)
+        want = expected_region(c, s, e)
+        if want is None:
+            continue
+        have = c["text"][s:e]
+        got, info = predictor.predict(c, s, e, cursor)
+        a, b, t = nep.smallest_edit(have, got)
+        edited = have[:a] + t + have[b:]
+        undo = False
+        last = c["history"][-1] if c["history"] else ""
+        if last:
+            lo, ln = nep.changed_lines(last)
+            if nep.undoes_last(have, edited, lo, ln):
+                edited, undo = have, True
+        sim0 = difflib.SequenceMatcher(None, have, want).ratio()
+        sim1 = difflib.SequenceMatcher(None, edited, want).ratio()
+        rows.append({"id": c["id"], "repeat": c["repeat"], "due": want != have, "edit": edited != have,
+                     "exact": edited == want, "gain": sim1 - sim0, "ms": info.get("ms", 0.0),
+                     "tokens": info.get("tokens", 0), "undo": undo, "prompt_tokens": info.get("prompt_tokens", 0)})
+        log(f"case {c['id']:3d} {c['path']}:{c['line'] + 1} due={want != have} edit={edited != have} "
+            f"exact={edited == want} gain={sim1 - sim0:+.3f} {info.get('ms', 0):.0f}ms")
+    due = [r for r in rows if r["due"]]
+    none = [r for r in rows if not r["due"]]
+    ms = sorted(r["ms"] for r in rows)
+
+    def pct(q):
+        return round(ms[min(len(ms) - 1, int(q * len(ms)))], 1) if ms else 0.0
+    return {
+        "predictor": predictor.name, "region": region, "cases": len(rows), "due": len(due), "none": len(none),
+        "exact": sum(r["exact"] for r in due), "exact_rate": round(sum(r["exact"] for r in due) / max(1, len(due)), 3),
+        "gain_mean": round(statistics.mean(r["gain"] for r in due), 4) if due else 0.0,
+        "edit_rate_due": round(sum(r["edit"] for r in due) / max(1, len(due)), 3),
+        "no_edit_precision": round(sum(not r["edit"] for r in none) / max(1, len(none)), 3),
+        "latency_p50_ms": pct(0.5), "latency_p95_ms": pct(0.95),
+        "tokens_mean": round(statistics.mean(r["tokens"] for r in rows), 1) if rows else 0,
+        "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in rows), 1) if rows else 0,
+        "undo_refused": sum(r["undo"] for r in rows),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cases")
+    c.add_argument("--sdists", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--cases", type=Path, required=True)
+    s.add_argument("--predictor", choices=("none", "pattern", "llama"), default="pattern")
+    s.add_argument("--format", choices=nep.FORMATS, default="sweep")
+    s.add_argument("--region", choices=("copilot", "zeta"), default="copilot")
+    s.add_argument("--model", default="/tmp/models/qwen2.5-coder-0.5b.gguf")
+    s.add_argument("--gate", type=float, default=None,
+                   help="accept a candidate only if its mean token logprob is above the copy's minus GATE")
+    s.add_argument("--candidates", choices=("rewrite", "draft", "both"), default="rewrite")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--limit", type=int, default=0)
+    s.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.cmd == "cases":
+        cases = build_cases(args.sdists)
+        args.out.write_text(json.dumps(cases))
+        n_rep = sum(c["repeat"] for c in cases)
+        print(f"{len(cases)} cases ({n_rep} edits, {len(cases) - n_rep} no-edit places) -> {args.out}")
+        by = {}
+        for c in cases:
+            by[c["path"].split("/")[0]] = by.get(c["path"].split("/")[0], 0) + 1
+        print(by)
+        return 0
+    cases = json.loads(args.cases.read_text())
+    if args.predictor == "none":
+        pred = NoEdit()
+    elif args.predictor == "pattern":
+        pred = Pattern()
+    else:
+        pred = Llama(args.model, args.format, args.gate, args.threads, args.candidates)
+    res = score(cases, pred, args.region, args.limit)
+    print(json.dumps(res))
+    if args.json:
+        args.json.write_text(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
