@@ -126,10 +126,11 @@ def changed_lines(diff: str) -> tuple[str, str]:
     return old, new
 
 
-def draft(region: str, history: list[str]) -> str:
-    """The region with the generalised pattern of the history's edits applied (daemon/edit_pattern.py)."""
+def draft(region: str, history: list[str], first_line_only: bool = False) -> str:
+    """The region with the generalised pattern of the history's edits applied (daemon/edit_pattern.py);
+    `first_line_only`: to the first line it changes only (one edit at one place)."""
     rules = rules_from_history([changed_lines(d) for d in history])
-    return apply_rules(region, rules) if rules else region
+    return apply_rules(region, rules, first_line_only) if rules else region
 
 
 # -- prompts --------------------------------------------------------------------------------------------

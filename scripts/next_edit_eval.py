@@ -175,9 +175,7 @@ class Pattern:
     def predict(self, case, start, end, cursor):
         region = case["text"][start:end]
         t0 = time.perf_counter()
-        from daemon.edit_pattern import apply_rules, rules_from_history
-        rules = rules_from_history([nep.changed_lines(d) for d in case["history"]])
-        out = apply_rules(region, rules, first_line_only=True)
+        out = nep.draft(region, case["history"], first_line_only=True)
         return out, {"ms": (time.perf_counter() - t0) * 1e3, "tokens": 0, "forwards": 0}
 
 
