@@ -112,22 +112,27 @@ def _line_rules(a: str, b: str) -> list[Rule]:
     return rules
 
 
-def rules_from_history(edits: list[tuple[str, str]]) -> list[Rule]:
-    """Rules of the newest edits first, without duplicates, at most MAX_RULES."""
-    seen, out = set(), []
+def rules_from_history(edits: list[tuple[str, str]], min_support: int = 1) -> list[Rule]:
+    """Rules of the newest edits first, without duplicates, at most MAX_RULES; with `min_support`, only
+    rules that at least that many of the edits give (a pattern the user has already repeated)."""
+    support: dict[Rule, int] = {}
+    out = []
     for old, new in reversed(edits):
-        for r in rules_from_edit(old, new):
-            if r not in seen:
-                seen.add(r)
+        for r in dict.fromkeys(rules_from_edit(old, new)):
+            if r not in support:
                 out.append(r)
-    return out[:MAX_RULES]
+            support[r] = support.get(r, 0) + 1
+    return [r for r in out if support[r] >= min_support][:MAX_RULES]
 
 
-def apply_rules(region: str, rules: list[Rule], first_line_only: bool = False) -> str:
+def apply_rules(region: str, rules: list[Rule], first_line_only: bool = False, from_line: int = 0) -> str:
     """The region with the rules applied to each line (newest rule first; each line once per rule).
-    `first_line_only`: only the first line that any rule changes is rewritten (one edit, at one place)."""
+    `first_line_only`: only one line is rewritten, the first that a rule changes counting from line
+    `from_line` (the cursor's) down, then the lines above it (one edit, nearest the cursor)."""
     lines = region.split("\n")
-    for i, line in enumerate(lines):
+    order = list(range(from_line, len(lines))) + list(range(0, min(from_line, len(lines))))
+    for i in order:
+        line = lines[i]
         new = line
         for r in rules:
             try:

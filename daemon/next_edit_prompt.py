@@ -126,11 +126,13 @@ def changed_lines(diff: str) -> tuple[str, str]:
     return old, new
 
 
-def draft(region: str, history: list[str], first_line_only: bool = False) -> str:
+def draft(region: str, history: list[str], first_line_only: bool = False, cursor_line: int = 0,
+          min_support: int = 1) -> str:
     """The region with the generalised pattern of the history's edits applied (daemon/edit_pattern.py);
-    `first_line_only`: to the first line it changes only (one edit at one place)."""
-    rules = rules_from_history([changed_lines(d) for d in history])
-    return apply_rules(region, rules, first_line_only) if rules else region
+    `first_line_only`: to one line only, the first it changes from the cursor's line (of the region) down,
+    then above (one edit, nearest the cursor)."""
+    rules = rules_from_history([changed_lines(d) for d in history], min_support)
+    return apply_rules(region, rules, first_line_only, cursor_line) if rules else region
 
 
 # -- prompts --------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ async def pattern_source(req: NextEdit) -> NextEditResult:
     line of the region they change: an edit only where the user's own change repeats."""
     t0 = time.perf_counter()
     region = req.text[req.region_start:req.region_end]
-    rewrite = nep.draft(region, list(req.history), first_line_only=True)
+    rewrite = nep.draft(region, list(req.history), first_line_only=True,
+                        cursor_line=req.text.count("\n", req.region_start, req.cursor))
     a, b, t = nep.smallest_edit(region, rewrite)
     ms = round((time.perf_counter() - t0) * 1e3, 2)
     if rewrite == region:

@@ -12,7 +12,9 @@ with its earlier hunks of the release already made is the current text, those hu
 expected region is the region of the next release (every hunk inside it made). "none" cases are
 places of such a file that the release leaves alone: the right answer there is no edit.
 
-Scores: exact (the region after the predictor's edit equals the expected one), similarity gain
+Scores: exact (the region after the predictor's edit equals the expected one, every change of the release
+inside it made), exact_first (it equals the region with the case's own change made: the issue's "exact
+match of the region after applying the first edit"), similarity gain
 (difflib ratio toward the expected region after the edit, minus before; 0 for no edit), no-edit
 precision (none cases answered with no edit), edit rate, latency p50/p95, tokens, tokens per forward.
 Prompt formats and the region come from daemon/next_edit_prompt.py (the one home of the format).
@@ -150,14 +152,15 @@ def build_cases(sdists: Path) -> list[dict]:
     return cases
 
 
-def expected_region(case: dict, start: int, end: int) -> str | None:
+def expected_region(case: dict, start: int, end: int, first_only: bool = False) -> str | None:
     """The region text[start:end] (whole lines) as the next release has it: every remaining hunk inside
     it made. None when a hunk crosses the region's border (the case does not fit this region)."""
     text = case["text"]
     l0 = text.count("\n", 0, start)
     l1 = l0 + text[start:end].count("\n")
     lines = text[start:end].splitlines(keepends=True)
-    for i1, i2, new in sorted(case["rest"], reverse=True):
+    rest = case["rest"][:1] if first_only else case["rest"]
+    for i1, i2, new in sorted(rest, reverse=True):
         if i2 <= l0 and i1 < l0 or i1 >= l1:
             continue                      # wholly outside
         if i1 < l0 or i2 > l1:
@@ -170,12 +173,15 @@ def expected_region(case: dict, start: int, end: int) -> str | None:
 
 class Pattern:
     """The history's generalised pattern applied to the region: the first changed line only."""
-    name = "pattern"
+    def __init__(self, min_support: int = 1):
+        self.min_support = min_support
+        self.name = "pattern" + (f":support{min_support}" if min_support > 1 else "")
 
     def predict(self, case, start, end, cursor):
         region = case["text"][start:end]
         t0 = time.perf_counter()
-        out = nep.draft(region, case["history"], first_line_only=True)
+        out = nep.draft(region, case["history"], first_line_only=True,
+                        cursor_line=case["text"].count("\n", start, cursor), min_support=self.min_support)
         return out, {"ms": (time.perf_counter() - t0) * 1e3, "tokens": 0, "forwards": 0}
 
 
@@ -192,7 +198,7 @@ class Llama:
 
     def __init__(self, model: str, fmt: str, gate: float | None, threads: int, candidates: str):
         import llama_cpp
-        self.llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_threads=threads, logits_all=False,
+        self.llm = llama_cpp.Llama(model_path=model, n_ctx=2048, n_threads=threads, logits_all=True,
                                    verbose=False, seed=0)
         self.fmt, self.gate, self.candidates = fmt, gate, candidates
         self.name = f"llama:{fmt}" + (f":gate{gate}" if gate is not None else "") + (
@@ -206,8 +212,7 @@ class Llama:
             return 0.0, 0
         self.llm.reset()
         self.llm.eval(prompt_toks + ans)
-        # logits for positions predicting ans: the llama object keeps the last batch's logits when
-        # logits_all is False, so score with a second pass that keeps them all
+        # the logits of the positions that predict the answer's tokens (logits_all keeps every row)
         scores = self.llm.scores[len(prompt_toks) - 1:len(prompt_toks) + len(ans) - 1]
         lp = scores - np.log(np.exp(scores - scores.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) \
             - scores.max(axis=1, keepdims=True)
@@ -281,6 +286,7 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) 
         want = expected_region(c, s, e)
         if want is None:
             continue
+        first = expected_region(c, s, e, first_only=True) if c["repeat"] else want
         have = c["text"][s:e]
         got, info = predictor.predict(c, s, e, cursor)
         a, b, t = nep.smallest_edit(have, got)
@@ -294,7 +300,7 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) 
         sim0 = difflib.SequenceMatcher(None, have, want).ratio()
         sim1 = difflib.SequenceMatcher(None, edited, want).ratio()
         rows.append({"id": c["id"], "repeat": c["repeat"], "due": want != have, "edit": edited != have,
-                     "exact": edited == want, "gain": sim1 - sim0, "ms": info.get("ms", 0.0),
+                     "exact": edited == want, "exact_first": edited == first and first != have, "gain": sim1 - sim0, "ms": info.get("ms", 0.0),
                      "tokens": info.get("tokens", 0), "undo": undo, "prompt_tokens": info.get("prompt_tokens", 0)})
         log(f"case {c['id']:3d} {c['path']}:{c['line'] + 1} due={want != have} edit={edited != have} "
             f"exact={edited == want} gain={sim1 - sim0:+.3f} {info.get('ms', 0):.0f}ms")
@@ -307,6 +313,8 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) 
     return {
         "predictor": predictor.name, "region": region, "cases": len(rows), "due": len(due), "none": len(none),
         "exact": sum(r["exact"] for r in due), "exact_rate": round(sum(r["exact"] for r in due) / max(1, len(due)), 3),
+        "exact_first": sum(r["exact_first"] for r in due),
+        "exact_first_rate": round(sum(r["exact_first"] for r in due) / max(1, len(due)), 3),
         "gain_mean": round(statistics.mean(r["gain"] for r in due), 4) if due else 0.0,
         "edit_rate_due": round(sum(r["edit"] for r in due) / max(1, len(due)), 3),
         "no_edit_precision": round(sum(not r["edit"] for r in none) / max(1, len(none)), 3),
@@ -332,6 +340,7 @@ def main(argv=None) -> int:
     s.add_argument("--gate", type=float, default=None,
                    help="accept a candidate only if its mean token logprob is above the copy's minus GATE")
     s.add_argument("--candidates", choices=("rewrite", "draft", "both"), default="rewrite")
+    s.add_argument("--min-support", type=int, default=1, help="pattern: rules given by at least this many edits")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--limit", type=int, default=0)
     s.add_argument("--json", type=Path)
@@ -350,7 +359,7 @@ def main(argv=None) -> int:
     if args.predictor == "none":
         pred = NoEdit()
     elif args.predictor == "pattern":
-        pred = Pattern()
+        pred = Pattern(args.min_support)
     else:
         pred = Llama(args.model, args.format, args.gate, args.threads, args.candidates)
     res = score(cases, pred, args.region, args.limit)

@@ -95,3 +95,14 @@ def test_diff_sides_round_trip():
     path, old, new = nep.diff_sides(e.diff)
     assert path == "/p/a.py" and e.old in old and e.new in new and old.replace(e.old, e.new) == new
     assert nep.changed_lines(e.diff) == (e.old, e.new)
+
+
+def test_rule_support_counts_repeated_edits():
+    from daemon.edit_pattern import rules_from_history
+    one = ("        return super(A, self).f()\n", "        return super().f()\n")
+    two = ("        x = super(B, self).g()\n", "        x = super().g()\n")
+    other = ("    s = u'abc'\n", "    s = 'abc'\n")
+    assert len(rules_from_history([one, other])) == 2
+    assert rules_from_history([one, other], min_support=2) == []
+    kept = rules_from_history([one, other, two], min_support=2)
+    assert len(kept) == 1 and kept[0].apply("super(C, cls).h") == "super().h"
