@@ -193,31 +193,50 @@ class NoEdit:
 
 
 class Llama:
-    """A prompt format through llama-cpp-python: greedy rewrite, then the gate: the rewrite's mean token
-    log-probability against the region copied unchanged, both scored under the same prompt."""
+    """A prompt format through llama-cpp-python. Candidates: the greedy rewrite (`rewrite`), the history's
+    pattern draft (`draft`), or both; each candidate and the region copied unchanged are scored
+    teacher-forced under the same prompt (mean token log-probability, the stop marker included), so that
+    the gate (keep a candidate only when its mean is above the copy's minus GATE) can be swept afterwards
+    without decoding again (`gates` in the result)."""
 
     def __init__(self, model: str, fmt: str, gate: float | None, threads: int, candidates: str):
         import llama_cpp
-        self.llm = llama_cpp.Llama(model_path=model, n_ctx=2048, n_threads=threads, logits_all=True,
-                                   verbose=False, seed=0)
-        self.fmt, self.gate, self.candidates = fmt, gate, candidates
-        self.name = f"llama:{fmt}" + (f":gate{gate}" if gate is not None else "") + (
-            f":{candidates}" if candidates != "rewrite" else "")
+        import llama_cpp.llama_cpp as low
+        # llama.cpp's weight repacking for this CPU (AMX) segfaults in the first decode here; llama-cpp-python
+        # has no argument for it, so the default model parameters are made with use_extra_bufts off
+        default = low.llama_model_default_params
 
-    def _score(self, prompt_toks: list[int], answer: str) -> tuple[float, int]:
-        """Mean log-probability of `answer` (+ the stop marker) after the prompt (teacher-forced)."""
+        def no_repack():
+            params = default()
+            params.use_extra_bufts = False
+            return params
+        low.llama_model_default_params = no_repack
+        self.llm = llama_cpp.Llama(model_path=model, n_ctx=3072, n_batch=512, n_threads=threads,
+                                   logits_all=False, verbose=False, seed=0)
+        self.fmt, self.gate, self.candidates = fmt, gate, candidates
+        self.name = f"llama:{fmt}:{candidates}" + (f":gate{gate}" if gate is not None else "")
+
+    def _score(self, ptoks: list[int], answer: str) -> float:
+        """Mean log-probability of `answer` after the prompt, in one decode of the answer's tokens (the
+        prompt's KV cache is kept: the cache is cut back to the prompt first)."""
         import numpy as np
-        ans = self.llm.tokenize(answer.encode(), add_bos=False, special=True)
-        if not ans:
-            return 0.0, 0
-        self.llm.reset()
-        self.llm.eval(prompt_toks + ans)
-        # the logits of the positions that predict the answer's tokens (logits_all keeps every row)
-        scores = self.llm.scores[len(prompt_toks) - 1:len(prompt_toks) + len(ans) - 1]
-        lp = scores - np.log(np.exp(scores - scores.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) \
-            - scores.max(axis=1, keepdims=True)
-        vals = [float(lp[i, t]) for i, t in enumerate(ans)]
-        return sum(vals) / len(vals), len(ans)
+        llm = self.llm
+        ans = llm.tokenize(answer.encode(), add_bos=False, special=True)
+        if llm.n_tokens < len(ptoks) or list(llm.input_ids[:len(ptoks)]) != ptoks:
+            llm.reset()
+            llm.eval(ptoks)
+        n_past = len(ptoks) - 1                      # re-decode the prompt's last token: its row predicts ans[0]
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        toks = [ptoks[-1]] + ans[:-1]
+        llm._batch.set_batch(batch=toks, n_past=n_past, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(toks) * llm._n_vocab,))
+        logits = logits.reshape(len(toks), llm._n_vocab).astype(np.float64)
+        m = logits.max(axis=1, keepdims=True)
+        lp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+        llm.n_tokens = len(ptoks)                     # the answer is not kept in the cache's bookkeeping
+        llm._ctx.kv_cache_seq_rm(-1, len(ptoks), -1)
+        return float(np.mean([lp[i, t] for i, t in enumerate(ans)]))
 
     def predict(self, case, start, end, cursor):
         text = case["text"]
@@ -225,44 +244,87 @@ class Llama:
         prompt = nep.build(self.fmt, path=case["path"], text=text, cursor=cursor, region_start=start,
                            region_end=end, history=case["history"])
         t0 = time.perf_counter()
-        ptoks = self.llm.tokenize(prompt.text.encode(), add_bos=False, special=True)
+        llm = self.llm
+        ptoks = llm.tokenize(prompt.text.encode(), add_bos=False, special=True)
         n_lines = region.count("\n")
-        out = ""
-        ntok = 0
+        out, ntok = "", 0
         if self.candidates in ("rewrite", "both"):
-            gen = self.llm.create_completion(ptoks, max_tokens=min(400, int(len(region) / 2.5) + 40),
-                                             temperature=0.0, stop=list(prompt.stop), echo=False)
-            out = prompt.parse(gen["choices"][0]["text"])
-            ntok = gen["usage"]["completion_tokens"]
-            # the region's line count bounds the rewrite (+2 lines: a split line)
+            budget = len(llm.tokenize(region.encode(), add_bos=False, special=True)) + 24
+            pieces = []
+            for chunk in llm.create_completion(ptoks, max_tokens=budget, temperature=0.0, stop=list(prompt.stop),
+                                               stream=True):
+                pieces.append(chunk["choices"][0]["text"])
+                ntok += 1
+                if "".join(pieces).count("\n") > n_lines + 1:      # the region's lines + 2: enough
+                    break
+            out = prompt.parse("".join(pieces))
             out = "".join(out.splitlines(keepends=True)[:n_lines + 2])
             if out and not out.endswith("\n") and region.endswith("\n"):
                 out += "\n"
-        cands = []
+        gen_ms = (time.perf_counter() - t0) * 1e3
+        cands = []                  # (text, kind)
         if out and out != region:
-            cands.append(out)
+            cands.append((out, "rewrite"))
         if self.candidates in ("draft", "both"):
-            d = nep.draft(region, case["history"])
-            if d != region and d not in cands:
-                cands.append(d)
-        info = {"tokens": ntok, "forwards": ntok, "candidates": len(cands)}
+            d = nep.draft(region, case["history"], first_line_only=True,
+                          cursor_line=text.count("\n", start, cursor))
+            if d != region:
+                cands.append((d, "draft"))
+        stop = prompt.stop[0]
+        copy_lp = self._score(ptoks, region + stop) if cands else 0.0
+        scored = [(c, self._score(ptoks, c + stop), kind) for c, kind in cands]
         choice = region
-        if cands and self.gate is not None:
-            copy_lp, _ = self._score(ptoks, region + prompt.stop[0])
-            best = None
-            for c in cands:
-                lp, _ = self._score(ptoks, c + prompt.stop[0])
-                if lp - copy_lp > -self.gate and (best is None or lp > best[0]):
-                    best = (lp, c)
-            info["copy_lp"] = copy_lp
-            if best is not None:
-                choice = best[1]
-                info["lp"] = best[0]
-        elif cands:
-            choice = cands[0]
-        info["ms"] = (time.perf_counter() - t0) * 1e3
-        info["prompt_tokens"] = len(ptoks)
-        return choice, info
+        if scored and self.gate is None:
+            choice = scored[0][0]
+        elif scored:
+            ok = [(lp, c) for c, lp, _ in scored if lp - copy_lp > -self.gate]
+            if ok:
+                choice = max(ok)[1]
+        return choice, {"ms": (time.perf_counter() - t0) * 1e3, "gen_ms": gen_ms, "tokens": ntok, "forwards": ntok,
+                        "prompt_tokens": len(ptoks), "copy_lp": copy_lp, "cands": scored}
+
+
+GATES = (None, 1.0, 0.5, 0.25, 0.0, -0.25)
+
+
+def gate_table(rows: list[dict]) -> list[dict]:
+    """The scores again for each candidate set and gate value, from the log-probabilities kept in the rows."""
+    out = []
+    kinds = sorted({c["kind"] for r in rows for c in r["cands"]})
+    sets = [(k,) for k in kinds] + ([tuple(kinds)] if len(kinds) > 1 else [])
+    for ks in sets:
+        for row in _gate_rows([{**r, "cands": [c for c in r["cands"] if c["kind"] in ks]} for r in rows]):
+            out.append({"candidates": "+".join(ks), **row})
+    return out
+
+
+def _gate_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for g in GATES:
+        due = none = exact = first = edits = kept_none = 0
+        gain = 0.0
+        for r in rows:
+            pick = None
+            if r["cands"]:
+                if g is None:
+                    pick = r["cands"][0]
+                else:
+                    ok = [c for c in r["cands"] if c["lp"] - r["copy_lp"] > -g]
+                    pick = max(ok, key=lambda c: c["lp"]) if ok else None
+            if r["due"]:
+                due += 1
+                if pick:
+                    edits += 1
+                    exact += pick["exact"]
+                    first += pick["exact_first"]
+                    gain += pick["gain"]
+            else:
+                none += 1
+                kept_none += pick is None
+        out.append({"gate": g, "exact_first": first, "exact": exact, "exact_first_rate": round(first / max(1, due), 3),
+                    "gain_mean": round(gain / max(1, due), 4), "edit_rate_due": round(edits / max(1, due), 3),
+                    "no_edit_precision": round(kept_none / max(1, none), 3)})
+    return out
 
 
 # -- scoring --------------------------------------------------------------------------------------------------
@@ -279,9 +341,16 @@ def region_of(case: dict, region: str) -> tuple[int, int, int]:
     return s, e, cursor
 
 
+def sample(cases: list[dict], n: int) -> list[dict]:
+    """n cases spread evenly over the list (edits and no-edit places alike); all when n is 0."""
+    if not n or n >= len(cases):
+        return cases
+    return [cases[int(i * len(cases) / n)] for i in range(n)]
+
+
 def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) -> dict:
     rows = []
-    for c in cases[:limit or None]:
+    for c in sample(cases, limit):
         s, e, cursor = region_of(c, region)
         want = expected_region(c, s, e)
         if want is None:
@@ -299,13 +368,22 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) 
                 edited, undo = have, True
         sim0 = difflib.SequenceMatcher(None, have, want).ratio()
         sim1 = difflib.SequenceMatcher(None, edited, want).ratio()
-        rows.append({"id": c["id"], "repeat": c["repeat"], "due": want != have, "edit": edited != have,
+        cands = []
+        for cand, lp, kind in info.get("cands", []):
+            ca, cb, ct = nep.smallest_edit(have, cand)
+            ce = have[:ca] + ct + have[cb:]
+            if last and nep.undoes_last(have, ce, *nep.changed_lines(last)):
+                continue
+            cands.append({"lp": lp, "kind": kind, "exact": ce == want, "exact_first": ce == first and first != have,
+                          "gain": difflib.SequenceMatcher(None, ce, want).ratio() - sim0})
+        rows.append({"cands": cands, "copy_lp": info.get("copy_lp", 0.0), "id": c["id"], "repeat": c["repeat"], "due": want != have, "edit": edited != have,
                      "exact": edited == want, "exact_first": edited == first and first != have, "gain": sim1 - sim0, "ms": info.get("ms", 0.0),
-                     "tokens": info.get("tokens", 0), "undo": undo, "prompt_tokens": info.get("prompt_tokens", 0)})
+                     "tokens": info.get("tokens", 0), "undo": undo, "gen_ms": info.get("gen_ms", 0.0), "prompt_tokens": info.get("prompt_tokens", 0)})
         log(f"case {c['id']:3d} {c['path']}:{c['line'] + 1} due={want != have} edit={edited != have} "
             f"exact={edited == want} gain={sim1 - sim0:+.3f} {info.get('ms', 0):.0f}ms")
     due = [r for r in rows if r["due"]]
     none = [r for r in rows if not r["due"]]
+    gen = sorted(r["gen_ms"] for r in rows if r.get("gen_ms"))
     ms = sorted(r["ms"] for r in rows)
 
     def pct(q):
@@ -322,6 +400,7 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) 
         "tokens_mean": round(statistics.mean(r["tokens"] for r in rows), 1) if rows else 0,
         "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in rows), 1) if rows else 0,
         "undo_refused": sum(r["undo"] for r in rows),
+        "gates": gate_table(rows) if any(r["cands"] for r in rows) else [],
     }
 
 
@@ -341,8 +420,9 @@ def main(argv=None) -> int:
                    help="accept a candidate only if its mean token logprob is above the copy's minus GATE")
     s.add_argument("--candidates", choices=("rewrite", "draft", "both"), default="rewrite")
     s.add_argument("--min-support", type=int, default=1, help="pattern: rules given by at least this many edits")
-    s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--limit", type=int, default=0)
+    s.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: on a shared machine, OpenMP "
+                   "threads that wait for each other cost more than they gain)")
+    s.add_argument("--limit", type=int, default=0, help="score this many cases, spread evenly over the set")
     s.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "cases":
