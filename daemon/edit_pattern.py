@@ -20,6 +20,7 @@ _TOKEN = re.compile(r"[A-Za-z_]\w*|\d+|\s+|.", re.S)
 _IDENT = re.compile(r"[A-Za-z_]\w*\Z")
 MAX_RULES = 24
 MERGE_GAP = 2
+MIN_LITERAL = 2       # characters a rule's pattern must match literally (not wildcards, not spacing)
 
 
 def tokens(s: str) -> list[str]:
@@ -108,6 +109,10 @@ def _line_rules(a: str, b: str) -> list[Rule]:
         pattern = "".join(parts)
         if not [t for t in removed + inserted if not t.isspace()] and not left:
             continue                     # a change of spacing alone
+        literal = sum(len(t) for t in left + [t for t in removed if t not in wild] + right if not t.isspace())
+        if literal < MIN_LITERAL:
+            continue                     # matches nearly anything (`x` -> `y` with nothing around): a wrong
+                                         # edit costs more than a missed one
         rules.append(Rule(pattern, "".join(repl)))
     return rules
 

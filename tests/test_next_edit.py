@@ -106,3 +106,8 @@ def test_rule_support_counts_repeated_edits():
     assert rules_from_history([one, other], min_support=2) == []
     kept = rules_from_history([one, other, two], min_support=2)
     assert len(kept) == 1 and kept[0].apply("super(C, cls).h") == "super().h"
+
+
+def test_rules_that_match_nearly_anything_are_dropped():
+    assert rules_from_edit("    a = b\n", "    a = c\n") == []          # one bare name for another
+    assert rules_from_edit("    s = u'x'\n", "    s = 'x'\n")              # `u'` is two literal characters
