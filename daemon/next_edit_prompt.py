@@ -26,7 +26,8 @@ CHARS_PER_TOKEN = 3.5
 CURSOR = "<|user_cursor_is_here|>"
 START, END = "<|editable_region_start|>", "<|editable_region_end|>"
 FORMATS = ("zeta", "sweep", "chat", "sweep_draft")
-MAX_HISTORY = 6                # edits shown in a prompt (the newest)
+MAX_HISTORY = 6                # edits shown in a prompt (the newest) ...
+HISTORY_CHARS = 2400           # ... as many of them as fit this many characters (~700 tokens)
 CONTEXT_LINES = 12             # lines of the file shown above and below the region (zeta, sweep)
 
 
@@ -166,7 +167,11 @@ def build(fmt: str, *, path: str, text: str, cursor: int, region_start: int, reg
     if fmt not in FORMATS:
         raise ValueError(f"unknown next-edit format {fmt!r}; known: {', '.join(FORMATS)}")
     region = text[region_start:region_end]
-    hist = history[-MAX_HISTORY:]
+    hist: list[str] = []
+    for h in reversed(history[-MAX_HISTORY:]):       # the newest first, while they fit
+        if sum(map(len, hist)) + len(h) > HISTORY_CHARS:
+            break
+        hist.insert(0, h)
     before, after = _context(text, region_start, region_end)
     if fmt == "zeta":
         marked = text[region_start:cursor] + CURSOR + text[cursor:region_end]

@@ -348,7 +348,7 @@ def sample(cases: list[dict], n: int) -> list[dict]:
     return [cases[int(i * len(cases) / n)] for i in range(n)]
 
 
-def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) -> dict:
+def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print, rows_out: Path | None = None) -> dict:
     rows = []
     for c in sample(cases, limit):
         s, e, cursor = region_of(c, region)
@@ -379,8 +379,15 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) 
         rows.append({"cands": cands, "copy_lp": info.get("copy_lp", 0.0), "id": c["id"], "repeat": c["repeat"], "due": want != have, "edit": edited != have,
                      "exact": edited == want, "exact_first": edited == first and first != have, "gain": sim1 - sim0, "ms": info.get("ms", 0.0),
                      "tokens": info.get("tokens", 0), "undo": undo, "gen_ms": info.get("gen_ms", 0.0), "prompt_tokens": info.get("prompt_tokens", 0)})
+        if rows_out is not None:
+            with rows_out.open("a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
         log(f"case {c['id']:3d} {c['path']}:{c['line'] + 1} due={want != have} edit={edited != have} "
             f"exact={edited == want} gain={sim1 - sim0:+.3f} {info.get('ms', 0):.0f}ms")
+    return summarize(rows, predictor.name, region)
+
+
+def summarize(rows: list[dict], name: str, region: str) -> dict:
     due = [r for r in rows if r["due"]]
     none = [r for r in rows if not r["due"]]
     gen = sorted(r["gen_ms"] for r in rows if r.get("gen_ms"))
@@ -389,7 +396,7 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print) 
     def pct(q):
         return round(ms[min(len(ms) - 1, int(q * len(ms)))], 1) if ms else 0.0
     return {
-        "predictor": predictor.name, "region": region, "cases": len(rows), "due": len(due), "none": len(none),
+        "predictor": name, "region": region, "cases": len(rows), "due": len(due), "none": len(none),
         "exact": sum(r["exact"] for r in due), "exact_rate": round(sum(r["exact"] for r in due) / max(1, len(due)), 3),
         "exact_first": sum(r["exact_first"] for r in due),
         "exact_first_rate": round(sum(r["exact_first"] for r in due) / max(1, len(due)), 3),
@@ -410,6 +417,10 @@ def main(argv=None) -> int:
     c = sub.add_parser("cases")
     c.add_argument("--sdists", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
+    m = sub.add_parser("summarize", help="the scores of a --rows file (also of a run still going)")
+    m.add_argument("--rows", type=Path, required=True)
+    m.add_argument("--name", default="")
+    m.add_argument("--region", default="copilot")
     s = sub.add_parser("score")
     s.add_argument("--cases", type=Path, required=True)
     s.add_argument("--predictor", choices=("none", "pattern", "llama"), default="pattern")
@@ -424,6 +435,7 @@ def main(argv=None) -> int:
                    "threads that wait for each other cost more than they gain)")
     s.add_argument("--limit", type=int, default=0, help="score this many cases, spread evenly over the set")
     s.add_argument("--json", type=Path)
+    s.add_argument("--rows", type=Path, help="append each case's row (JSON lines) as it is scored")
     args = ap.parse_args(argv)
     if args.cmd == "cases":
         cases = build_cases(args.sdists)
@@ -435,6 +447,10 @@ def main(argv=None) -> int:
             by[c["path"].split("/")[0]] = by.get(c["path"].split("/")[0], 0) + 1
         print(by)
         return 0
+    if args.cmd == "summarize":
+        rows = [json.loads(x) for x in args.rows.read_text().splitlines() if x.strip()]
+        print(json.dumps(summarize(rows, args.name or str(args.rows), args.region), indent=1))
+        return 0
     cases = json.loads(args.cases.read_text())
     if args.predictor == "none":
         pred = NoEdit()
@@ -442,7 +458,7 @@ def main(argv=None) -> int:
         pred = Pattern(args.min_support)
     else:
         pred = Llama(args.model, args.format, args.gate, args.threads, args.candidates)
-    res = score(cases, pred, args.region, args.limit)
+    res = score(cases, pred, args.region, args.limit, rows_out=args.rows)
     print(json.dumps(res))
     if args.json:
         args.json.write_text(json.dumps(res))
