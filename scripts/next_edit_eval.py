@@ -323,7 +323,7 @@ def _gate_rows(rows: list[dict]) -> list[dict]:
                 kept_none += pick is None
         out.append({"gate": g, "exact_first": first, "exact": exact, "exact_first_rate": round(first / max(1, due), 3),
                     "gain_mean": round(gain / max(1, due), 4), "edit_rate_due": round(edits / max(1, due), 3),
-                    "no_edit_precision": round(kept_none / max(1, none), 3)})
+                    "no_edit_precision": round(kept_none / none, 3) if none else None})
     return out
 
 
@@ -402,7 +402,7 @@ def summarize(rows: list[dict], name: str, region: str) -> dict:
         "exact_first_rate": round(sum(r["exact_first"] for r in due) / max(1, len(due)), 3),
         "gain_mean": round(statistics.mean(r["gain"] for r in due), 4) if due else 0.0,
         "edit_rate_due": round(sum(r["edit"] for r in due) / max(1, len(due)), 3),
-        "no_edit_precision": round(sum(not r["edit"] for r in none) / max(1, len(none)), 3),
+        "no_edit_precision": round(sum(not r["edit"] for r in none) / len(none), 3) if none else None,
         "latency_p50_ms": pct(0.5), "latency_p95_ms": pct(0.95),
         "tokens_mean": round(statistics.mean(r["tokens"] for r in rows), 1) if rows else 0,
         "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in rows), 1) if rows else 0,
