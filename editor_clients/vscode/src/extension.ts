@@ -3,7 +3,7 @@
 // The server does the work (inline completion, refactors, the daemon). This extension starts it for
 // the configured languages, registers the LSP 3.18 inline completion feature of vscode-languageclient
 // (a proposed feature in 9.x), passes the `tricode.*` settings, reports accept/reject feedback, and
-// shows the daemon's state in the status bar.
+// shows the daemon's state in the status bar, and previews next-edit suggestions (nextEdit.ts).
 import * as vscode from "vscode";
 import {
   DidChangeConfigurationNotification,
@@ -22,6 +22,7 @@ import {
 import { findTricode } from "./executable";
 import { FeedbackTracker, INLINE_ACCEPTED } from "./feedback";
 import { askInstruction, REFACTOR_COMMAND, REFACTORS, report, runRefactor } from "./refactor";
+import { NextEdits } from "./nextEdit";
 import { CursorIdle } from "./prefetch";
 import { documentSelector, SECTION, SettingsSync } from "./settings";
 import { describe, Phase, StatusItem, TricodeStatus } from "./status";
@@ -386,6 +387,20 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       () => (config().get<boolean>("enabled", true) ? config().get<number>("prefetchIdleMs", 300) : 0),
       (doc) => wanted(doc),
     ),
+  );
+
+  const nextEdits = new NextEdits(() => client, (doc) => wanted(doc), log);
+  context.subscriptions.push(
+    nextEdits,
+    vscode.commands.registerCommand("tricode.nextEdit.accept", () => nextEdits.jumpOrAccept()),
+    vscode.commands.registerCommand("tricode.nextEdit.apply", () => nextEdits.accept()),
+    vscode.commands.registerCommand("tricode.nextEdit.jump", () => nextEdits.jump()),
+    vscode.commands.registerCommand("tricode.nextEdit.dismiss", () => nextEdits.dismiss()),
+    vscode.commands.registerCommand("tricode.nextEdit.trigger", () => {
+      const editor = vscode.window.activeTextEditor;
+      return editor ? nextEdits.request(editor) : undefined;
+    }),
+    vscode.commands.registerCommand("tricode.nextEdit.current", () => nextEdits.current()),
   );
 
   for (const r of REFACTORS) {
