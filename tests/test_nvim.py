@@ -6,7 +6,8 @@ insert mode never starts), type keys through insert mode and exit 0 only when ev
     test_units.lua   the plugin against a scripted in-process language server (UTF-16, non-ASCII):
                      drawing, accept all/word/line, typing through, cancelling, cycling, dismiss,
                      feedback notifications, <Tab> fall-through, toggle, refactor ranges, the
-                     prefetch's tricode/cursorIdle after the cursor rests, and the
+                     prefetch's tricode/cursorIdle after the cursor rests, next-edit previews
+                     (UTF-16 ranges, multi-line, <Tab> order with ghost text), and the
                      glue over Neovim 0.12's vim.lsp.inline_completion (against a stand-in); no daemon
     test_inline.lua  the plugin against the real `tricode lsp` and a daemon on the embedded model,
                      with private XDG dirs and socket; the daemon is stopped afterwards
@@ -104,6 +105,8 @@ def test_nvim_plugin_against_scripted_server(tmp_path):
         "OK :TricodeToggle",
         "OK :'<,'>TricodeRefactor",
         "OK prefetch: tricode/cursorIdle once the cursor rests on a new line",
+        "OK next edit: UTF-16 range over",
+        "OK next edit in insert mode: <Tab> takes the ghost text first, then jumps, then applies",
         "OK :checkhealth tricode",
         "OK the vim.lsp.inline_completion glue",
         "PASS",
