@@ -27,7 +27,7 @@ end
 local function lhs_of(a)
   if a.next_edit then
     local ne = config.options.next_edit or {}
-    return (ne.keymaps or {})[a.key]
+    return ne.enabled ~= false and (ne.keymaps or {})[a.key] or nil
   end
   return (config.options.keymaps or {})[a.name]
 end
