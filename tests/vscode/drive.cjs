@@ -12,7 +12,7 @@
 const fs = require("fs");
 const path = require("path");
 
-const { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady } =
+const { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady, ghostText } =
   require("./workbench.cjs");
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
@@ -27,21 +27,6 @@ function log(msg) {
   process.stderr.write(`[drive ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}\n`);
 }
 
-/** Text of the inline ghost text on the cursor line (and of the lines below it, if any). */
-async function ghostText(page) {
-  return page.evaluate(() => {
-    const editor = document.querySelector(".monaco-editor.focused") || document.querySelector(".monaco-editor");
-    if (!editor) return "";
-    const inline = Array.from(editor.querySelectorAll(".ghost-text-decoration, .ghost-text-decoration-preview"))
-      .map((e) => e.textContent || "")
-      .join("");
-    const below = Array.from(editor.querySelectorAll(".ghost-text .view-line"))
-      .map((e) => e.textContent || "")
-      .join("\n");
-    const text = below ? `${inline}\n${below}` : inline;
-    return text.replace(/\u00a0/g, " ");
-  });
-}
 
 /** Runs a refactor command from the Command Palette with the cursor on `refactor.anchor`, waits for
  * the edit (or a tricode notification), saves, and records the saved file. */

@@ -4,7 +4,10 @@
 // over it, waits for the preview on the third line (the removed text struck through, the new text as an
 // `after` decoration, the hint at the cursor line), takes a screenshot, presses Tab (the cursor goes
 // there) and Tab (the edit is applied), waits for the prefetched preview on the fourth line, presses
-// Escape (it goes), saves with Ctrl+S.
+// Escape (it goes), saves with Ctrl+S. Then, in a second file, an edit that only inserts
+// (`log.warn(` -> `log.warning(`): its preview on the next line is an `after` decoration; Tab takes the
+// cursor there, where it becomes ghost text (the inline suggestion API); Tab inserts it; the prefetched
+// preview of the line after it is dismissed with Escape; Ctrl+S.
 //
 // Usage: node drive_next_edit.cjs CONFIG.json   (written by tests/test_vscode_next_edit.py)
 // CONFIG: {url, folder, file, out_dir, playwright_core, chromium, ready_timeout_s, edit_timeout_s}
@@ -13,7 +16,7 @@
 
 const fs = require("fs");
 const path = require("path");
-const { sleep, launch, openFile, waitReady, statusText } = require("./workbench.cjs");
+const { sleep, launch, openFile, waitReady, statusText, ghostText } = require("./workbench.cjs");
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const t0 = Date.now();
@@ -143,6 +146,53 @@ async function main() {
       await sleep(200);
     }
     mark("saved");
+
+    // 6. an insertion: decoration away from the cursor, ghost text at it
+    if (cfg.file2) {
+      const file2 = path.join(cfg.folder, cfg.file2);
+      await openFile(page, cfg.file2, "log.warn('a')", log);
+      await page.locator(".monaco-editor .view-line", { hasText: "log.warn('a')" }).first().click();
+      await page.keyboard.press("End");
+      for (let i = 0; i < "('a')".length; i++) await page.keyboard.press("ArrowLeft");
+      await page.keyboard.type("ing", { delay: 60 });
+      mark("typed_insertion");
+      p = await waitPreview(page, "the preview of the insertion on the next line",
+        (x) => x.after.some((a) => a.text === "ing" && a.line.startsWith("log.warn('b')")), cfg.edit_timeout_s);
+      result.steps.insertion = p;
+      await page.keyboard.press("Tab");
+      const gdeadline = Date.now() + cfg.edit_timeout_s * 1000;
+      let ghost = "";
+      while ((ghost = await ghostText(page)) === "") {
+        if (Date.now() > gdeadline) throw new Error("Tab did not turn the insertion into ghost text");
+        await sleep(100);
+      }
+      result.steps.insertion_ghost = ghost;
+      result.steps.insertion_cursor = await cursorPos(page);
+      result.steps.insertion_decorations = await preview(page);
+      await page.screenshot({ path: path.join(cfg.out_dir, "vscode_next_edit_inline.png") });
+      mark("insertion_ghost");
+      await page.keyboard.press("Tab");
+      p = await waitPreview(page, "the prefetched insertion on the line after",
+        (x) => x.after.some((a) => a.text === "ing" && a.line.startsWith("log.warn('c')")), cfg.edit_timeout_s);
+      result.steps.insertion_prefetched = p;
+      mark("insertion_prefetched");
+      await page.keyboard.press("Escape");
+      await sleep(800);
+      result.steps.insertion_after_escape = await preview(page);
+      const before2 = fs.readFileSync(file2, "utf8");
+      await page.keyboard.press("Control+S");
+      const deadline2 = Date.now() + 30_000;
+      for (;;) {
+        const now = fs.readFileSync(file2, "utf8");
+        if (now !== before2) {
+          result.saved2 = now;
+          break;
+        }
+        if (Date.now() > deadline2) throw new Error("the second file did not change on disk after Ctrl+S");
+        await sleep(200);
+      }
+      mark("saved2");
+    }
     result.ok = true;
   } catch (e) {
     result.error = String(e && e.stack ? e.stack : e);

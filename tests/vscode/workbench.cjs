@@ -8,6 +8,22 @@ const path = require("path");
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Text of the inline ghost text on the cursor line (and of the lines below it, if any). */
+async function ghostText(page) {
+  return page.evaluate(() => {
+    const editor = document.querySelector(".monaco-editor.focused") || document.querySelector(".monaco-editor");
+    if (!editor) return "";
+    const inline = Array.from(editor.querySelectorAll(".ghost-text-decoration, .ghost-text-decoration-preview"))
+      .map((e) => e.textContent || "")
+      .join("");
+    const below = Array.from(editor.querySelectorAll(".ghost-text .view-line"))
+      .map((e) => e.textContent || "")
+      .join("\n");
+    const text = below ? `${inline}\n${below}` : inline;
+    return text.replace(/\u00a0/g, " ");
+  });
+}
+
 /** Runs a command from the Command Palette (F1) by its title. */
 async function runCommand(page, title) {
   await page.keyboard.press("F1");
@@ -91,4 +107,4 @@ async function waitReady(page, timeoutS) {
   }
 }
 
-module.exports = { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady };
+module.exports = { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady, ghostText };

@@ -22,7 +22,7 @@ import {
 import { findTricode } from "./executable";
 import { FeedbackTracker, INLINE_ACCEPTED } from "./feedback";
 import { askInstruction, REFACTOR_COMMAND, REFACTORS, report, runRefactor } from "./refactor";
-import { NextEdits } from "./nextEdit";
+import { INLINE_ACCEPTED_COMMAND, NextEdits } from "./nextEdit";
 import { CursorIdle } from "./prefetch";
 import { documentSelector, SECTION, SettingsSync } from "./settings";
 import { describe, Phase, StatusItem, TricodeStatus } from "./status";
@@ -34,6 +34,7 @@ let phase: Phase = "idle";
 let output: vscode.OutputChannel;
 let status: StatusItem;
 let tracker: FeedbackTracker;
+let nextEdits: NextEdits | undefined;
 const settings = new SettingsSync();
 let restarting: Promise<void> = Promise.resolve();
 
@@ -54,6 +55,11 @@ function debug(): boolean {
 function middleware(): Middleware {
   return {
     provideInlineCompletionItems: async (document, position, context, token) => {
+      // a next edit that only inserts at the cursor is offered as ghost text (nextEdit.ts)
+      const additive = nextEdits?.inlineItems(document, position);
+      if (additive !== undefined) {
+        return additive;
+      }
       tracker.beforeRequest(document, position);
       const result = await requestInline(document, position, context, token);
       const items = result ? (Array.isArray(result) ? result : result.items) : [];
@@ -389,18 +395,20 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     ),
   );
 
-  const nextEdits = new NextEdits(() => client, (doc) => wanted(doc), log);
+  const ne = new NextEdits(() => client, (doc) => wanted(doc), log);
+  nextEdits = ne;
   context.subscriptions.push(
-    nextEdits,
-    vscode.commands.registerCommand("tricode.nextEdit.accept", () => nextEdits.jumpOrAccept()),
-    vscode.commands.registerCommand("tricode.nextEdit.apply", () => nextEdits.accept()),
-    vscode.commands.registerCommand("tricode.nextEdit.jump", () => nextEdits.jump()),
-    vscode.commands.registerCommand("tricode.nextEdit.dismiss", () => nextEdits.dismiss()),
+    ne,
+    vscode.commands.registerCommand(INLINE_ACCEPTED_COMMAND, () => ne.inlineAccepted()),
+    vscode.commands.registerCommand("tricode.nextEdit.accept", () => ne.jumpOrAccept()),
+    vscode.commands.registerCommand("tricode.nextEdit.apply", () => ne.accept()),
+    vscode.commands.registerCommand("tricode.nextEdit.jump", () => ne.jump()),
+    vscode.commands.registerCommand("tricode.nextEdit.dismiss", () => ne.dismiss()),
     vscode.commands.registerCommand("tricode.nextEdit.trigger", () => {
       const editor = vscode.window.activeTextEditor;
-      return editor ? nextEdits.request(editor) : undefined;
+      return editor ? ne.request(editor) : undefined;
     }),
-    vscode.commands.registerCommand("tricode.nextEdit.current", () => nextEdits.current()),
+    vscode.commands.registerCommand("tricode.nextEdit.current", () => ne.current()),
   );
 
   for (const r of REFACTORS) {
@@ -422,6 +430,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("tricode.dismissSuggestion", async () => {
       const editor = vscode.window.activeTextEditor;
       await vscode.commands.executeCommand("editor.action.inlineSuggest.hide");
+      if (nextEdits?.dismissInline()) {
+        return; // it was the additive next edit, not a completion
+      }
       if (editor !== undefined) {
         tracker.dismissed(editor.document);
       }

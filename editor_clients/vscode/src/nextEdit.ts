@@ -7,14 +7,18 @@
 // `tricode.nextEditVisible` is set: Tab (`tricode.nextEdit.accept`) jumps to it, and on it applies it
 // (only when the document is still at the version it was computed for); Escape
 // (`tricode.nextEdit.dismiss`) drops it. After an accept the next place is asked for at once.
+// A purely additive edit at the cursor (shown there, or reached with Tab) goes through the inline
+// suggestion API instead, as ghost text: the extension's inline provider (the language client's
+// middleware) answers with it (`inlineItems`), so Tab and Escape are VS Code's own.
 // The server hears `textDocument/didShowInlineEdit` when one is drawn and the edit's command when it
-// is applied. What this module does not know: how the server predicts; inline completion.
+// is applied. What this module does not know: how the server predicts; the server's inline completion.
 import * as vscode from "vscode";
 import { ExecuteCommandRequest, LanguageClient } from "vscode-languageclient/node";
 
 export const NEXT_EDIT_METHOD = "textDocument/copilotInlineEdit";
 export const DID_SHOW_METHOD = "textDocument/didShowInlineEdit";
 export const CONTEXT_KEY = "tricode.nextEditVisible";
+export const INLINE_ACCEPTED_COMMAND = "tricode.nextEdit.inlineAccepted";
 const CONTENT_MODIFIED = -32801;
 
 /** One edit of the answer, as the server sends it (LSP positions). */
@@ -59,6 +63,7 @@ export class NextEdits implements vscode.Disposable {
   private timer: ReturnType<typeof setTimeout> | undefined;
   private cts: vscode.CancellationTokenSource | undefined;
   private shown: Shown | undefined;
+  private inline: Shown | undefined; // an additive edit at the cursor, offered as an inline suggestion
   private ownVersion: { uri: string; version: number } | undefined; // our own accept: already asked
   readonly counters: NextEditCounters = { requests: 0, shown: 0, accepted: 0, dismissed: 0, stale: 0, errors: 0 };
 
@@ -113,6 +118,9 @@ export class NextEdits implements vscode.Disposable {
     }
     if (this.shown && this.shown.editor.document === e.document) {
       this.clear(); // a keystroke ends the preview
+    }
+    if (this.inline && this.inline.editor.document === e.document) {
+      this.inline = undefined;
     }
     const editor = vscode.window.activeTextEditor;
     if (editor === undefined || editor.document !== e.document) {
@@ -216,6 +224,15 @@ export class NextEdits implements vscode.Disposable {
 
   private show(s: Shown): void {
     this.clear();
+    this.inline = undefined;
+    if (!this.offerInline(s)) {
+      this.draw(s);
+    }
+    this.notifyShown(s);
+  }
+
+  /** The decorations of `s` (and the context key). */
+  private draw(s: Shown): void {
     this.shown = s;
     const lines = s.text.split("\n");
     const hover = new vscode.MarkdownString();
@@ -239,10 +256,71 @@ export class NextEdits implements vscode.Disposable {
     }]);
     this.drawHint();
     void vscode.commands.executeCommand("setContext", CONTEXT_KEY, true);
+  }
+
+  private notifyShown(s: Shown): void {
     this.counters.shown++;
     const c = this.client();
     if (c !== undefined && c.isRunning()) {
       c.sendNotification(DID_SHOW_METHOD, { item: s.item }).catch((e) => this.log(`${DID_SHOW_METHOD}: ${e}`));
+    }
+  }
+
+  /** An edit that only inserts, at the cursor: offered as ghost text (when inline suggestions are on). */
+  private offerInline(s: Shown): boolean {
+    const inlineOn = vscode.workspace.getConfiguration("editor", s.editor.document).get<boolean>("inlineSuggest.enabled", true);
+    if (!inlineOn || !s.range.isEmpty || s.text === "" || !s.range.start.isEqual(s.editor.selection.active) ||
+        !s.editor.selection.isEmpty || vscode.window.activeTextEditor !== s.editor) {
+      return false;
+    }
+    this.inline = s;
+    void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+    return true;
+  }
+
+  /** For the inline completion provider: the additive next edit at `position`, if there is one. */
+  inlineItems(document: vscode.TextDocument, position: vscode.Position): vscode.InlineCompletionItem[] | undefined {
+    const s = this.inline;
+    if (s === undefined || s.editor.document !== document || document.version !== s.version ||
+        !s.range.start.isEqual(position)) {
+      return undefined;
+    }
+    const item = new vscode.InlineCompletionItem(s.text, new vscode.Range(position, position));
+    item.command = { title: "tricode: next edit accepted", command: INLINE_ACCEPTED_COMMAND };
+    return [item];
+  }
+
+  /** VS Code inserted the inline next edit (Tab): the server's command, then the next place. */
+  inlineAccepted(): void {
+    const s = this.inline;
+    this.inline = undefined;
+    if (s === undefined) {
+      return;
+    }
+    this.counters.accepted++;
+    this.runCommand(s);
+    if (this.config().get<boolean>("nextEdit.prefetch", true) && vscode.window.activeTextEditor === s.editor) {
+      void this.request(s.editor);
+    }
+  }
+
+  /** Escape on the inline next edit. */
+  dismissInline(): boolean {
+    if (this.inline === undefined) {
+      return false;
+    }
+    this.inline = undefined;
+    this.counters.dismissed++;
+    return true;
+  }
+
+  private runCommand(s: Shown): void {
+    const c = this.client();
+    const cmd = s.item.command;
+    if (c !== undefined && c.isRunning() && cmd && typeof cmd.command === "string") {
+      // the server's own command on the edit (Copilot's clients run it after applying)
+      c.sendRequest(ExecuteCommandRequest.type, { command: cmd.command, arguments: cmd.arguments ?? [] }).then(
+        undefined, (e) => this.log(`${cmd.command}: ${e}`));
     }
   }
 
@@ -303,6 +381,14 @@ export class NextEdits implements vscode.Disposable {
     }
     s.editor.selection = new vscode.Selection(s.range.start, s.range.start);
     s.editor.revealRange(s.range, vscode.TextEditorRevealType.InCenterIfOutsideViewport);
+    if (s.range.isEmpty && s.text !== "") {
+      // an insertion, now at the cursor: from here on it is ghost text (Tab accepts, Escape drops)
+      this.clear();
+      if (!this.offerInline(s)) {
+        this.draw(s);
+      }
+      return true;
+    }
     this.drawHint();
     return true;
   }
@@ -334,13 +420,7 @@ export class NextEdits implements vscode.Disposable {
     const endChar = (lines.length === 1 ? s.range.start.character : 0) + lines[lines.length - 1].length;
     const end = new vscode.Position(endLine, endChar);
     s.editor.selection = new vscode.Selection(end, end);
-    const c = this.client();
-    const cmd = s.item.command;
-    if (c !== undefined && c.isRunning() && cmd && typeof cmd.command === "string") {
-      // the server's own command on the edit (Copilot's clients run it after applying)
-      c.sendRequest(ExecuteCommandRequest.type, { command: cmd.command, arguments: cmd.arguments ?? [] }).then(
-        undefined, (e) => this.log(`${cmd.command}: ${e}`));
-    }
+    this.runCommand(s);
     if (this.config().get<boolean>("nextEdit.prefetch", true)) {
       void this.request(s.editor); // the next place, now
     }
@@ -360,6 +440,7 @@ export class NextEdits implements vscode.Disposable {
   dispose(): void {
     this.cancel();
     this.clear();
+    this.inline = undefined;
     for (const d of [this.removed, this.inserted, this.hint, ...this.subs]) {
       d.dispose();
     }
