@@ -61,6 +61,11 @@ class ModelConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
+    @property
+    def has_drafter(self) -> bool:
+        """NLD checkpoints draft by block diffusion (mask tokens); the AR families cannot."""
+        return self.model_type == "nemotron_labs_diffusion"
+
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Build from a Hugging Face style config dict. Raises KeyError/ValueError naming the key."""

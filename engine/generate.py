@@ -29,7 +29,7 @@ from typing import Callable, Generator
 import torch
 
 from engine.kv_cache import CacheFullError, KVCache
-from engine.lookup import LOOKUP_TOKENS, Lookup
+from engine.lookup import LOOKUP_TOKENS, Lookup, sized_draft_length
 from engine.model import NLDModel
 from engine.runner import runner_for
 from triton_kernels.unmask import unmask_step
@@ -121,9 +121,16 @@ class Forward:
 Steps = Generator[Forward, torch.Tensor, None]
 
 
+def model_device(model: NLDModel) -> torch.device:
+    """Where a model's logits live: its head's device, or the `device` a model held outside torch
+    declares (engine/llama_runner.py: llama.cpp on the CPU)."""
+    dev = getattr(model, "device", None)
+    return dev if isinstance(dev, torch.device) else model.head.weight.device
+
+
 def default_block_size(model: NLDModel) -> int:
     cfg_block = model.cfg.block_size
-    return cfg_block if model.head.weight.is_cuda else min(cfg_block, CPU_BLOCK_SIZE)
+    return cfg_block if model_device(model).type == "cuda" else min(cfg_block, CPU_BLOCK_SIZE)
 
 
 def default_spec_variant(model: NLDModel) -> str:
@@ -131,7 +138,7 @@ def default_spec_variant(model: NLDModel) -> str:
     block 32 on an H200: one 42 ms step instead of 56 ms for draft + verify, docs/gpu_check.md);
     linear on a CPU, where width costs time (decode 63 vs 99 ms per single-line completion at block 4,
     docs/benchmarks.md)."""
-    return "quadratic" if model.head.weight.is_cuda else "linear"
+    return "quadratic" if model_device(model).type == "cuda" else "linear"
 
 
 def for_device(model: NLDModel, params: DecodeParams) -> DecodeParams:
@@ -156,7 +163,7 @@ class _Run:
         self.lookup = Lookup(prompt_ids) if params.mode == "spec" and params.lookup else None
         self.eos = {model.cfg.eos_token_id, *params.stop_token_ids}
         self.mask_id = model.cfg.mask_token_id
-        self.device = model.head.weight.device
+        self.device = model_device(model)
         self.generator = None
         if params.temperature > 0:
             self.generator = torch.Generator(device=self.device)
@@ -195,6 +202,9 @@ class _Run:
         if self.lookup is None:
             return []
         found = self.lookup.draft(self.result.tokens, min(LOOKUP_TOKENS, self.remaining))
+        costs = getattr(runner_for(self.model), "step_costs", None)
+        if found and costs:       # the runner's step cost curve sizes the draft (lookup.sized_draft_length)
+            found = found[:sized_draft_length(self.lookup.match_length(), costs, len(found))]
         self.result.lookup_steps += bool(found)
         return found
 
@@ -435,14 +445,15 @@ def _decode_spec(run: _Run, cache: KVCache, seed: int, block: int) -> Steps:
     speculative-sampling rule (accept d_i with probability p_i(d_i), else sample the residual), which
     leaves the output distributed as AR sampling.
     With `lookup`, a draft found in the context (lookup.py) replaces the draft forward: one forward
-    for the step instead of two.
+    for the step instead of two. Without a drafter (an AR checkpoint, `cfg.has_drafter`) a step with no
+    context draft verifies the seed alone: one causal token, an AR step.
     """
     M = run.mask_id
     while not run.done:
         n = min(block, run.remaining + 1)  # the seed plus at most `remaining - 1` drafts and a bonus
         found = run.context_draft() if n > 1 else []
         ids = [seed] + found
-        if not found and n > 1:
+        if not found and n > 1 and run.model.cfg.has_drafter:
             if run.interrupted():
                 return
             draft = yield from run.forward([seed] + [M] * (n - 1), cache, pattern="block", write=False, lora=True)
