@@ -21,7 +21,6 @@ recorded with it. Knows nothing of tricode's model or decoders: it measures kern
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
@@ -146,12 +145,10 @@ def torch_linears(shape: dict, ks, repeat: int, kinds=("fp32", "bf16", "int8")) 
 def code_tokens(model_path: Path, n: int) -> list[int]:
     """n tokens of real code (this repository's sources, repeated if short), tokenized by the GGUF's
     own vocabulary."""
-    from engine.llama_runner import LlamaModel
+    from bench.llamacpp import Vocab
     repo = Path(__file__).resolve().parent.parent
     text = "\n".join((repo / s).read_text() for s in _SOURCES if (repo / s).exists())
-    lm = LlamaModel.load(model_path, threads=1, n_ctx=64)
-    ids = lm.tokenize(text)
-    lm.close()
+    ids = Vocab(model_path).encode(text)
     while len(ids) < n:
         ids = ids + ids
     return ids[:n]
@@ -159,31 +156,27 @@ def code_tokens(model_path: Path, n: int) -> list[int]:
 
 def llamacpp_costs(model_path: Path, threads: int, ks, context: int, prefills, repeat: int) -> dict:
     """ms of one llama_decode of k tokens (logits at every position) after `context` tokens, the KV of
-    the k tokens dropped after each; prefill tokens/s for each prompt length."""
+    the k tokens dropped after each (engine/llama_runner.py's LlamaModel.measure_step_costs, the
+    widths interleaved); prefill tokens/s for each prompt length."""
     import llama_cpp as L
     from engine.llama_runner import LlamaModel
     ids = code_tokens(model_path, max(context + max(ks), max(prefills)) + 1)
-    lm = LlamaModel.load(model_path, threads=threads, n_ctx=max(prefills) + max(ks) + 16)
-    seq = lm.new_sequence()
-    seq.decode(ids[:context], logits="last")
-    rows = {}
-    for k in ks:
-        new = ids[context:context + k]
-
-        def step():
-            seq.decode(new, logits="all")
-            seq.crop(context)
-        rows[k] = round(_median_ms(step, repeat, warm=2), 3)
+    lm = LlamaModel.load(model_path, threads=threads, n_ctx=max(prefills) + max(ks) + 64, n_seq=2)
+    costs = lm.measure_step_costs(ids[:context], ks=tuple(ks), repeat=repeat)
     pre = {}
     for n in prefills:
-        def fill():
-            seq.crop(0)
-            seq.decode(ids[:n], logits="last")
-        ms = _median_ms(fill, max(3, repeat // 2), warm=1)
+        ts = []
+        for _ in range(max(3, repeat // 2)):
+            cache = lm.new_cache(n + 1)
+            t0 = time.perf_counter()
+            lm.decode([(cache, ids[:n], False)])
+            ts.append((time.perf_counter() - t0) * 1e3)
+            del cache
+        ms = statistics.median(ts)
         pre[n] = {"ms": round(ms, 1), "tokens_per_s": round(n / ms * 1e3, 1)}
     info = L.llama_print_system_info().decode()
     lm.close()
-    return {"ms": rows, "prefill": pre, "system_info": info}
+    return {"ms": costs["ms"], "prefill": pre, "system_info": info}
 
 
 # ----------------------------------------------------------------------------- main

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # A k-token verify after ~500 tokens vs a one-token step, Qwen2.5-Coder 0.5B Q4_K_M on the 2-core
 # AVX512 Xeon (docs/cpu_speed.md); replaced by a measurement where the daemon takes one.
-DEFAULT_STEP_COSTS = {1: 1.0, 2: 1.3, 4: 1.8, 8: 2.9, 16: 5.0}
+DEFAULT_STEP_COSTS = {1: 1.0, 2: 1.3, 4: 1.91, 8: 3.05, 16: 5.5}
 
 
 class LlamaModelError(ValueError):
