@@ -211,6 +211,21 @@ def run_section(gguf: Path, files, *, threads: int, tasks: int = 12, prompt_toke
     return res
 
 
+def accept_only(gguf: Path, files, *, threads: int, tasks: int, prompt_tokens: int, accept_tokens: int,
+                seed: int = 0) -> dict:
+    """The acceptance model alone: greedy `ar` for `accept_tokens` on each task's prompt, replayed."""
+    from engine.llama_runner import LlamaModel
+    from training import evaluate as ev
+    vocab = Vocab(gguf)
+    fim = ev.make_fim_tasks(files, tasks, seed, count_tokens=lambda s: len(vocab.encode(s)))
+    prompts = [fim_prompt(vocab, t.prefix, t.suffix, prompt_tokens) for t in fim]
+    lm = LlamaModel.load(gguf, threads=threads, n_ctx=prompt_tokens + accept_tokens + 64, n_seq=2)
+    outs = [tricode_run(lm, ids, "ar", accept_tokens)["tokens"] for ids in prompts]
+    lm.close()
+    return {"tasks": len(prompts), "accept_tokens": accept_tokens, "load": loadavg(),
+            "acceptance_by_match": acceptance_by_match(prompts, outs)}
+
+
 def markdown(res: dict) -> list[str]:
     md = [f"### tricode vs llama.cpp on `{Path(res['gguf']).name}`, {res['threads']} thread(s)", "",
           f"{res['tasks']} single-line held-out FIM tasks, prompts {res['prompt_tokens']['min']}-"
@@ -241,6 +256,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32, dest="max_new_tokens")
     p.add_argument("--accept-tokens", type=int, default=0, dest="accept_tokens",
                    help="also decode this many tokens per prompt (ar) to measure the lookup acceptance by match length")
+    p.add_argument("--accept-only", action="store_true", dest="accept_only",
+                   help="only measure the lookup acceptance by match length (greedy ar, --accept-tokens per prompt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="JSON report")
     a = p.parse_args(argv)
@@ -249,6 +266,13 @@ def main(argv=None) -> int:
     if not files:
         print("no held-out files on this machine (engine/embedded/heldout_files.txt)", file=sys.stderr)
         return 2
+    if a.accept_only:
+        res = accept_only(a.gguf, files, threads=int(a.threads.split(",")[0]), tasks=a.tasks,
+                          prompt_tokens=a.prompt_tokens, accept_tokens=a.accept_tokens or 64, seed=a.seed)
+        print(json.dumps(res, indent=1))
+        if a.out:
+            a.out.write_text(json.dumps(res, indent=1))
+        return 0
     out = []
     for th in [int(x) for x in a.threads.split(",")]:
         out.append(run_section(a.gguf, files, threads=th, tasks=a.tasks, prompt_tokens=a.prompt_tokens,
