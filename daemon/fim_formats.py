@@ -21,6 +21,7 @@ A prompt is a tuple of :class:`Piece` s: file text (``control=False``) and contr
 (``control=True``). Text pieces must be tokenized as plain text, so that a file which spells
 ``<|fim_prefix|>`` keeps it as text; :func:`prompt_ids` encodes each piece on its own and joins the
 ids (the safe way: no tokenizer ever sees file text with special-token parsing on).
+The cursor line's trailing whitespace can be left for the model to write (:func:`heal`).
 Clipping to a token budget (:func:`clip_prefix`, :func:`clip_suffix`) keeps the cursor's side: the
 end of the prefix and the start of the suffix, cut at line boundaries where possible.
 The single-line stop rule (:func:`single_line`, :func:`is_stop_token`) is here too.
@@ -127,6 +128,31 @@ def chat_line(reply: str) -> str:
     return line.split("```", 1)[0].lstrip(" \t")
 
 
+# ----------------------------------------------------------------------------- whitespace healing
+
+
+def trailing_whitespace(prefix: str) -> str:
+    """The spaces and tabs that end ``prefix`` on the cursor's line (its indentation, or the
+    space after ``x =``)."""
+    return prefix[len(prefix.rstrip(" \t")):]
+
+
+def heal(generated: str, whitespace: str) -> str:
+    """The text to insert at the cursor when the prompt left out ``whitespace`` (the prefix's
+    :func:`trailing_whitespace`): the model writes it itself, so it is removed again; a model that
+    writes other whitespace has it stripped (the cursor already stands after the original).
+
+    Why: BPE vocabularies of code models fold a line's indentation into the following token
+    (Qwen2's pre-tokenizer gives ``"   "`` + ``" return"`` for ``"    return"``), so a prompt that
+    ends in the bare indentation is a token sequence never seen in training, and the model
+    answers with more whitespace or odd tokens (measured in docs/model_card.md)."""
+    if not whitespace:
+        return generated
+    if generated.startswith(whitespace):
+        return generated[len(whitespace):]
+    return generated.lstrip(" \t")
+
+
 # ----------------------------------------------------------------------------- clipping
 
 
@@ -229,9 +255,10 @@ def fim_spm(prefix: str, suffix: str, tokens: SpecialTokens = QWEN25_CODER) -> P
             _ctl(tokens.fim_middle))
 
 
-def plain(prefix: str) -> Prompt:
-    """Left-to-right continuation: the prefix alone."""
-    return (_txt(prefix),)
+def plain(prefix: str, tokens: SpecialTokens = QWEN25_CODER) -> Prompt:
+    """Left-to-right continuation: the prefix alone (at the start of a file, where there is no
+    prefix, the end-of-text token that separates documents, so the model has a token to follow)."""
+    return (_txt(prefix),) if prefix else (_ctl(tokens.endoftext),)
 
 
 def chat(prefix: str, suffix: str, language: str = "python", tokens: SpecialTokens = QWEN25_CODER,
@@ -265,16 +292,21 @@ def repo(prefix: str, suffix: str, path: str, repo_name: str,
 def build_prompt(fmt: str, prefix: str, suffix: str, *, count: Callable[[str], int],
                  prefix_tokens: int, suffix_tokens: int, path: str = "", repo_name: str = "",
                  repo_files: Sequence[tuple[str, str]] = (), language: str = "python",
-                 suffix_lines: int = 2, tokens: SpecialTokens = QWEN25_CODER) -> Prompt:
+                 suffix_lines: int = 2, heal_whitespace: bool = True,
+                 tokens: SpecialTokens = QWEN25_CODER) -> Prompt:
     """The prompt of format ``fmt`` (one of :data:`FORMATS`) for the cursor between ``prefix``
     and ``suffix``: the prefix clipped to ``prefix_tokens`` (from the cursor backwards), the
     suffix to ``suffix_tokens`` (from the cursor forwards; ``fim-short`` and ``chat`` take the
     rest of the line + ``suffix_lines`` lines of it; ``fim-prefix``, ``plain`` and ``repo`` none).
     ``count`` counts the tokens of plain text. ``repo_files`` (``repo`` only) go in as given:
-    the caller chooses and clips them."""
+    the caller chooses and clips them. With ``heal_whitespace`` (all formats but ``chat``) the
+    prefix's :func:`trailing_whitespace` is left out of the prompt: pass the generated text
+    through :func:`heal` with it."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown prompt format {fmt!r}: choose from {', '.join(FORMATS)}")
     p = clip_prefix(prefix, prefix_tokens, count)
+    if heal_whitespace and fmt != "chat":
+        p = p[:len(p) - len(trailing_whitespace(p))]
     if fmt in ("fim-short", "chat"):
         s = clip_suffix(short_suffix(suffix, suffix_lines), suffix_tokens, count)
     elif fmt in ("fim-full", "fim-spm"):
@@ -286,7 +318,7 @@ def build_prompt(fmt: str, prefix: str, suffix: str, *, count: Callable[[str], i
     if fmt == "fim-spm":
         return fim_spm(p, s, tokens)
     if fmt == "plain":
-        return plain(p)
+        return plain(p, tokens)
     if fmt == "chat":
         return chat(p, s, language, tokens)
     return repo(p, s, path, repo_name, repo_files, tokens)

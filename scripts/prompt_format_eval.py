@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from daemon import fim_formats as ff  # noqa: E402
 
-DEFAULT_FORMATS = "fim-prefix,fim-short,fim-full,fim-spm,plain,repo,chat"
+DEFAULT_FORMATS = "fim-prefix,fim-short,fim-full,fim-prefix:raw,plain,repo,fim-spm,chat"
 HUMANEVAL_SEED = 0          # tricode eval's default --seed: the subset of `--humaneval-limit 120`
 
 
@@ -120,6 +120,8 @@ class Greedy:
         """Generate after ``ids`` until a newline, a stop token or ``max_new`` tokens. With
         ``skip_blank``, newlines before any other text do not stop it (so the record also shows
         what the model writes after an empty first line: the alternative stop rule)."""
+        if not ids:
+            raise ValueError("an empty prompt: nothing to decode from")
         t0 = time.perf_counter()
         prefilled = self._eval(ids)
         t1 = time.perf_counter()
@@ -198,7 +200,7 @@ def first_nonblank_line(text: str) -> str:
 def run(args) -> int:
     from training.evaluate import check_humaneval, edit_similarity, exact_match
     formats = [f for f in args.formats.split(",") if f]
-    bad = [f for f in formats if f not in ff.FORMATS]
+    bad = [f for f in formats if f.partition(":")[0] not in ff.FORMATS or f.partition(":")[2] not in ("", "raw")]
     if bad:
         print(f"unknown format(s) {bad}: choose from {', '.join(ff.FORMATS)}", file=sys.stderr)
         return 2
@@ -225,11 +227,17 @@ def run(args) -> int:
         name, path = repo_place(task.task_id)
         recs = []
         for fmt in todo:
-            pr = ff.build_prompt(fmt, task.prefix, task.suffix, count=g.count, prefix_tokens=prefix_tokens,
-                                 suffix_tokens=args.suffix_tokens, path=path, repo_name=name)
+            base, _, variant = fmt.partition(":")
+            healed = variant != "raw" and base != "chat"
+            pr = ff.build_prompt(base, task.prefix, task.suffix, count=g.count, prefix_tokens=prefix_tokens,
+                                 suffix_tokens=args.suffix_tokens, path=path, repo_name=name,
+                                 heal_whitespace=healed)
             ids = ff.prompt_ids(pr, g.encode_text, g.control_id)
             r = g.line(ids, args.max_new_tokens)
-            line = ff.chat_line(r["text"]) if fmt == "chat" else ff.single_line(r["text"])
+            if healed:
+                ws = ff.trailing_whitespace(ff.clip_prefix(task.prefix, prefix_tokens, g.count))
+                r["text"] = ff.heal(r["text"], ws)
+            line = ff.chat_line(r["text"]) if base == "chat" else ff.single_line(r["text"])
             alt = line if line.strip() else first_nonblank_line(r["text"])
             recs.append({"set": kind, "task": task.task_id, "format": fmt, "model": Path(args.model).name,
                          "line": line, "reference": task.middle, "exact": exact_match(line, task.middle),
@@ -268,7 +276,7 @@ def summarize(records: list[dict], formats: list[str] | None = None) -> dict:
     out: dict = {}
     for kind in ("fim", "humaneval"):
         rs = [r for r in records if r["set"] == kind]
-        fmts = formats or sorted({r["format"] for r in rs}, key=lambda f: ff.FORMATS.index(f))
+        fmts = formats or sorted({r["format"] for r in rs}, key=lambda f: (ff.FORMATS.index(f.partition(":")[0]), f))
         by_task: dict[str, dict[str, dict]] = {}
         for r in rs:
             by_task.setdefault(r["task"], {})[r["format"]] = r

@@ -43,25 +43,30 @@ SUFFIX = "\n    return s\n\n\ndef other():\n    pass\n"
 
 
 def test_psm_layout_and_prefix_only():
-    p = ff.build_prompt("fim-full", PREFIX, SUFFIX, count=count, prefix_tokens=1000, suffix_tokens=1000)
+    p = ff.build_prompt("fim-full", PREFIX, SUFFIX, count=count, prefix_tokens=1000, suffix_tokens=1000,
+                        heal_whitespace=False)
     assert ff.prompt_text(p) == f"{T.fim_prefix}{PREFIX}{T.fim_suffix}{SUFFIX}{T.fim_middle}"
     assert [x.control for x in p] == [True, False, True, False, True]
-    p0 = ff.build_prompt("fim-prefix", PREFIX, SUFFIX, count=count, prefix_tokens=1000, suffix_tokens=1000)
+    p0 = ff.build_prompt("fim-prefix", PREFIX, SUFFIX, count=count, prefix_tokens=1000, suffix_tokens=1000,
+                        heal_whitespace=False)
     assert ff.prompt_text(p0) == f"{T.fim_prefix}{PREFIX}{T.fim_suffix}{T.fim_middle}"
 
 
 def test_short_suffix_is_rest_of_line_and_two_lines():
     assert ff.short_suffix(" + 1\n    return s\n\n\ndef other():\n") == " + 1\n    return s\n\n"
     p = ff.build_prompt("fim-short", PREFIX, " + 1\n    return s\n\n\ndef other():\n", count=count,
-                        prefix_tokens=1000, suffix_tokens=1000)
+                        prefix_tokens=1000, suffix_tokens=1000,
+                        heal_whitespace=False)
     assert ff.prompt_text(p).endswith(f"{T.fim_suffix} + 1\n    return s\n\n{T.fim_middle}")
 
 
 def test_spm_plain_repo_chat_layouts():
-    kw = dict(count=count, prefix_tokens=1000, suffix_tokens=1000)
+    kw = dict(count=count, prefix_tokens=1000, suffix_tokens=1000,
+                        heal_whitespace=False)
     assert ff.prompt_text(ff.build_prompt("fim-spm", PREFIX, SUFFIX, **kw)) == \
         f"{T.fim_suffix}{SUFFIX}{T.fim_prefix}{PREFIX}{T.fim_middle}"
     assert ff.build_prompt("plain", PREFIX, SUFFIX, **kw) == (ff.Piece(PREFIX),)
+    assert ff.build_prompt("plain", "", SUFFIX, **kw) == (ff.Piece(T.endoftext, control=True),)
     r = ff.repo(PREFIX, "", "pkg/calc.py", "pkg", [("pkg/util.py", "X = 1")])
     assert ff.prompt_text(r) == (f"{T.repo_name}pkg\n{T.file_sep}pkg/util.py\nX = 1\n{T.file_sep}pkg/calc.py\n"
                                  f"{T.fim_prefix}{PREFIX}{T.fim_suffix}{T.fim_middle}")
@@ -78,7 +83,7 @@ def test_special_token_text_in_a_file_stays_text():
     evil = f"s = '{T.fim_middle}'\nt = '{T.file_sep}'\n"
     for fmt in ff.FORMATS:
         p = ff.build_prompt(fmt, evil, "\n" + evil, count=count, prefix_tokens=1000, suffix_tokens=1000,
-                            path="a.py", repo_name="r")
+                            path="a.py", repo_name="r", heal_whitespace=False)
         ids = ff.prompt_ids(p, v.encode_text, v.control_id)
         n_controls = sum(x.control for x in p)
         # exactly the format's own control tokens are control ids; the file's spellings are text ids
@@ -112,7 +117,7 @@ def test_build_prompt_respects_budgets():
     prefix, suffix = "".join(lines) + "    ", "\n" + "".join(lines)
     for fmt in ff.FORMATS:
         p = ff.build_prompt(fmt, prefix, suffix, count=count, prefix_tokens=120, suffix_tokens=40,
-                            path="m.py", repo_name="m")
+                            path="m.py", repo_name="m", heal_whitespace=False)
         text_pieces = [x.text for x in p if not x.control]
         cursor = "value_299 = compute(299, 'x')\n    " + (ff.CURSOR_MARKER if fmt == "chat" else "")
         assert any(cursor in t for t in text_pieces), fmt
@@ -129,3 +134,19 @@ def test_stop_rule():
     assert ff.chat_line("    return s\n```\n") == "return s"
     assert ff.chat_line("return s```") == "return s"
     assert ff.chat_line("```\n") == ""
+
+
+def test_whitespace_healing():
+    kw = dict(count=count, prefix_tokens=1000, suffix_tokens=1000)
+    assert ff.trailing_whitespace(PREFIX) == "        " and ff.trailing_whitespace("x = ") == " "
+    assert ff.trailing_whitespace("x\n") == ""
+    for fmt in ff.FORMATS:
+        text = ff.prompt_text(ff.build_prompt(fmt, PREFIX, SUFFIX, **kw))
+        if fmt == "chat":                  # the cursor marker follows the indentation as typed
+            assert PREFIX + ff.CURSOR_MARKER in text
+        else:                              # the prompt ends the prefix at the line break
+            assert PREFIX.rstrip(" ") in text and PREFIX not in text, fmt
+    assert ff.heal("        s += it\n", "        ") == "s += it\n"
+    assert ff.heal("    s += it", "        ") == "s += it"          # other indentation: stripped
+    assert ff.heal("\nx", "    ") == "\nx"                          # a blank first line stays blank
+    assert ff.heal(" total", "") == " total"
