@@ -23,6 +23,9 @@ surrounds it. Text pieces are tokenized as plain text and control tokens one by 
 
 Decoding: llama-cpp-python on the GGUF, greedy (argmax of the logits), one thread, at most 48
 new tokens, stopped at the first newline or a control token (:func:`daemon.fim_formats.is_stop_token`).
+A format whose prompt ids equal an earlier format's on the same task takes that answer
+(``same_prompt_as``): llama.cpp's logits for a prompt differ in the last bits with how it was split
+into batches, which can flip a near tie, and the daemon would not decode the same prompt twice.
 The KV cache keeps the longest common prefix with the previous prompt (formats that share a
 prefix are run back to back: ``fim-prefix`` is cold, ``fim-short`` and ``fim-full`` reuse its
 prefix), so ``prefilled`` (tokens actually evaluated) and the milliseconds are recorded apart from
@@ -226,6 +229,7 @@ def run(args) -> int:
             return
         name, path = repo_place(task.task_id)
         recs = []
+        seen: dict[tuple[int, ...], dict] = {}     # the same prompt ids twice: the same answer
         for fmt in todo:
             base, _, variant = fmt.partition(":")
             healed = variant != "raw" and base != "chat"
@@ -233,7 +237,12 @@ def run(args) -> int:
                                  suffix_tokens=args.suffix_tokens, path=path, repo_name=name,
                                  heal_whitespace=healed)
             ids = ff.prompt_ids(pr, g.encode_text, g.control_id)
-            r = g.line(ids, args.max_new_tokens)
+            if tuple(ids) in seen:
+                r = dict(seen[tuple(ids)], same_prompt_as=seen[tuple(ids)]["format"])
+            else:
+                r = g.line(ids, args.max_new_tokens)
+                seen[tuple(ids)] = dict(r, format=fmt)
+            r = {k: v for k, v in r.items() if k != "format"}
             if healed:
                 ws = ff.trailing_whitespace(ff.clip_prefix(task.prefix, prefix_tokens, g.count))
                 r["text"] = ff.heal(r["text"], ws)
