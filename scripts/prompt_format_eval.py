@@ -277,6 +277,46 @@ def run(args) -> int:
     return 0
 
 
+def embedded(args) -> int:
+    """The embedded model (``tricode eval``'s own prompt and greedy ``ar`` decoding, through
+    :func:`training.evaluate.run_completions`) on the tasks already in ``--out``, recorded as
+    format ``embedded``, so the table has it on the same tasks."""
+    import torch
+    from engine.checkpoint import load_checkpoint
+    from daemon.tokenizer import Tokenizer
+    from training.evaluate import check_humaneval, edit_similarity, exact_match, run_completions
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    have = {(r["set"], r["task"]) for r in recs if r["format"] != "embedded"}
+    done = {(r["set"], r["task"]) for r in recs if r["format"] == "embedded"}
+    emb = REPO / "engine" / "embedded"
+    ck, tok = load_checkpoint(emb, device="cpu"), Tokenizer(emb)
+    ft = [t for t in fim_tasks(args.fim_tasks) if ("fim", t.task_id) in have - done]
+    ht = [p for p in humaneval_tasks(args.humaneval) if ("humaneval", p[1].task_id) in have - done]
+    new = []
+    for kind, tasks in (("fim", ft), ("humaneval", [p[1] for p in ht])):
+        gens = run_completions(ck.model, tok, tasks, "ar", block_size=None, threshold=None, quiet=True)
+        passed = check_humaneval([p[0] for p in ht], [g["line"] for g in gens], workers=1) \
+            if kind == "humaneval" else [None] * len(gens)
+        for t, g, ok in zip(tasks, gens, passed):
+            line = g["line"]
+            new.append({"set": kind, "task": t.task_id, "format": "embedded", "model": "engine/embedded",
+                        "line": line, "reference": t.middle, "exact": exact_match(line, t.middle),
+                        "edit_sim": round(edit_similarity(line, t.middle), 4),
+                        "prompt_tokens": g["prompt_tokens"], "line_skip_blank": line,
+                        "exact_skip_blank": exact_match(line, t.middle), "gen_tokens": len(g["tokens"]),
+                        "stop": "newline" if g["stop_reason"] == "stop" else g["stop_reason"],
+                        "prefilled": g["prompt_tokens"], "prefill_ms": round(g["prefill_ms"], 1),
+                        "decode_ms": round(g["ms"] - g["prefill_ms"], 1), "ms": round(g["ms"], 1),
+                        **({"passed": bool(ok)} if ok is not None else {})})
+    with out.open("a") as f:
+        for x in new:
+            f.write(json.dumps(x) + "\n")
+    print(f"embedded: {len(new)} records added", file=sys.stderr)
+    return 0
+
+
 # ----------------------------------------------------------------------------- summary
 
 
@@ -285,7 +325,8 @@ def summarize(records: list[dict], formats: list[str] | None = None) -> dict:
     out: dict = {}
     for kind in ("fim", "humaneval"):
         rs = [r for r in records if r["set"] == kind]
-        fmts = formats or sorted({r["format"] for r in rs}, key=lambda f: (ff.FORMATS.index(f.partition(":")[0]), f))
+        fmts = formats or sorted({r["format"] for r in rs},
+                                 key=lambda f: (ff.FORMATS.index(f.partition(":")[0]) if f != "embedded" else 99, f))
         by_task: dict[str, dict[str, dict]] = {}
         for r in rs:
             by_task.setdefault(r["task"], {})[r["format"]] = r
@@ -361,6 +402,11 @@ def main(argv=None) -> int:
     r.add_argument("--minutes", type=float, default=0, help="stop starting tasks after this long (0: no limit)")
     r.add_argument("--out", required=True, help="JSON-lines results (appended; a rerun resumes)")
     r.set_defaults(func=run)
+    e = sub.add_parser("embedded", help="add the embedded model's answers on the tasks in --out")
+    e.add_argument("--out", required=True)
+    e.add_argument("--fim-tasks", type=int, default=100, dest="fim_tasks")
+    e.add_argument("--humaneval", type=int, default=120)
+    e.set_defaults(func=embedded)
     s = sub.add_parser("summary", help="the table of a results file")
     s.add_argument("--out", required=True)
     s.add_argument("--formats", default="")
