@@ -3,7 +3,11 @@
     nice python scripts/prompt_format_eval.py run --model /tmp/models/qwen2.5-coder-0.5b.gguf \\
         --formats fim-prefix,fim-short,fim-full,fim-spm,plain,repo,chat --fim-tasks 100 --humaneval 120 \\
         --out /tmp/pf_05b.jsonl
+    python scripts/prompt_format_eval.py embedded --out /tmp/pf_05b.jsonl     # the embedded model, same tasks
     python scripts/prompt_format_eval.py summary --out /tmp/pf_05b.jsonl --json docs/prompt_formats_0.5b.json
+
+A format name may end in ``:raw``: the same format without whitespace healing
+(:func:`daemon.fim_formats.heal`).
 
 Tasks (the same as tricode's own evaluation, so the figures sit beside the embedded model's):
 
