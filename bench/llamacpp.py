@@ -67,7 +67,8 @@ def line_stop(vocab: Vocab):
 
 
 def plain_llama(gguf: Path, **kw):
-    """llama-cpp-python's high-level `Llama` with the same weight buffers as engine/llama_runner.py:
+    """llama-cpp-python's high-level `Llama` with the same weight buffers as engine/llama_runner.py
+    (every script and test that opens the high-level Llama on a model goes through here):
     the extra CPU buffer types (AMX / repacked weights) off, since they crash llama_decode on this
     machine (see LlamaModel). `Llama` takes no such option, so its default model params are wrapped
     while it loads."""
@@ -80,8 +81,9 @@ def plain_llama(gguf: Path, **kw):
         p.use_extra_bufts = False
         return p
     C.llama_model_default_params = params
+    kw.setdefault("verbose", False)
     try:
-        return Llama(model_path=str(gguf), verbose=False, **kw)
+        return Llama(model_path=str(gguf), **kw)
     finally:
         C.llama_model_default_params = orig
 

@@ -62,25 +62,9 @@ HUMANEVAL_SEED = 0          # tricode eval's default --seed: the subset of `--hu
 
 
 def open_gguf(path: str, threads: int, n_ctx: int = 4096):
-    """``llama_cpp.Llama`` on ``path`` with llama.cpp's extra weight buffers (repacking/AMX) off:
-    with them, llama-cpp-python 0.3.36 crashes in its first decode of this GGUF on this Xeon.
-    Llama() takes no argument for it, so the default model parameters are wrapped while it loads."""
-    import llama_cpp
-    import llama_cpp.llama as llama_mod
-    low = llama_mod.llama_cpp
-    default = low.llama_model_default_params
-
-    def without_extra_buffers():
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    low.llama_model_default_params = without_extra_buffers
-    try:
-        return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                               n_threads_batch=threads, verbose=False)
-    finally:
-        low.llama_model_default_params = default
+    """``llama_cpp.Llama`` on ``path`` (bench.llamacpp.plain_llama: llama.cpp's extra weight buffers off)."""
+    from bench.llamacpp import plain_llama
+    return plain_llama(path, n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads)
 
 
 class Greedy:

@@ -26,9 +26,9 @@ def _model():
     global _llm
     if _llm is None:
         from registry.models import resolve
-        from scripts.llamacpp_agreement import open_llama     # llama.cpp's repacking off (segfaults here)
+        from bench.llamacpp import plain_llama     # llama.cpp's repacking off (segfaults here)
         path = str(resolve(os.environ.get("QWEN_GGUF", "qwen2.5-coder-0.5b")))
-        _llm = open_llama(path, n_ctx=4096, n_threads=int(os.environ.get("QWEN_THREADS", "2")),
+        _llm = plain_llama(path, n_ctx=4096, n_threads=int(os.environ.get("QWEN_THREADS", "2")),
                      verbose=False, seed=0)
     return _llm
 
