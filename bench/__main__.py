@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.common import REPO, logger, machine_info, section
 
-SECTIONS = ("decoding", "latency", "peers", "humaneval", "concurrency", "load")
+SECTIONS = ("decoding", "latency", "peers", "humaneval", "concurrency", "load", "llamacpp")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -74,6 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens",
                    help="cap on generated tokens (default: 48 single-line, 128 multi-line)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--gguf", default="qwen2.5-coder-0.5b",
+                   help="section 7 (llamacpp): the GGUF model run by both engines (a file or a pulled model's name)")
+    p.add_argument("--gguf-threads", type=_ints, default=(1, 2), dest="gguf_threads",
+                   help="section 7: thread counts, every engine alike")
+    p.add_argument("--gguf-tasks", type=int, default=12, dest="gguf_tasks", help="section 7: single-line tasks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--note", action="append", default=[], help="a sentence for the report (why sizes were cut...)")
@@ -388,6 +393,22 @@ def main(argv=None) -> int:
                 r["load"] = {"skipped": f"{type(e).__name__}: {e}"}
                 log(f"  load section failed: {e}")
 
+    # a smoke run leaves the real GGUF out unless the section is asked for by name
+    if "llamacpp" in args.sections and not (args.smoke and tuple(args.sections) == SECTIONS):
+        from bench import llamacpp
+        with section(r, "7. llama.cpp kernels", log):
+            r["llamacpp"] = []
+            for th in args.gguf_threads:
+                try:
+                    from registry.models import resolve
+                    r["llamacpp"].append(llamacpp.run_section(
+                        resolve(args.gguf), files, threads=th, tasks=2 if args.smoke else args.gguf_tasks, seed=args.seed,
+                        prompt_tokens=200 if args.smoke else 1000, max_new_tokens=8 if args.smoke else 32,
+                        log=log))
+                except Exception as e:  # noqa: BLE001 - reported in the doc, the rest of the bench goes on
+                    r["llamacpp"].append({"skipped": f"{type(e).__name__}: {e}"})
+                    log(f"  llama.cpp section failed: {e}")
+
     r["seconds"] = round(time.perf_counter() - t_start, 1)
     r["appendix"] = [json.loads(Path(p).read_text()) for p in args.appendix]
     for a in r["appendix"]:
@@ -397,9 +418,9 @@ def main(argv=None) -> int:
         keys = {"decoding": ("decoding", "forward_costs", "forward_costs_prefix", "forward_costs_threads_default",
                              "spec_model", "profile", "weight_read_bound"),
                 "latency": ("latency", "new_place"), "peers": ("peers",), "humaneval": ("humaneval",),
-                "concurrency": ("concurrency",), "load": ("load",)}
+                "concurrency": ("concurrency",), "load": ("load",), "llamacpp": ("llamacpp",)}
         names = {"decoding": "1. decoding", "latency": "2. lsp latency", "peers": "3. peers", "humaneval": "4. humaneval",
-                 "concurrency": "5. concurrency", "load": "6. load"}
+                 "concurrency": "5. concurrency", "load": "6. load", "llamacpp": "7. llama.cpp kernels"}
         now = dict(r.get("sections", {}))
         r["sections"] = {}
         for sec in SECTIONS:

@@ -340,6 +340,7 @@ def summarize(reqs: Sequence[Req], counters: dict, debounce_ms: float) -> dict:
         out["outside_daemon_ms"] = round(out["client_ms"] - out["total_ms"], 2)
         out["prefill_tokens"] = round(median([float(r.info.get("prefill_tokens") or 0) for r in rs]), 1)
         out["reused_tokens"] = round(median([float(r.info.get("reused_tokens") or 0) for r in rs]), 1)
+        out["prompt_tokens"] = round(median([float(r.info.get("prompt_tokens") or 0) for r in rs]), 1)
         out["tokens"] = round(median([float(r.info.get("tokens") or 0) for r in rs]), 1)
         out["tokens_per_forward"] = round(median([float(r.info.get("tokens_per_forward") or 0) for r in rs]), 2)
         return out
@@ -365,6 +366,23 @@ def summarize(reqs: Sequence[Req], counters: dict, debounce_ms: float) -> dict:
     }
 
 
+async def _index_built(env: dict, log, timeout: float = 600.0) -> list[dict]:
+    """Wait until the daemon's repository indexes (if it builds any: repo_context) are built, so that
+    the replay measures typing with a built index; their status entries."""
+    from protocol import Status
+    from protocol.client import call
+    end = time.monotonic() + timeout
+    while True:
+        st = (await asyncio.to_thread(call, Status(), socket_path=env["TRICODE_SOCKET"], timeout=10.0))[0]
+        idx = (st.get("workspace") or {}).get("repo_index") or []
+        if not any(i["building"] for i in idx) or time.monotonic() > end:
+            for i in idx:
+                log(f"  repository index {i['root']}: {i['files']} files, {i['chunks']} chunks, "
+                    f"{i['memory_bytes'] / 2**20:.1f} MiB, built in {i['build_seconds']:.1f} s")
+            return idx
+        await asyncio.sleep(0.5)
+
+
 async def _run(env: dict, sites: Sequence[Site], variants: Sequence[tuple[str, str]], seed: int, options: dict,
                cps, log, root: Path) -> dict:
     """variants: (label, inline mode) replayed in turn against the daemon of ``env``."""
@@ -382,6 +400,7 @@ async def _run(env: dict, sites: Sequence[Site], variants: Sequence[tuple[str, s
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(fut, 60)
         ed.close(warm.uri + ".warmup.py")
+        out["_index"] = await _index_built(env, log)
         for label, mode in variants:
             ed.configure({"inline_mode": mode})
             await asyncio.sleep(0.3)
@@ -406,10 +425,18 @@ async def _run(env: dict, sites: Sequence[Site], variants: Sequence[tuple[str, s
 
 def run_latency(model_dir: Path, files, *, sites: int, variants: Sequence[tuple[str, str, dict]] = (
                     ("spec", "spec", {}), ("ar", "ar", {})), seed: int = 0, options: dict | None = None,
-                cps: tuple[float, float] = (10.0, 20.0), log=print) -> dict:
-    """variants: (label, inline mode, daemon config); one private daemon per distinct daemon config."""
+                cps: tuple[float, float] = (10.0, 20.0), log=print, project: bool = False) -> dict:
+    """variants: (label, inline mode, daemon config); one private daemon per distinct daemon config.
+    `project`: the workspace is a repository (a .git marker, every held-out file copied in, the sites'
+    files as opened), as the daemon's repository index wants one; else only the sites' files, no marker."""
     ws_tmp = tempfile.TemporaryDirectory(prefix="tricode-bench-ws-")
     ws = Path(ws_tmp.name) / "project"
+    if project:
+        (ws / ".git").mkdir(parents=True)
+        for key, text in files:
+            path = ws / key.lstrip("/").replace("..", "_")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
     ss = make_sites(files, sites, seed=seed + 1000, workspace=ws)
     if not ss:
         return {"skipped": "no usable held-out lines for the replay"}
@@ -423,8 +450,10 @@ def run_latency(model_dir: Path, files, *, sites: int, variants: Sequence[tuple[
         with private_daemon(Path(model_dir), dcfg) as env:     # started and polled outside the event loop
             out = asyncio.run(_run(env, ss, vs, seed, opts, cps, log, ws))
         daemon = out.pop("_daemon", {})
+        index = out.pop("_index", [])
         for label, s in out.items():
             s["daemon_config"] = dcfg
+            s["repo_index"] = index
             res["variants"][label] = s
         res["daemon"] = daemon
     res.update(sites=len(ss), chars=sum(len(s.typed) for s in ss), options=opts, cps=list(cps),

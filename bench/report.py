@@ -394,6 +394,11 @@ def markdown(r: dict) -> str:
             md += [f"Skipped: {ld['skipped']}", ""]
         for name, run in ({} if "skipped" in ld else ld).items():
             md += [f"**{name}**: " + load_markdown(run, r.get("command", "python -m bench")), ""]
+    if r.get("llamacpp"):
+        from bench.llamacpp import markdown as llamacpp_markdown
+        md += ["## 7. A GGUF model through llama.cpp's kernels: tricode vs llama.cpp", ""]
+        for run in r["llamacpp"]:
+            md += [f"Skipped: {run['skipped']}", ""] if "skipped" in run else llamacpp_markdown(run)
     changes = Path(__file__).with_name("changes.md")
     if changes.is_file() and not r.get("smoke"):
         md += ["## Engine changes, before and after", "",

@@ -79,6 +79,8 @@ class Config:
     # workspace context
     extra_context: bool = True         # other files (open documents, recent edits, imports) in the prompt
     max_file_kb: int = 512             # files larger than this are never read for context
+    repo_context: bool = True          # index the workspace's project roots; snippets in the prompt
+    repo_context_tokens: float = 0.3   # the snippets' share of a prompt's budget (0 = none; at most 0.6)
     cache_slots: int = 4               # KV caches kept for prefix reuse (one per recent document)
     batch_size: int = 4                # decodes run together (batched forwards); 1 = one at a time
     prefetch_tokens_per_s: int = 2048  # prefill work a second for prefetches (lowest priority); 0 = no prefetch
@@ -137,6 +139,9 @@ def _check(name: str, want: str, value):
         raise ValueError(f"{name} = {value}: must be >= {_MINIMUM[name]}")
     if name == "threshold" and not 0.0 <= value <= 1.0:
         raise ValueError("threshold must be within [0, 1]")
+    if name == "repo_context_tokens" and not 0.0 <= value <= 0.6:
+        raise ValueError(f"repo_context_tokens = {value}: a share of context_tokens within [0, 0.6] "
+                         "(the prefix and suffix need the rest)")
     if name == "tcp_port" and value > 65535:
         raise ValueError("tcp_port must be <= 65535")
     return value

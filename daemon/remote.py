@@ -43,6 +43,7 @@ from daemon import prompt as layouts
 from daemon.finish import result_frame, text_cut
 from daemon.http_client import Pool, RemoteError, Response
 from daemon.prompt import PromptBuilder
+from daemon.repo_context import prompt_repo, reported
 
 log = logging.getLogger("tricode.daemon")
 
@@ -271,7 +272,11 @@ class RemoteBackend:
                 except Exception:  # noqa: BLE001 - context is a bonus, never a failure
                     log.exception("extra context for %s", msg.path)
             fim = None if layout == "tokens" else layout in layouts.FIM_LAYOUTS
-            prompt = builder.build(msg.prefix, msg.suffix, budget, extra, fim=fim)
+            repo, repo_budget, snippets = [], 0, []
+            if layouts.needs_suffix(layout):
+                repo, repo_budget, snippets = prompt_repo(workspace, builder.tok, cfg, msg, budget, extra, "contiguous")
+            prompt = builder.build(msg.prefix, msg.suffix, budget, extra, fim=fim, repo=repo, repo_budget=repo_budget)
+            prompt.repo_context = reported(prompt, snippets)
             return prompt, layouts.render(layout, prompt, builder.tok, msg.path)
 
         prompt, rendered = await asyncio.get_running_loop().run_in_executor(self._executor, build)

@@ -186,7 +186,7 @@ class Daemon:
         self._load_feedback()
         self.queue = RequestQueue(loop, self.stats)
         self.observer = start_observer(lambda: self.loop.call_soon_threadsafe(self.reload_config))
-        self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer)
+        self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer, repo_context=self.cfg.repo_context)
         self.worker = LocalWorker(self.queue, self.workspace, self.cfg, self.stats, self._deliver_threadsafe,
                                   self.model_override, self._on_progress)
         self.remote = RemoteBackend(self.workspace, lambda: self.cfg, self.stats, self._deliver, self.worker)
@@ -247,6 +247,9 @@ class Daemon:
             return
         logging.getLogger().setLevel(cfg.log_level.upper())
         self.workspace.max_file_bytes = cfg.max_file_kb * 1024
+        if cfg.max_file_kb != old.max_file_kb:
+            self.workspace.set_repo_context(False)      # the indexes are rebuilt with the new limit
+        self.workspace.set_repo_context(cfg.repo_context)
         reload = self.worker.set_config(cfg)
         self.remote.config_changed(old, cfg)
         changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(old, f.name)]
@@ -570,7 +573,8 @@ class Daemon:
             "socket": str(self.sock_path), "log": str(config_mod.log_path()),
             "tcp": f"127.0.0.1:{cfg.tcp_port}" if self.tcp_server is not None else "",
             "workspace": {"open_documents": len(self.workspace.docs), "recent_files": len(self.workspace.recent),
-                          "roots": [str(r) for r in self.workspace.roots]},
+                          "roots": [str(r) for r in self.workspace.roots],
+                          "repo_index": self.workspace.repo.status() if self.workspace.repo is not None else []},
             "last_result": dict(st.last_result),
             "backend": cfg.backend,
             "remote": self.remote.status(cfg) if cfg.backend == "openai" else {},

@@ -46,10 +46,11 @@ import protocol
 from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
-from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
-from registry.models import ModelError
 from daemon.model_load import CachePool, load_llama, runner_choice, stop_token_ids
+from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
+from daemon.repo_context import prompt_repo, reported
 from daemon.workspace import Workspace
+from registry.models import ModelError
 
 log = logging.getLogger("tricode.daemon")
 
@@ -144,6 +145,8 @@ class LocalWorker(threading.Thread):
                 self._load()
             if not self._reload.is_set():
                 self._admit(running)
+            # the repository index builds wait while a completion or refactor decodes
+            self.workspace.hold_index(any(j.kind != "prefetch" for j in running))
             if running:
                 self._round(running)
             elif self.queue.stopping:
@@ -470,7 +473,13 @@ class LocalWorker(threading.Thread):
         if job.kind == "generate" and chatml_template(getattr(self.tok, "chat_template", None)):
             # an instruct model: refactors through its chat template (the file's own text only)
             return self.builder.build_chat(msg.prefix, msg.suffix, budget, msg.language, msg.path)
-        return self.builder.build(msg.prefix, msg.suffix, budget, extra, **self._layout(job))
+        layout = self._layout(job)
+        repo, repo_budget, snippets = prompt_repo(self.workspace, self.tok, cfg, msg, budget, extra,
+                                                  layout.get("layout", "contiguous"))
+        prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra, repo=repo, repo_budget=repo_budget,
+                                    **layout)
+        prompt.repo_context = reported(prompt, snippets)
+        return prompt
 
     def _layout(self, job: Job) -> dict:
         """Inline completions (and their prefetches) use the configured layout; refactors the contiguous one."""

@@ -6,6 +6,11 @@ imports (Python `import x` / `from x import y`), the other documents the editor 
 path), files recently saved in the workspace (watched with watchdog, sorted by path). Files that
 .gitignore ignores, binary files and files over the size limit are never read.
 
+With `repo_context` on, each project root is also indexed (daemon/repo_context.py: one RepoIndex
+per root, watched recursively on this workspace's observer, whose events feed the recent files too;
+the open, changed and saved files feed its recency list); `Workspace.repo` is what the prompt stage
+asks for snippets.
+
 This module knows files and paths, not tokens: daemon/prompt/ budgets and lays out what
 `Workspace.extra_files` returns.
 """
@@ -20,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.repo_context import RepoContext
 from textkit.gitignore import GitIgnore
 
 log = logging.getLogger(__name__)
@@ -154,7 +160,7 @@ class Workspace:
     """Open documents, recently saved files and the roots they live in. Thread-safe: the socket side
     reports documents, watchdog reports file events, the worker thread builds prompts."""
 
-    def __init__(self, max_file_bytes: int = 512 * 1024, observer=None):
+    def __init__(self, max_file_bytes: int = 512 * 1024, observer=None, repo_context: bool = False):
         self.max_file_bytes = max_file_bytes
         self._lock = threading.RLock()
         self.docs: dict[str, OpenDoc] = {}
@@ -165,16 +171,43 @@ class Workspace:
         self._handler = None
         self._watches: OrderedDict[Path, object] = OrderedDict()
         self.events = 0
+        self.repo: RepoContext | None = None
+        self.set_repo_context(repo_context)
+
+    # the repository indexes
+    def set_repo_context(self, on: bool) -> None:
+        """Index the project roots (on) or close every index (off)."""
+        if on and self.repo is None:
+            with self._lock:
+                if self._handler is None and self._observer is not None:
+                    self._handler = _make_handler(self)
+                self.repo = RepoContext(self.max_file_bytes, self._observer, self._handler)
+                roots = list(self.roots.items())
+            for root, gi in roots:
+                self.repo.add_root(root, gi)
+        elif not on and self.repo is not None:
+            repo, self.repo = self.repo, None
+            repo.close()
+
+    def hold_index(self, busy: bool) -> None:
+        """A completion decodes (True) or nothing runs (False): the index builds wait meanwhile."""
+        repo = self.repo
+        if repo is not None:
+            repo.hold(busy)
 
     # documents
     def set_document(self, uri: str, path: str, language: str, text: str | None, owner: int = 0) -> None:
         with self._lock:
+            old = self.docs.get(uri)
             if text is None:
                 self.docs.pop(uri, None)
             else:
                 self.docs[uri] = OpenDoc(uri, path, language, text, owner)
         if path and text is not None:
             self.add_root_for(Path(path))
+            repo = self.repo
+            if repo is not None:     # opened: viewed; changed: edited
+                repo.touch(path, "view" if old is None else "edit" if old.text != text else "view")
 
     def drop_owner(self, owner: int) -> None:
         with self._lock:
@@ -192,12 +225,19 @@ class Workspace:
             return None
         root = find_root(path)
         with self._lock:
+            gone = []
             if root in self.roots:
                 self.roots.move_to_end(root)
             else:
                 self.roots[root] = GitIgnore(root, ALWAYS_IGNORED)
                 while len(self.roots) > MAX_ROOTS:
-                    self.roots.popitem(last=False)
+                    gone.append(self.roots.popitem(last=False)[0])
+            gi = self.roots[root]
+        repo = self.repo
+        if repo is not None:
+            for g in gone:
+                repo.drop_root(g)
+            repo.add_root(root, gi)
         self._watch(path.parent)
         return root
 
@@ -214,6 +254,9 @@ class Workspace:
         so only the directories of the documents seen, at most MAX_WATCHED_DIRS, least recent dropped)."""
         if self._observer is None:
             return
+        repo = self.repo
+        if repo is not None and repo.covers(d):
+            return          # the root's recursive watch reports this directory's files already
         with self._lock:
             if d in self._watches:
                 self._watches.move_to_end(d)
@@ -240,6 +283,9 @@ class Workspace:
         root, gi = r
         if path.suffix.lower() not in SOURCE_SUFFIXES or path.name.startswith(".#") or gi.ignored(path, False):
             return
+        repo = self.repo
+        if repo is not None:
+            repo.touch(str(path), "edit")
         with self._lock:
             self.events += 1
             self.recent[str(path)] = time.time()
@@ -265,6 +311,7 @@ class Workspace:
         return text
 
     def close(self) -> None:
+        self.set_repo_context(False)
         with self._lock:
             watches, self._watches = list(self._watches.values()), OrderedDict()
         for w in watches:

@@ -34,7 +34,7 @@ from typing import Callable, Generator
 import torch
 
 from engine.kv_cache import CacheFullError, KVCache
-from engine.lookup import LOOKUP_TOKENS, Lookup
+from engine.lookup import LOOKUP_TOKENS, Lookup, sized_draft_length
 from engine.model import NLDModel
 from engine.runner import runner_for
 from triton_kernels.unmask import unmask_step
@@ -148,9 +148,16 @@ def check_mode(model: NLDModel, params: DecodeParams) -> None:
                         f"it supports modes {', '.join(cfg.modes)} (spec drafts from the context only)")
 
 
+def model_device(model: NLDModel) -> torch.device:
+    """Where a model's logits live: its head's device, or the `device` a model held outside torch
+    declares (engine/llama_runner.py: llama.cpp on the CPU)."""
+    dev = getattr(model, "device", None)
+    return dev if isinstance(dev, torch.device) else model.head.weight.device
+
+
 def default_block_size(model: NLDModel) -> int:
     cfg_block = model.cfg.block_size
-    return cfg_block if model.head.weight.is_cuda else min(cfg_block, CPU_BLOCK_SIZE)
+    return cfg_block if model_device(model).type == "cuda" else min(cfg_block, CPU_BLOCK_SIZE)
 
 
 def default_spec_variant(model: NLDModel) -> str:
@@ -160,7 +167,7 @@ def default_spec_variant(model: NLDModel) -> str:
     docs/benchmarks.md)."""
     if not model.cfg.has_drafter:
         return "linear"                     # context drafts only; the quadratic step needs mask tokens
-    return "quadratic" if model.head.weight.is_cuda else "linear"
+    return "quadratic" if model_device(model).type == "cuda" else "linear"
 
 
 def for_device(model: NLDModel, params: DecodeParams) -> DecodeParams:
@@ -185,7 +192,7 @@ class _Run:
         self.lookup = Lookup(prompt_ids) if params.mode == "spec" and params.lookup else None
         self.eos = {model.cfg.eos_token_id, *params.stop_token_ids}
         self.mask_id = model.cfg.mask_token_id
-        self.device = model.head.weight.device
+        self.device = model_device(model)
         self.generator = None
         if params.temperature > 0:
             self.generator = torch.Generator(device=self.device)
@@ -224,6 +231,9 @@ class _Run:
         if self.lookup is None:
             return []
         found = self.lookup.draft(self.result.tokens, min(LOOKUP_TOKENS, self.remaining))
+        costs = getattr(runner_for(self.model), "step_costs", None)
+        if found and costs:       # the runner's step cost curve sizes the draft (lookup.sized_draft_length)
+            found = found[:sized_draft_length(self.lookup.match_length(), costs, len(found))]
         self.result.lookup_steps += bool(found)
         return found
 

@@ -8,6 +8,8 @@
 Custom methods (namespace `tricode/`): notifications `tricode/accepted`, `tricode/rejected`,
 `tricode/partiallyAccepted` (forwarded to the daemon as feedback), `tricode/cursorIdle`
 {textDocument: {uri}, position} (the cursor rested: prefetch, lsp/prefetch.py), request `tricode/status`;
+Copilot's next-edit request `textDocument/copilotInlineEdit` and notification `textDocument/didShowInlineEdit`
+(lsp/next_edit.py, with the edit history of lsp/edit_history.py; announced under capabilities.experimental);
 commands `tricode.accepted` (attached to every inline item) and `tricode.refactor`.
 This module never imports torch.
 """
@@ -32,7 +34,9 @@ from lsp.actions import Actions
 from lsp.backend import Backend
 from lsp import guard
 from lsp.documents import UTF8, UTF16, UTF32, Document, DocumentStore, units, uri_to_path
+from lsp.edit_history import EditHistory
 from lsp.inline import CompletionFailed, InlineCompleter, Outcome
+from lsp.next_edit import NextEditor
 from lsp.prefetch import Prefetcher
 from lsp.progress import WorkDone
 from lsp.settings import Settings, unwrap
@@ -64,6 +68,15 @@ class TricodeProtocol(guard.GuardedProtocol):
         if (h := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
             yield h, (params,), None
 
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params):
+        result = yield from super().lsp_initialize(params)
+        # next-edit suggestions (lsp/next_edit.py), announced the way Copilot's language server does
+        caps = result.capabilities
+        caps.experimental = {**(caps.experimental if isinstance(caps.experimental, dict) else {}),
+                             "copilotInlineEdit": True, "didShowInlineEdit": True}
+        return result
+
     def _handle_cancel_notification(self, msg_id):
         super()._handle_cancel_notification(msg_id)
         on_cancel = getattr(self._server, "on_cancel_request", None)
@@ -78,6 +91,8 @@ class TricodeServer(LanguageServer):
         self.socket_path = socket_path
         self.settings = Settings()
         self.documents = DocumentStore()
+        self.edit_history = EditHistory()
+        self.next_edit = NextEditor(self.documents, self.edit_history)
         self.ignore = IgnoreMatcher()
         self.backend: Backend | None = None
         self.completer: InlineCompleter | None = None
@@ -235,7 +250,8 @@ class TricodeServer(LanguageServer):
                     "document_problems": dict(self.documents.problems),
                     "settings": self.settings.to_dict(),
                     "completions": self.completer.describe() if self.completer else {},
-                    "prefetch": self.prefetcher.describe() if self.prefetcher else {}},
+                    "prefetch": self.prefetcher.describe() if self.prefetcher else {},
+                    "next_edit": self.next_edit.describe()},
         }
 
     def on_cancel_request(self, msg_id) -> None:
@@ -315,7 +331,11 @@ def build(socket_path: str | None = None) -> TricodeServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TricodeServer, params: types.DidChangeTextDocumentParams):
         before = dict(ls.documents.problems)
-        ls.documents.change(params.text_document.uri, params.text_document.version, params.content_changes)
+        old = ls.documents.get(params.text_document.uri)
+        old_text = old.text if old is not None else None
+        doc = ls.documents.change(params.text_document.uri, params.text_document.version, params.content_changes)
+        if doc is not None and old_text is not None:
+            ls.edit_history.changed(doc.uri, old_text, doc.text, doc.version)
         for what, n in ls.documents.problems.items():
             if n > before[what]:
                 ls.protocol.limited.warning(f"didChange:{what}", "didChange %s (version %s): %s (%d so far)",
@@ -331,6 +351,7 @@ def build(socket_path: str | None = None) -> TricodeServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: TricodeServer, params: types.DidCloseTextDocumentParams):
         doc = ls.documents.close(params.text_document.uri)
+        ls.edit_history.closed(params.text_document.uri)
         if ls.completer is not None:
             ls.completer.forget(params.text_document.uri)
         if ls.prefetcher is not None:
@@ -426,6 +447,14 @@ def build(socket_path: str | None = None) -> TricodeServer:
                      "of an open document, got %r", p)
             return
         ls.prefetcher.rested(doc, line)
+
+    @server.feature("textDocument/copilotInlineEdit")
+    async def copilot_inline_edit(ls: TricodeServer, params):
+        return await ls.next_edit.suggest(plain(params))
+
+    @server.feature("textDocument/didShowInlineEdit")
+    def did_show_inline_edit(ls: TricodeServer, params):
+        ls.next_edit.shown(plain(params))
 
     @server.feature("tricode/status")
     async def tricode_status(ls: TricodeServer, params):

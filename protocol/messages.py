@@ -182,11 +182,15 @@ class Result:
     context_ms: float = 0.0    # building that prompt (workspace context, tokenization)
     context_files: tuple[str, ...] = ()   # the extra-context files in the prompt, as labelled there
     loop_cut: bool = False     # the text was cut where it began to repeat itself (textkit/loops.py)
+    # the repository snippets in the prompt (daemon/repo_context.py), each a map: path (relative to
+    # its workspace root), start and end (1-based lines, inclusive), score, why; () when none
+    repo_context: tuple[dict, ...] = ()
     type: str = "result"
 
 
 # the stats of a result (its fields less the text and the addressing): what `tricode lsp` reports
-Result.STATS = tuple(f.name for f in fields(Result) if f.name not in ("id", "text", "type", "context_files"))
+Result.STATS = tuple(f.name for f in fields(Result)
+                     if f.name not in ("id", "text", "type", "context_files", "repo_context"))
 
 
 @dataclass(frozen=True)

@@ -25,29 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def open_llama(path: str, **kw):
-    """llama_cpp.Llama on `path` with llama.cpp's extra buffer types (weight repacking, AMX) off.
-
-    On this Xeon (AVX512 + AMX_INT8) llama-cpp-python 0.3.36 built here segfaults in its first
-    decode of the Qwen2.5-Coder 0.5B GGUF (Q5_0/Q8_0/Q4_K/Q6_K) with them on; without them it runs
-    the plain CPU kernels, which are what every CPU has. llama_cpp.Llama takes no argument for it,
-    so its default model parameters are patched around the constructor."""
-    import llama_cpp
-    import llama_cpp.llama as llama_mod
-    orig = llama_mod.llama_cpp.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-
-    llama_mod.llama_cpp.llama_model_default_params = params
-    try:
-        return llama_cpp.Llama(model_path=str(path), **kw)
-    finally:
-        llama_mod.llama_cpp.llama_model_default_params = orig
-
-
 def rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -94,6 +71,7 @@ def main(argv=None) -> int:
     args.model = str(resolve(args.model))
 
     import torch
+    from bench.llamacpp import plain_llama
     from engine.checkpoint import load_checkpoint
     from engine.generate import DecodeParams, generate
 
@@ -102,8 +80,8 @@ def main(argv=None) -> int:
     ck = load_checkpoint(args.model, device="cpu", dtype="float32")
     load_s = time.perf_counter() - t0
     rss = rss_mib()
-    llm = open_llama(args.model, n_ctx=2048, logits_all=False, verbose=False,
-                     n_threads=args.threads, n_threads_batch=args.threads)
+    llm = plain_llama(args.model, n_ctx=2048, logits_all=False, verbose=False,
+                      n_threads=args.threads, n_threads_batch=args.threads)
     eos = {llm.token_eos(), ck.config.eos_token_id}
     prompts = heldout_prompts(args.prompts, args.chars, args.seed)
     rows, ms_per_token = [], []

@@ -9,7 +9,7 @@ daemon/layouts.py renders for `qwen`):
 The prefix keeps its last PREFIX_TOKENS tokens and the suffix its first SUFFIX_TOKENS (whole lines),
 the same for both runs, so the only difference is the snippets. Greedy, stops at the end of the line.
 
-    QWEN_GGUF=/tmp/models/qwen2.5-coder-0.5b.gguf python scripts/repo_context_eval.py \\
+    QWEN_GGUF=qwen2.5-coder-0.5b python scripts/repo_context_eval.py \\
         --completer scripts.repo_context_qwen:complete
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ _llm = None
 def _model():
     global _llm
     if _llm is None:
-        from llama_cpp import Llama
-        path = os.environ.get("QWEN_GGUF", "/tmp/models/qwen2.5-coder-0.5b.gguf")
-        _llm = Llama(model_path=path, n_ctx=4096, n_threads=int(os.environ.get("QWEN_THREADS", "2")),
+        from registry.models import resolve
+        from bench.llamacpp import plain_llama     # llama.cpp's repacking off (segfaults here)
+        path = str(resolve(os.environ.get("QWEN_GGUF", "qwen2.5-coder-0.5b")))
+        _llm = plain_llama(path, n_ctx=4096, n_threads=int(os.environ.get("QWEN_THREADS", "2")),
                      verbose=False, seed=0)
     return _llm
 

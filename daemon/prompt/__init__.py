@@ -27,7 +27,17 @@ extra files and the file's head (as a context entry of its own) first, sized fro
 only the cursor's window (near suffix, near prefix) as FIM; a prefetch without a cursor prepares the
 part before the window (`Prompt.stable_tokens`).
 
-Remote layouts (`backend = "openai"`):
+Repository context (`repo`: snippets of the workspace index, daemon/repo_context.py) takes its fixed
+share `repo_budget` out of the budget before every other share, and goes after the stable part and
+before the cursor's FIM part, as further [file_sep] entries:
+
+    [bos] + extra files (+ head) + repo snippets + [fim_suffix] ... [fim_middle]
+
+The snippets depend on the cursor's line only (retrieval's query ends at the start of that line),
+so a keystroke within a line keeps every token before the FIM part, and a move to another line
+re-prefills the snippets and the window but not the files and the head.
+
+Remote layouts (`backend = "openai"`; daemon/prompt/remote.py):
 
 The daemon budgets and clips a prompt with its local tokenizer exactly as for the local model
 (PromptBuilder: the same files, imports, prefix and suffix, in the same order); a layout
@@ -60,10 +70,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Mapping, Sequence
 
 from daemon.prompt import fim
+from daemon.prompt.remote import (FIM_LAYOUTS, REMOTE_LAYOUTS, _repo_name, detect, needs_suffix,  # noqa: F401
+                                  render, resolve)
 from daemon.prompt.chat import (CHAT_SYSTEM, FILL, ChatTemplateError, chat_ids, chat_text,  # noqa: F401
                                 chatml_template, fill_messages)
 
@@ -142,6 +153,9 @@ class Prompt:
     format: str = "tricode"         # which layout built `ids` (tricode | chat | a format of fim.FORMATS)
     heal: str = ""                  # the cursor line's whitespace the prompt left for the model to write
                                     # (fim.heal removes it from the completion again)
+    repo_tokens: int = 0        # of context_tokens: the repository snippets'
+    repo_files: list[str] = field(default_factory=list)        # their labels, in prompt order
+    repo_context: list[dict] = field(default_factory=list)     # the snippets (path, lines), for the reply
 
 
 def _split_lines(text: str) -> list[str]:
@@ -253,39 +267,46 @@ class PromptBuilder:
         return ids
 
     def build(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = (),
-              fim: bool | None = None, layout: str = "contiguous", label: str = "") -> Prompt:
+              fim: bool | None = None, layout: str = "contiguous", label: str = "",
+              repo: list[tuple[str, str]] = (), repo_budget: int = 0) -> Prompt:
         """The prompt within `budget` tokens. `fim` (default: the tokenizer has FIM tokens) chooses the
         budgeting with suffix and extra context; `ids` holds this tokenizer's layout of the pieces
         (prefix only when it has no FIM tokens), the pieces themselves are kept for other layouts
-        (the remote backend's). `layout="window"` is build_window (FIM tokenizers with a file separator)."""
+        (the remote backend's). `layout="window"` is build_window (FIM tokenizers with a file separator).
+        `repo`: repository snippets as (label, text) entries within `repo_budget` tokens (see the module
+        docstring; FIM layouts with a file separator only)."""
         tok = self.tok
         if self.fim_format is not None:
             return self.build_pretrained(prefix, suffix, budget, extra, label)
         use_fim = tok.has_fim if fim is None else fim
         if layout == "window" and use_fim and tok.has_fim and tok.fim.get("file_sep") is not None:
-            return self.build_window(prefix, suffix, budget, extra, label)
+            return self.build_window(prefix, suffix, budget, extra, label, repo, repo_budget)
         if not use_fim:
             ids, clipped = self.clip_prefix(prefix, budget - 1)
             return Prompt(plain_layout(tok.bos_id, ids), prefix_tokens=len(ids), prefix_clipped_lines=clipped, fim=False,
                           prefix_ids=ids)
         overhead = 4
+        sep = tok.fim.get("file_sep")
+        repo = list(repo) if repo and repo_budget > 0 and (sep is not None or not tok.has_fim) else []
+        if repo:
+            budget -= repo_budget       # the repository's share first: fixed, so the other shares are too
         suffix_ids = self.clip_head(suffix, int(budget * SUFFIX_SHARE))
         e_min = int(budget * EXTRA_MIN_SHARE) if extra else 0
         p_max = max(budget - overhead - len(suffix_ids) - e_min, 16)
         prefix_ids, clipped = self.clip_prefix(prefix, p_max)
         p_reserved = min(p_max, -(-(len(prefix_ids) + 1) // PREFIX_QUANTUM) * PREFIX_QUANTUM)
         extra_budget = budget - overhead - len(suffix_ids) - p_reserved
-        sep = tok.fim.get("file_sep")
         # a FIM tokenizer without a file separator has no way to mark another file: no extra context
         ctx, files, entries = self._extra(extra if (sep is not None or not tok.has_fim) else (), extra_budget, sep)
+        rctx, rfiles, rentries = self._repo(repo, repo_budget, sep)
         if tok.has_fim:
-            ids = fim_layout(tok.fim, prefix_ids, suffix_ids, ctx, bos=tok.bos_id)
+            ids = fim_layout(tok.fim, prefix_ids, suffix_ids, ctx + rctx, bos=tok.bos_id)
         else:  # FIM budgeting asked for a tokenizer without FIM tokens: its own layout is the prefix
             ids = plain_layout(tok.bos_id, prefix_ids)
         return Prompt(ids, prefix_tokens=len(prefix_ids), suffix_tokens=len(suffix_ids),
-                      context_tokens=len(ctx), context_files=files, prefix_clipped_lines=clipped,
-                      prefix_ids=prefix_ids, suffix_ids=suffix_ids, entry_ids=entries,
-                      stable_tokens=1 + len(ctx))
+                      context_tokens=len(ctx) + len(rctx), context_files=files, prefix_clipped_lines=clipped,
+                      prefix_ids=prefix_ids, suffix_ids=suffix_ids, entry_ids=entries + rentries,
+                      stable_tokens=1 + len(ctx), repo_tokens=len(rctx), repo_files=rfiles)
 
     def build_pretrained(self, prefix: str, suffix: str, budget: int, extra=(), label: str = "") -> Prompt:
         """An inline prompt in the pretrained model's format (self.fim_format, fim.build_prompt): the
@@ -332,10 +353,10 @@ class PromptBuilder:
                       fim=False, prefix_ids=prefix_ids, suffix_ids=suffix_ids, stops=("```",), format="chat")
 
     def build_window(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = (),
-                     label: str = "") -> Prompt:
+                     label: str = "", repo: list[tuple[str, str]] = (), repo_budget: int = 0) -> Prompt:
         """The window layout: what does not depend on the cursor first, the cursor's window last.
 
-            [bos] + extra files + [file_sep] enc(label + "\n" + head)
+            [bos] + extra files + [file_sep] enc(label + "\n" + head) + repository snippets
                   + [fim_suffix] enc(near suffix) + [fim_prefix] enc(near prefix) + [fim_middle]
 
         The near prefix is the last lines before the cursor (NEAR_SHARE of the budget and up to
@@ -350,6 +371,9 @@ class PromptBuilder:
         tok = self.tok
         sep = tok.fim["file_sep"]
         overhead = 5
+        repo = list(repo) if repo and repo_budget > 0 else []
+        if repo:
+            budget -= repo_budget       # the repository's share first: fixed, so the other shares are too
         suffix_ids = self.clip_head(suffix, int(budget * SUFFIX_SHARE))
         near_ids, c = self.clip_window(prefix, int(budget * NEAR_SHARE), int(budget * NEAR_SLACK))
         lines = _split_lines(prefix)
@@ -365,10 +389,11 @@ class PromptBuilder:
             head = full_head if c >= k else self.head_lines("".join(lines[:c]), head_max)[0]
             if head:
                 head = [sep] + tok.encode(head_label) + head
-        ids = fim_layout(tok.fim, near_ids, suffix_ids, ctx + head, bos=tok.bos_id)
+        rctx, rfiles, _ = self._repo(repo, repo_budget, sep)
+        ids = fim_layout(tok.fim, near_ids, suffix_ids, ctx + head + rctx, bos=tok.bos_id)
         return Prompt(ids, prefix_tokens=len(near_ids), suffix_tokens=len(suffix_ids),
-                      context_tokens=len(ctx) + len(head), context_files=files, prefix_clipped_lines=c,
-                      stable_tokens=1 + len(ctx) + len(head))
+                      context_tokens=len(ctx) + len(head) + len(rctx), context_files=files, prefix_clipped_lines=c,
+                      stable_tokens=1 + len(ctx) + len(head), repo_tokens=len(rctx), repo_files=rfiles)
 
     def clip_window(self, prefix: str, budget: int, slack: int) -> tuple[list[int], int]:
         """enc(the last lines of prefix) from a first line that is a multiple of WINDOW_STEP, within
@@ -438,104 +463,41 @@ class PromptBuilder:
         return ctx, files, entries
 
 
-# -- remote layouts ---------------------------------------------------------------------------------------
-
-REMOTE_LAYOUTS = ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")
-FIM_LAYOUTS = frozenset({"tricode", "qwen", "starcoder", "deepseek"})
-
-_MARKERS = {
-    "qwen": ("<|repo_name|>", "<|file_sep|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
-             "<|fim_pad|>", "<|endoftext|>"),
-    "starcoder": ("<repo_name>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>",
-                  "<|endoftext|>"),
-    "deepseek": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>",
-                 "<｜begin▁of▁sentence｜>"),
-}
-_ZWSP = "\u200b"
-
-
-def detect(model_name: str) -> str:
-    """The layout for a served model's name (a path or a Hugging Face id)."""
-    name = model_name.lower()
-    if "tricode" in name:         # tricode's own model (the embedded one as GGUF)
-        return "tricode"
-    if "qwen" in name and "coder" in name:
-        return "qwen"
-    if "starcoder" in name:
-        return "starcoder"
-    if "deepseek" in name and "coder" in name:
-        return "deepseek"
-    return "prefix"
+    def _repo(self, repo, budget: int, sep: int | None) -> tuple[list[int], list[str], list[list[int]]]:
+        """The repository snippets' entries within `budget` tokens, in order (retrieval sized them with
+        this tokenizer's count already; an entry that still does not fit is cut at a line boundary)."""
+        ctx: list[int] = []
+        files: list[str] = []
+        entries: list[list[int]] = []
+        for label, content in repo:
+            left = budget - len(ctx) - (sep is not None)
+            if left < MIN_ENTRY_TOKENS // 2:
+                break
+            entry = self.clip_head(f"{label}\n{content}", left)
+            if len(entry) < MIN_ENTRY_TOKENS // 4:
+                continue
+            ctx += ([sep] if sep is not None else []) + entry
+            entries.append(entry)
+            files.append(label)
+        return ctx, files, entries
 
 
-def resolve(layout: str, model_name: str) -> str:
-    return detect(model_name) if layout == "auto" else layout
+CHARS_PER_TOKEN = 4       # an estimate for source text, where only a size in characters is needed
 
 
-def needs_suffix(layout: str) -> bool:
-    """Does the layout use the suffix and the other files (FIM budgeting)?"""
-    return layout in FIM_LAYOUTS or layout == "tokens"
-
-
-def _specials(tok) -> dict[str, str]:
-    """The local tokenizer's special tokens as strings (role -> text), for the `tricode` layout."""
-    inner = tok._tok
-    out = {"bos": inner.id_to_token(tok.bos_id) or ""}
-    for role, i in tok.fim.items():
-        if i is not None:
-            out[role] = inner.id_to_token(i)
-    return out
-
-
-def _escape(text: str, layout: str, markers=()) -> str:
-    for m in tuple(_MARKERS.get(layout, ())) + tuple(markers):
-        if m and m in text:
-            text = text.replace(m, m[0] + _ZWSP + m[1:])
-    return text
-
-
-def render(layout: str, prompt, tok, path: str = "") -> str | list[int]:
-    """The prompt to send: token ids for `tokens`, else text. `prompt` is a Prompt built by
-    PromptBuilder with `tok` (FIM budgeting for a FIM layout), `path` the file being completed."""
-    if layout == "tokens":
-        return list(prompt.ids)
-    sp = _specials(tok) if layout == "tricode" else {}
-    esc = (lambda ids: _escape(tok.decode(ids), layout, sp.values()))
-    prefix = esc(prompt.prefix_ids)
-    if layout == "prefix":
-        return prefix
-    if layout not in FIM_LAYOUTS:
-        raise ValueError(f"unknown prompt layout {layout!r}: choose one of {', '.join(REMOTE_LAYOUTS)}")
-    suffix = esc(prompt.suffix_ids)
-    files = [esc(e) for e in prompt.entry_ids]          # "label\ncontent\n" each
-    if layout == "tricode":
-        if not all(k in sp for k in ("prefix", "suffix", "middle")):
-            raise ValueError("the tricode layout needs a local tokenizer with FIM tokens")
-        sep = sp.get("file_sep", "")
-        head = "".join(sep + f for f in files) if sep else ""
-        return f"{sp['bos']}{head}{sp['suffix']}{suffix}{sp['prefix']}{prefix}{sp['middle']}"
-    name = PurePath(path).name if path else ""
-    if layout == "qwen":
-        head = "".join(f"<|file_sep|>{f}" for f in files)
-        if files:
-            head = f"<|repo_name|>{_repo_name(path)}\n" + head + (f"<|file_sep|>{name}\n" if name else "")
-        return f"{head}<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
-    if layout == "starcoder":
-        head = "".join(f"<file_sep>{f}" for f in files)
-        if files:
-            return f"{head}<file_sep><fim_prefix>{name}\n{prefix}<fim_suffix>{suffix}<fim_middle>"
-        return f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"
-    # deepseek: repository files as "#path\ncontent" ahead of the current file's prefix
-    head = "".join(f"#{f}" for f in files) + (f"#{name}\n" if files and name else "")
-    return f"<｜fim▁begin｜>{head}{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>"
-
-
-def _repo_name(path: str) -> str:
-    if not path:
-        return "workspace"
-    from daemon.workspace import find_root
-    from pathlib import Path
-    try:
-        return find_root(Path(path).expanduser()).name or "workspace"
-    except OSError:
-        return "workspace"
+def repo_held(prefix: str, extra: list[tuple[str, str]], budget: int, layout: str) -> list[str]:
+    """About what a prompt of `budget` tokens holds besides the repository snippets, as retrieval's
+    `held` (snippets that repeat it are dropped): the start of each other file (an entry gets at most
+    half of the extra files' share: 1 - the window's and head's shares in the window layout,
+    EXTRA_MIN_SHARE and what the prefix leaves in the contiguous one; estimated at CHARS_PER_TOKEN),
+    and the current file before the cursor's line (in the window layout only its head). Ends at the
+    start of the cursor's line, so it does not change while the user types within that line."""
+    start = prefix.rfind("\n") + 1
+    if layout == "window":
+        entry_share = (1 - SUFFIX_SHARE - NEAR_SHARE - NEAR_SLACK) / 2
+        head = prefix[:min(start, int(budget * HEAD_SHARE) * CHARS_PER_TOKEN)]
+    else:
+        entry_share = (1 - SUFFIX_SHARE) / 2
+        head = prefix[:start]
+    cap = int(budget * entry_share) * CHARS_PER_TOKEN
+    return [content[:cap] for _, content in extra] + [head]

@@ -162,6 +162,65 @@ function H.line(bufnr, row)
   return api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1]
 end
 
+--- A private environment for a real `tricode lsp` (and the daemon it starts): TRICODE_SOCKET, XDG dirs
+--- under a short /tmp folder unless the caller set TRICODE_SOCKET; a workdir; the daemon stopped and
+--- the LSP log printed on failure. Returns { env, workdir, tricode, lsp_log, short }.
+function H.tricode_env(repo)
+  local tricode_exe = os.getenv("TRICODE_NVIM_TRICODE") or (repo .. "/.venv/bin/tricode")
+  local short = ("/tmp/tcnvim-%d"):format(vim.fn.getpid())   -- socket paths must stay short
+  local own_tmp = false
+  local env = {}
+  if not os.getenv("TRICODE_SOCKET") then
+    own_tmp = true
+    vim.fn.mkdir(short, "p")
+    env.TRICODE_SOCKET = short .. "/daemon.sock"
+    env.XDG_RUNTIME_DIR = short
+    env.XDG_STATE_HOME = short .. "/state"
+    env.XDG_CONFIG_HOME = short .. "/config"
+  else
+    for _, k in ipairs({ "TRICODE_SOCKET", "XDG_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME" }) do
+      env[k] = os.getenv(k)
+    end
+  end
+  env.TRICODE_MODEL = os.getenv("TRICODE_MODEL")
+  for k, v in pairs(env) do
+    vim.env[k] = v
+  end
+  local workdir = os.getenv("TRICODE_NVIM_WORKDIR")
+  if not workdir then
+    own_tmp = true
+    workdir = short .. "/work"
+  end
+  vim.fn.mkdir(workdir, "p")
+  local lsp_log = workdir .. "/tricode-lsp.log"
+  table.insert(H.cleanups, function(code)
+    for _, c in ipairs(vim.lsp.get_clients({ name = "tricode" })) do
+      pcall(function()
+        c:stop(true)
+      end)
+    end
+    if vim.fn.executable(tricode_exe) == 1 then
+      local r = vim.system({ tricode_exe, "daemon", "stop" }, { env = env, text = true }):wait(30000)
+      H.log("tricode daemon stop: exit %s %s", tostring(r.code), vim.trim((r.stdout or "") .. " " .. (r.stderr or "")))
+    end
+    if code == 0 and own_tmp then
+      vim.fn.delete(short, "rf")
+    end
+  end)
+  table.insert(H.on_fail, function()
+    local f = io.open(lsp_log)
+    if f then
+      local lines = vim.split(f:read("*a"), "\n", { plain = true })
+      f:close()
+      H.log("the last lines of %s:", lsp_log)
+      for i = math.max(1, #lines - 25), #lines do
+        io.stdout:write("    " .. lines[i] .. "\n")
+      end
+    end
+  end)
+  return { env = env, workdir = workdir, tricode = tricode_exe, lsp_log = lsp_log, short = short }
+end
+
 --- Run `main` in a coroutine with an overall time limit.
 function H.run(main, opts)
   opts = opts or {}

@@ -27,62 +27,9 @@ local log, check, wait_for, sleep, type_keys, chars = H.log, H.check, H.wait_for
 
 local repo = vim.fn.fnamemodify(here, ":h:h")
 local plugin = repo .. "/editor_clients/nvim"
-local tricode_exe = os.getenv("TRICODE_NVIM_TRICODE") or (repo .. "/.venv/bin/tricode")
-
--- -- a private environment ----------------------------------------------------------------------------
-
-local short = ("/tmp/tcnvim-%d"):format(vim.fn.getpid())   -- socket paths must stay short
-local own_tmp = false
-local env = {}
-if not os.getenv("TRICODE_SOCKET") then
-  own_tmp = true
-  vim.fn.mkdir(short, "p")
-  env.TRICODE_SOCKET = short .. "/daemon.sock"
-  env.XDG_RUNTIME_DIR = short
-  env.XDG_STATE_HOME = short .. "/state"
-  env.XDG_CONFIG_HOME = short .. "/config"
-else
-  for _, k in ipairs({ "TRICODE_SOCKET", "XDG_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_CONFIG_HOME" }) do
-    env[k] = os.getenv(k)
-  end
-end
-env.TRICODE_MODEL = os.getenv("TRICODE_MODEL")
-for k, v in pairs(env) do
-  vim.env[k] = v
-end
-local workdir = os.getenv("TRICODE_NVIM_WORKDIR")
-if not workdir then
-  own_tmp = true
-  workdir = short .. "/work"
-end
-vim.fn.mkdir(workdir, "p")
-local lsp_log = workdir .. "/tricode-lsp.log"
-
-table.insert(H.cleanups, function(code)
-  for _, c in ipairs(vim.lsp.get_clients({ name = "tricode" })) do
-    pcall(function()
-      c:stop(true)
-    end)
-  end
-  if vim.fn.executable(tricode_exe) == 1 then
-    local r = vim.system({ tricode_exe, "daemon", "stop" }, { env = env, text = true }):wait(30000)
-    log("tricode daemon stop: exit %s %s", tostring(r.code), vim.trim((r.stdout or "") .. " " .. (r.stderr or "")))
-  end
-  if code == 0 and own_tmp then
-    vim.fn.delete(short, "rf")
-  end
-end)
-table.insert(H.on_fail, function()
-  local f = io.open(lsp_log)
-  if f then
-    local lines = vim.split(f:read("*a"), "\n", { plain = true })
-    f:close()
-    log("the last lines of %s:", lsp_log)
-    for i = math.max(1, #lines - 25), #lines do
-      io.stdout:write("    " .. lines[i] .. "\n")
-    end
-  end
-end)
+-- a private socket, XDG dirs and workdir; the daemon stopped and the server's log shown on failure
+local T = H.tricode_env(repo)
+local tricode_exe, env, workdir, lsp_log = T.tricode, T.env, T.workdir, T.lsp_log
 
 -- -- helpers ---------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ local plugin = vim.fn.fnamemodify(here, ":h:h") .. "/editor_clients/nvim"
 local Fake = {
   encoding = "utf-16",
   items = {},            -- list of InlineCompletionItem, or function(params) -> result
+  next_edit = nil,       -- the edit answered to textDocument/copilotInlineEdit (nil: none)
   delay_ms = 0,          -- answer inline requests after this long
   refactor_text = "",
   requests = {},         -- { id, method, params }
@@ -48,6 +49,7 @@ local function fake_server(dispatchers)
             positionEncoding = Fake.encoding,
             textDocumentSync = { openClose = true, change = 2 },
             inlineCompletionProvider = true,
+            experimental = { copilotInlineEdit = true },
             executeCommandProvider = { commands = { "tricode.refactor", "tricode.accepted" } },
           },
           serverInfo = { name = "fake tricode" },
@@ -58,6 +60,19 @@ local function fake_server(dispatchers)
       vim.defer_fn(function()
         reply(nil, result)
       end, Fake.delay_ms)
+    elseif method == "textDocument/copilotInlineEdit" then
+      local e = Fake.next_edit
+      if e then
+        e = vim.deepcopy(e)
+        e.textDocument = params.textDocument
+      end
+      vim.schedule(function()
+        reply(nil, { edits = { e } })
+      end)
+    elseif method == "workspace/executeCommand" and params.command == "tricode.accepted" then
+      vim.schedule(function()
+        reply(nil, nil)
+      end)
     elseif method == "tricode/status" then
       vim.schedule(function()
         reply(nil, { state = "ready", mode = "spec", model = "fake", device = "cpu",
@@ -416,6 +431,86 @@ H.run(function()
   vim.wait(600)
   check(#idles() == n0 + 1, "a rest on the same line was sent again")
   log("OK prefetch: tricode/cursorIdle once the cursor rests on a new line")
+
+  -- 8b. next edit: UTF-16 range over non-ASCII text, a multi-line replacement (virtual text + virtual
+  --     lines), didShowInlineEdit, insert-mode <Tab>: the ghost text first, then jump, then apply
+  --     (the edit's command runs, the next place is asked for at once)
+  local ne = require("tricode.next_edit")
+  Fake.items = {}
+  api.nvim_buf_set_lines(bufnr, 0, -1, false, { "x = 'é😀'.upper()", "y = 'é😀'.lower()", "z = 1" })
+  api.nvim_win_set_cursor(0, { 3, 4 })
+  -- "'é😀'" on line 2: UTF-16 characters 4..9 (😀 is two), bytes 4..12
+  Fake.next_edit = { range = { start = { line = 1, character = 4 }, ["end"] = { line = 1, character = 9 } },
+                     text = "f(\n    'é😀')", command = { title = "accepted", command = "tricode.accepted",
+                                                          arguments = { { kind = "next_edit" } } } }
+  local n_ne = count("textDocument/copilotInlineEdit")
+  local nfrom = #Fake.notifications
+  vim.cmd("TricodeNextEdit")
+  local e = wait_for("the next edit", 5, function()
+    return ne.current(bufnr)
+  end)
+  local rq = Fake.requests[#Fake.requests]
+  check(rq.method == "textDocument/copilotInlineEdit" and rq.params.position.line == 2
+    and rq.params.position.character == 4 and rq.params.textDocument.version == vim.lsp.util.buf_versions[bufnr],
+    "request %s", vim.inspect(rq.params))
+  check(e.row0 == 1 and e.col0 == 4 and e.row1 == 1 and e.col1 == 12 and e.old == "'é😀'", "edit %s", vim.inspect(e))
+  local nens = api.nvim_get_namespaces()["tricode_next_edit"]
+  local del, ins
+  for _, m in ipairs(api.nvim_buf_get_extmarks(bufnr, nens, 0, -1, { details = true })) do
+    if m[4].hl_group == "TricodeNextEditDelete" then
+      del = m
+    elseif m[4].virt_text_pos == "inline" then
+      ins = m
+    end
+  end
+  check(del and del[2] == 1 and del[3] == 4 and del[4].end_col == 12, "removed text mark %s", vim.inspect(del))
+  check(ins and ins[3] == 12 and ins[4].virt_text[1][1] == "f(" and ins[4].virt_lines
+    and ins[4].virt_lines[1][1][1] == "    'é😀')", "inserted text mark %s", vim.inspect(ins))
+  local shown_note
+  for i = nfrom + 1, #Fake.notifications do
+    if Fake.notifications[i].method == "textDocument/didShowInlineEdit" then
+      shown_note = Fake.notifications[i].params
+    end
+  end
+  check(shown_note and shown_note.item.text == Fake.next_edit.text, "didShowInlineEdit %s", vim.inspect(shown_note))
+  log("OK next edit: UTF-16 range over 'é😀' -> bytes 4..12, multi-line preview, didShowInlineEdit")
+
+  -- insert mode: the ghost text takes <Tab> first (its change ends the preview, which then comes back)
+  Fake.items = { { insertText = "0" } }
+  api.nvim_input("A")
+  wait_for("ghost text next to the preview", 5, function()
+    return H.ghost(bufnr) and ne.current(bufnr)
+  end)
+  Fake.items = {}
+  type_keys({ "<Tab>" }, 30)
+  check(H.line(bufnr, 2) == "z = 10" and H.line(bufnr, 1) == "y = 'é😀'.lower()", "<Tab> with ghost text: %q / %q",
+    H.line(bufnr, 2), H.line(bufnr, 1))
+  wait_for("the preview again after the change", 5, function()
+    return ne.current(bufnr) and not H.ghost(bufnr)
+  end)
+  type_keys({ "<Tab>" }, 30)
+  local c3 = api.nvim_win_get_cursor(0)
+  check(c3[1] == 2 and c3[2] == 4 and H.line(bufnr, 1) == "y = 'é😀'.lower()", "<Tab> jump: cursor %d:%d",
+    c3[1], c3[2])
+  Fake.next_edit = nil
+  local before_accept = count("textDocument/copilotInlineEdit")
+  type_keys({ "<Tab>" }, 60)
+  check(table.concat(api.nvim_buf_get_lines(bufnr, 0, -1, false), "\n")
+    == "x = 'é😀'.upper()\ny = f(\n    'é😀').lower()\nz = 10", "after apply: %s",
+    table.concat(api.nvim_buf_get_lines(bufnr, 0, -1, false), "\n"))
+  local c4 = api.nvim_win_get_cursor(0)
+  check(c4[1] == 3 and c4[2] == #"    'é😀')", "cursor after apply %d:%d", c4[1], c4[2])
+  check(count("textDocument/copilotInlineEdit") == before_accept + 1, "no request right after the accept")
+  local ran
+  for _, r in ipairs(Fake.requests) do
+    if r.method == "workspace/executeCommand" and r.params.command == "tricode.accepted" then
+      ran = r.params
+    end
+  end
+  check(ran and ran.arguments[1].kind == "next_edit", "the edit's command did not run: %s", vim.inspect(ran))
+  check(count("textDocument/copilotInlineEdit") > n_ne, "no requests")
+  type_keys({ "<Esc>" }, 30)
+  log("OK next edit in insert mode: <Tab> takes the ghost text first, then jumps, then applies (command, prefetch)")
 
   -- 9. :checkhealth, then the server goes away: keys and ghost text are removed
   check(pcall(vim.cmd, "checkhealth tricode"), "checkhealth failed")

@@ -12,8 +12,10 @@
 const fs = require("fs");
 const path = require("path");
 
+const { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady, ghostText } =
+  require("./workbench.cjs");
+
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const { chromium } = require(cfg.playwright_core);
 
 const t0 = Date.now();
 const timings = {};
@@ -24,52 +26,7 @@ function mark(name) {
 function log(msg) {
   process.stderr.write(`[drive ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}\n`);
 }
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Text of the inline ghost text on the cursor line (and of the lines below it, if any). */
-async function ghostText(page) {
-  return page.evaluate(() => {
-    const editor = document.querySelector(".monaco-editor.focused") || document.querySelector(".monaco-editor");
-    if (!editor) return "";
-    const inline = Array.from(editor.querySelectorAll(".ghost-text-decoration, .ghost-text-decoration-preview"))
-      .map((e) => e.textContent || "")
-      .join("");
-    const below = Array.from(editor.querySelectorAll(".ghost-text .view-line"))
-      .map((e) => e.textContent || "")
-      .join("\n");
-    const text = below ? `${inline}\n${below}` : inline;
-    return text.replace(/\u00a0/g, " ");
-  });
-}
-
-/** Runs a command from the Command Palette (F1) by its title. */
-async function runCommand(page, title) {
-  await page.keyboard.press("F1");
-  await page.locator(".quick-input-widget input").waitFor({ timeout: 15_000 });
-  await page.keyboard.type(title, { delay: 20 });
-  await page.locator(".quick-input-list .monaco-list-row", { hasText: title }).first().waitFor({ timeout: 15_000 });
-  await page.keyboard.press("Enter");
-}
-
-/** Asks for an inline suggestion now (editor.action.inlineSuggest.trigger, an "invoked" request; it
- * has no default key binding in VS Code 1.139). */
-async function triggerInline(page) {
-  await runCommand(page, "Trigger Inline Suggestion");
-}
-
-async function statusText(page) {
-  const items = page.locator(".statusbar-item", { hasText: "tricode" });
-  if ((await items.count()) === 0) return "";
-  return ((await items.first().textContent()) || "").replace(/\u00a0/g, " ").trim();
-}
-
-async function notifications(page) {
-  return page.evaluate(() =>
-    Array.from(document.querySelectorAll(".notifications-toasts .notification-list-item-message, .notification-toast"))
-      .map((e) => (e.textContent || "").trim())
-      .filter(Boolean),
-  );
-}
 
 /** Runs a refactor command from the Command Palette with the cursor on `refactor.anchor`, waits for
  * the edit (or a tricode notification), saves, and records the saved file. */
@@ -148,23 +105,7 @@ async function commands(page, result) {
 }
 
 async function main() {
-  fs.mkdirSync(cfg.out_dir, { recursive: true });
-  const profile = fs.mkdtempSync(path.join(cfg.out_dir, "chromium-profile-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: cfg.chromium,
-    headless: true,
-    viewport: { width: 1280, height: 720 },
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  const page = context.pages()[0] || (await context.newPage());
+  const { context, page, profile } = await launch(cfg);
   const consoleErrors = [];
   page.on("console", (m) => {
     if (m.type() === "error") consoleErrors.push(m.text().slice(0, 300));
@@ -175,32 +116,11 @@ async function main() {
     await page.locator(".monaco-workbench").waitFor({ timeout: 120_000 });
     mark("workbench");
 
-    // open the file from the explorer (Quick Open as the fallback)
-    const row = page.locator(".explorer-folders-view .monaco-list-row", { hasText: cfg.file }).first();
-    try {
-      await row.waitFor({ timeout: 30_000 });
-      await row.click();
-    } catch (e) {
-      log(`explorer: ${e.message.split("\n")[0]}; using Quick Open`);
-      await page.keyboard.press("Control+P");
-      await page.keyboard.type(cfg.file, { delay: 30 });
-      await page.keyboard.press("Enter");
-    }
-    const line = page.locator(".monaco-editor .view-line", { hasText: cfg.anchor }).first();
-    await line.waitFor({ timeout: 60_000 });
+    const line = await openFile(page, cfg.file, cfg.anchor, log);
     mark("editor");
 
     // the language server starts with the Python file; the daemon then loads the model
-    const deadline = Date.now() + cfg.ready_timeout_s * 1000;
-    let st = "";
-    for (;;) {
-      st = await statusText(page);
-      if (/tricode: ready/.test(st)) break;
-      if (Date.now() > deadline) {
-        throw new Error(`the status bar never said "tricode: ready" (last: ${JSON.stringify(st)})`);
-      }
-      await sleep(500);
-    }
+    const st = await waitReady(page, cfg.ready_timeout_s);
     result.status_text = st;
     mark("ready");
 

@@ -3,7 +3,7 @@
 // The server does the work (inline completion, refactors, the daemon). This extension starts it for
 // the configured languages, registers the LSP 3.18 inline completion feature of vscode-languageclient
 // (a proposed feature in 9.x), passes the `tricode.*` settings, reports accept/reject feedback, and
-// shows the daemon's state in the status bar.
+// shows the daemon's state in the status bar, and previews next-edit suggestions (nextEdit.ts).
 import * as vscode from "vscode";
 import {
   DidChangeConfigurationNotification,
@@ -22,6 +22,7 @@ import {
 import { findTricode } from "./executable";
 import { FeedbackTracker, INLINE_ACCEPTED } from "./feedback";
 import { askInstruction, REFACTOR_COMMAND, REFACTORS, report, runRefactor } from "./refactor";
+import { INLINE_ACCEPTED_COMMAND, NextEdits } from "./nextEdit";
 import { CursorIdle } from "./prefetch";
 import { documentSelector, SECTION, SettingsSync } from "./settings";
 import { describe, Phase, StatusItem, TricodeStatus } from "./status";
@@ -33,6 +34,7 @@ let phase: Phase = "idle";
 let output: vscode.OutputChannel;
 let status: StatusItem;
 let tracker: FeedbackTracker;
+let nextEdits: NextEdits | undefined;
 const settings = new SettingsSync();
 let restarting: Promise<void> = Promise.resolve();
 
@@ -53,6 +55,11 @@ function debug(): boolean {
 function middleware(): Middleware {
   return {
     provideInlineCompletionItems: async (document, position, context, token) => {
+      // a next edit that only inserts at the cursor is offered as ghost text (nextEdit.ts)
+      const additive = nextEdits?.inlineItems(document, position);
+      if (additive !== undefined) {
+        return additive;
+      }
       tracker.beforeRequest(document, position);
       const result = await requestInline(document, position, context, token);
       const items = result ? (Array.isArray(result) ? result : result.items) : [];
@@ -388,6 +395,22 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     ),
   );
 
+  const ne = new NextEdits(() => client, (doc) => wanted(doc), log);
+  nextEdits = ne;
+  context.subscriptions.push(
+    ne,
+    vscode.commands.registerCommand(INLINE_ACCEPTED_COMMAND, () => ne.inlineAccepted()),
+    vscode.commands.registerCommand("tricode.nextEdit.accept", () => ne.jumpOrAccept()),
+    vscode.commands.registerCommand("tricode.nextEdit.apply", () => ne.accept()),
+    vscode.commands.registerCommand("tricode.nextEdit.jump", () => ne.jump()),
+    vscode.commands.registerCommand("tricode.nextEdit.dismiss", () => ne.dismiss()),
+    vscode.commands.registerCommand("tricode.nextEdit.trigger", () => {
+      const editor = vscode.window.activeTextEditor;
+      return editor ? ne.request(editor) : undefined;
+    }),
+    vscode.commands.registerCommand("tricode.nextEdit.current", () => ne.current()),
+  );
+
   for (const r of REFACTORS) {
     context.subscriptions.push(
       vscode.commands.registerCommand(r.command, () => restarting.then(() => runRefactor(client, r.action, log))),
@@ -407,6 +430,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("tricode.dismissSuggestion", async () => {
       const editor = vscode.window.activeTextEditor;
       await vscode.commands.executeCommand("editor.action.inlineSuggest.hide");
+      if (nextEdits?.dismissInline()) {
+        return; // it was the additive next edit, not a completion
+      }
       if (editor !== undefined) {
         tracker.dismissed(editor.document);
       }

@@ -37,6 +37,22 @@ M.defaults = {
     prev = "<M-[>",
     dismiss = "<C-]>",
   },
+  -- Next-edit suggestions (:help tricode-next-edit): after an edit, the server's prediction of the next
+  -- change near the cursor (textDocument/copilotInlineEdit), drawn as a preview.
+  next_edit = {
+    enabled = true,
+    debounce_ms = 100,         -- wait this long after the last change before asking
+    prefetch = true,           -- after an accept, ask for the next place at once
+    sign_text = "»",           -- in the sign column of the edit's first line; "" for none
+    hint = true,               -- "↓ next edit: line N" at the end of the cursor line when the edit is elsewhere
+    -- Keys (false or "" turns one off). accept (normal and insert mode): jump to the edit when the
+    -- cursor is not on its lines, else apply it; in insert mode ghost text comes first. dismiss: normal
+    -- mode. Both fall through to the key's previous meaning when no next edit is shown.
+    keymaps = {
+      accept = "<Tab>",
+      dismiss = "<Esc>",
+    },
+  },
   -- Prefetch: when the cursor rests this long (ms) on a new line, the daemon prepares a completion
   -- there (the tricode/cursorIdle notification); 0 turns it off.
   prefetch_idle_ms = 300,
@@ -59,11 +75,12 @@ local function check(opts)
       v("settings", opts.settings, "table")
       v("ghost_text", opts.ghost_text, "table")
       v("keymaps", opts.keymaps, { "table", "boolean" })
+      v("next_edit", opts.next_edit, "table")
     else
       v({ cmd = { opts.cmd, { "table", "string", "function" }, true }, cmd_env = { opts.cmd_env, "table", true },
           filetypes = { opts.filetypes, "table" }, root_markers = { opts.root_markers, "table" },
           settings = { opts.settings, "table" }, ghost_text = { opts.ghost_text, "table" },
-          keymaps = { opts.keymaps, { "table", "boolean" } } })
+          keymaps = { opts.keymaps, { "table", "boolean" } }, next_edit = { opts.next_edit, "table" } })
     end
   end)
   if not ok then
@@ -102,6 +119,9 @@ function M.merge(opts)
   local merged = M.deep_merge(vim.deepcopy(M.defaults), opts or {})
   if merged.keymaps == false then
     merged.keymaps = {}
+  end
+  if type(merged.next_edit) == "table" and merged.next_edit.keymaps == false then
+    merged.next_edit.keymaps = {}
   end
   if check(merged) then
     M.options = merged

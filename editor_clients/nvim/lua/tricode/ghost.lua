@@ -3,6 +3,7 @@
 -- on every keystroke, the first line as inline virtual text, the others as virtual lines.
 local config = require("tricode.config")
 local lsp = require("tricode.lsp")
+local requester = require("tricode.requester")
 local suggestion = require("tricode.suggestion")
 local util = require("tricode.util")
 
@@ -120,18 +121,7 @@ local function finish(st, how)
 end
 
 local function cancel(st)
-  if st.timer then
-    st.timer:stop()
-  end
-  st.seq = st.seq + 1                         -- answers to older requests are ignored
-  local req = st.req
-  st.req = nil
-  if req then
-    local client = vim.lsp.get_client_by_id(req.client_id)
-    if client and not util.is_stopped(client) then
-      pcall(util.cancel_request, client, req.id)
-    end
-  end
+  requester.cancel(st)                        -- answers to older requests are ignored
 end
 
 local function show(st, items, index)
@@ -164,21 +154,12 @@ local function request(st, kind)
   if not client then
     return
   end
-  cancel(st)
-  local seq = st.seq
   local snap = snapshot(bufnr)
   local params = vim.lsp.util.make_position_params(0, client.offset_encoding or "utf-16")
   params.context = { triggerKind = kind }
-  local t0 = util.uv.hrtime()
-  local ok, id = util.request(client, "textDocument/inlineCompletion", params, function(err, result)
-    if st.req and st.req.id == id then
-      st.req = nil
-    end
-    if seq ~= st.seq then
-      return                                  -- superseded or cancelled
-    end
+  local sent = requester.send(st, client, "textDocument/inlineCompletion", params, bufnr, function(err, result, ms)
     M.stats.responses = M.stats.responses + 1
-    M.stats.last_ms = (util.uv.hrtime() - t0) / 1e6
+    M.stats.last_ms = ms
     if err then
       M.stats.errors = M.stats.errors + 1
       M.stats.last_error = err.message
@@ -197,25 +178,20 @@ local function request(st, kind)
     M.stats.last_answer = { bufnr = bufnr, tick = snap.tick, row = snap.row, col = snap.col, items = #items }
     finish(st)
     show(st, items, 1)
-  end, bufnr)
-  if ok and id then
-    st.req = { client_id = client.id, id = id }
+  end)
+  if sent then
     M.stats.requests = M.stats.requests + 1
   end
 end
 
 local function schedule(st, kind, delay)
-  cancel(st)
+  requester.cancel(st)
   if not enabled(st.bufnr) then
     return
   end
-  st.timer = st.timer or util.uv.new_timer()
-  local seq = st.seq
-  st.timer:start(delay or config.options.ghost_text.debounce_ms, 0, vim.schedule_wrap(function()
-    if seq == st.seq then
-      request(st, kind)
-    end
-  end))
+  requester.schedule(st, delay or config.options.ghost_text.debounce_ms, function()
+    request(st, kind)
+  end)
 end
 
 --- After a change: when the typed text is the start of the suggestion, keep the rest of it.
@@ -324,15 +300,8 @@ function M.detach(bufnr)
   if not st then
     return
   end
-  cancel(st)
+  requester.close(st)
   finish(st)
-  if st.timer then
-    st.timer:stop()
-    if not st.timer:is_closing() then
-      st.timer:close()
-    end
-    st.timer = nil
-  end
   if st.augroup then
     pcall(api.nvim_del_augroup_by_id, st.augroup)
   end
@@ -354,8 +323,7 @@ function M.visible(bufnr)
 end
 
 function M.pending(bufnr)
-  local st = states[bufnr or api.nvim_get_current_buf()]
-  return st ~= nil and st.req ~= nil
+  return requester.pending(states[bufnr or api.nvim_get_current_buf()])
 end
 
 --- Accept all of the suggestion, or its next word or line. Returns true when something was inserted.

@@ -31,6 +31,10 @@ function M.check()
   local engine = tricode.engine()
   health.info(("ghost text: %s (%s)"):format(tricode.is_enabled(0) and "on" or "off",
     engine.name == "builtin" and "vim.lsp.inline_completion" or "extmarks drawn by the plugin"))
+  local ne = config.options.next_edit or {}
+  health.info(("next edits: %s (debounce %s ms, keys: accept %s, dismiss %s)"):format(
+    ne.enabled ~= false and "on" or "off", tostring(ne.debounce_ms), tostring((ne.keymaps or {}).accept),
+    tostring((ne.keymaps or {}).dismiss)))
   health.info("filetypes: " .. table.concat(config.options.filetypes, ", "))
   local clients = require("tricode.util").get_clients({ name = lsp.name })
   if #clients == 0 then
@@ -39,6 +43,10 @@ function M.check()
   for _, c in ipairs(clients) do
     health.info(("client %d: root %s, position encoding %s"):format(c.id, tostring(c.root_dir or c.config.root_dir),
       tostring(c.offset_encoding)))
+    if not require("tricode.next_edit").supported(c) then
+      health.warn(("client %d: the server does not announce experimental.copilotInlineEdit: no next edits"):format(c.id),
+        { "update tricode (next-edit suggestions need a newer `tricode lsp`)" })
+    end
     local st = require("tricode.status").cache[c.id]
     if st and st.result then
       health.ok(("daemon %s: model %s on %s"):format(tostring(st.result.state), tostring(st.result.model),

@@ -4,7 +4,9 @@
 --   :TricodeRefactor {instruction}   rewrite the range (or the function at the cursor) as instructed
 --   :TricodeAction {action}          docstring | type_hints | complete_body | rewrite
 --   :TricodeStatus[!]                daemon and server state
---   :TricodeToggle                   ghost text on/off
+--   :TricodeToggle                   ghost text (and next edits) on/off
+--   :TricodeNextEdit / :TricodeNextEditAccept / :TricodeNextEditJump / :TricodeNextEditDismiss
+--                                    ask for / apply / go to / drop the next-edit suggestion
 --   require("tricode").statusline()  a statusline component
 local config = require("tricode.config")
 local lsp = require("tricode.lsp")
@@ -44,6 +46,9 @@ end
 
 --- Whether a key of keymaps.lua acts now (else it falls through to its previous meaning).
 function M.handles_key(bufnr, action)
+  if action == "next_edit_accept" or action == "next_edit_dismiss" then
+    return require("tricode.next_edit").visible(bufnr)
+  end
   local engine = M.engine()
   if engine.visible(bufnr) then
     return true
@@ -52,6 +57,11 @@ function M.handles_key(bufnr, action)
 end
 
 function M._key(action)
+  if action == "next_edit_accept" then
+    return require("tricode.next_edit").jump_or_accept()
+  elseif action == "next_edit_dismiss" then
+    return require("tricode.next_edit").dismiss()
+  end
   local engine = M.engine()
   if action == "accept" then
     return engine.accept("all")
@@ -109,6 +119,7 @@ function M.set_enabled(on)
   local engine = M.engine()
   if not on then
     engine.clear_all()
+    require("tricode.next_edit").clear_all()
   end
   for _, c in ipairs(util.get_clients({ name = lsp.name })) do
     for bufnr in pairs(c.attached_buffers or {}) do
@@ -162,6 +173,9 @@ local function on_attach(args)
   if config.options.ghost_text.enabled ~= false then
     M.engine().attach(bufnr)
   end
+  if config.options.next_edit.enabled ~= false then
+    require("tricode.next_edit").attach(bufnr)
+  end
   require("tricode.keymaps").attach(bufnr)
   require("tricode.prefetch").attach(bufnr)
   require("tricode.status").request(client)
@@ -178,6 +192,7 @@ local function on_detach(args)
       return                          -- another tricode client still serves the buffer
     end
     M.engine().detach(bufnr)
+    require("tricode.next_edit").detach(bufnr)
     require("tricode.keymaps").detach(bufnr)
     require("tricode.prefetch").detach(bufnr)
   end)
@@ -203,6 +218,21 @@ function M.create_commands()
   api.nvim_create_user_command("TricodeToggle", function()
     M.toggle()
   end, { nargs = 0, desc = "tricode: ghost text on/off" })
+  local ne = function(f, what)
+    return function()
+      if not require("tricode.next_edit")[f]() then
+        vim.notify("tricode: " .. what, vim.log.levels.INFO)
+      end
+    end
+  end
+  api.nvim_create_user_command("TricodeNextEdit", ne("trigger", "no tricode server for this buffer"),
+    { nargs = 0, desc = "tricode: ask for the next edit at the cursor now" })
+  api.nvim_create_user_command("TricodeNextEditAccept", ne("accept", "no next edit to apply"),
+    { nargs = 0, desc = "tricode: apply the next edit shown" })
+  api.nvim_create_user_command("TricodeNextEditJump", ne("jump", "no next edit shown"),
+    { nargs = 0, desc = "tricode: move the cursor to the next edit shown" })
+  api.nvim_create_user_command("TricodeNextEditDismiss", ne("dismiss", "no next edit shown"),
+    { nargs = 0, desc = "tricode: drop the next edit shown" })
 end
 
 --- Set up the plugin. Safe to call again: the options are the defaults with `opts` deep-merged over
@@ -214,6 +244,7 @@ function M.setup(opts)
     return M
   end
   api.nvim_set_hl(0, "TricodeSuggestion", { link = "Comment", default = true })
+  require("tricode.next_edit").set_highlights()
   M.create_commands()
   lsp.register()
   augroup = api.nvim_create_augroup("tricode", { clear = true })
@@ -231,6 +262,7 @@ function M.setup(opts)
   end })
   api.nvim_create_autocmd("ColorScheme", { group = augroup, callback = function()
     api.nvim_set_hl(0, "TricodeSuggestion", { link = "Comment", default = true })
+    require("tricode.next_edit").set_highlights()
   end })
   if M.did_setup then
     lsp.push_settings()

@@ -1,18 +1,36 @@
--- Buffer-local insert-mode keys. A key acts while a suggestion is visible; otherwise it does what it
--- did before (the previous mapping of the key, or the key itself).
+-- Buffer-local keys: the ghost text's (insert mode, `keymaps`) and the next edit's (`next_edit.keymaps`,
+-- normal and insert mode). A key acts while what it is for is visible; otherwise it does what it did
+-- before (the previous mapping of the key, or the key itself). When two actions share a key in a mode
+-- (<Tab>: accept the ghost text, or jump to / apply the next edit), the first that acts wins.
 local config = require("tricode.config")
 
 local M = {}
 local api = vim.api
 
-M.actions = {
-  accept = "accept all of the suggestion",
-  accept_word = "accept the next word of the suggestion",
-  accept_line = "accept the next line of the suggestion",
-  next = "show the next suggestion (or ask for one)",
-  prev = "show the previous suggestion",
-  dismiss = "dismiss the suggestion",
+-- In the order in which actions that share a key are tried.
+M.list = {
+  { name = "accept", desc = "accept all of the suggestion", modes = { "i" } },
+  { name = "accept_word", desc = "accept the next word of the suggestion", modes = { "i" } },
+  { name = "accept_line", desc = "accept the next line of the suggestion", modes = { "i" } },
+  { name = "next", desc = "show the next suggestion (or ask for one)", modes = { "i" } },
+  { name = "prev", desc = "show the previous suggestion", modes = { "i" } },
+  { name = "dismiss", desc = "dismiss the suggestion", modes = { "i" } },
+  { name = "next_edit_accept", key = "accept", next_edit = true, modes = { "n", "i" },
+    desc = "jump to the next edit, or apply it when the cursor is on it" },
+  { name = "next_edit_dismiss", key = "dismiss", next_edit = true, modes = { "n" }, desc = "dismiss the next edit" },
 }
+M.actions = {}
+for _, a in ipairs(M.list) do
+  M.actions[a.name] = a.desc
+end
+
+local function lhs_of(a)
+  if a.next_edit then
+    local ne = config.options.next_edit or {}
+    return ne.enabled ~= false and (ne.keymaps or {})[a.key] or nil
+  end
+  return (config.options.keymaps or {})[a.name]
+end
 
 -- fallbacks that have to run as <Cmd> (callbacks that are not <expr>, recursive mappings)
 local runners = {}
@@ -56,26 +74,47 @@ function M._run(i)
   end
 end
 
-local mapped = {}   -- bufnr -> { lhs = previous mapping }
+local mapped = {}   -- bufnr -> { [mode .. lhs] = { mode, lhs, prev } }
 
 function M.attach(bufnr)
-  local keys = config.options.keymaps or {}
   mapped[bufnr] = mapped[bufnr] or {}
-  for action, desc in pairs(M.actions) do
-    local lhs = keys[action]
-    if type(lhs) == "string" and lhs ~= "" and mapped[bufnr][lhs] == nil then
-      local prev = vim.fn.maparg(lhs, "i", false, true)
+  -- mode .. lhs -> the actions on that key, in M.list's order
+  local keys, order = {}, {}
+  for _, a in ipairs(M.list) do
+    local lhs = lhs_of(a)
+    if type(lhs) == "string" and lhs ~= "" then
+      for _, mode in ipairs(a.modes) do
+        local k = mode .. lhs
+        if not keys[k] then
+          keys[k] = { mode = mode, lhs = lhs, actions = {} }
+          order[#order + 1] = k
+        end
+        table.insert(keys[k].actions, a)
+      end
+    end
+  end
+  for _, k in ipairs(order) do
+    local m = keys[k]
+    if mapped[bufnr][k] == nil then
+      local prev = vim.fn.maparg(m.lhs, m.mode, false, true)
       if type(prev) == "table" and prev.desc and vim.startswith(prev.desc, "tricode: ") then
         prev = {}
       end
-      mapped[bufnr][lhs] = prev
-      vim.keymap.set("i", lhs, function()
+      mapped[bufnr][k] = { mode = m.mode, lhs = m.lhs, prev = prev }
+      local descs = {}
+      for _, a in ipairs(m.actions) do
+        descs[#descs + 1] = a.desc
+      end
+      vim.keymap.set(m.mode, m.lhs, function()
         local tricode = require("tricode")
-        if tricode.handles_key(bufnr, action) then
-          return termcodes(("<Cmd>lua require('tricode')._key(%q)<CR>"):format(action))
+        for _, a in ipairs(m.actions) do
+          if tricode.handles_key(bufnr, a.name) then
+            return termcodes(("<Cmd>lua require('tricode')._key(%q)<CR>"):format(a.name))
+          end
         end
-        return fallback(prev, lhs)
-      end, { buffer = bufnr, expr = true, replace_keycodes = false, silent = true, desc = "tricode: " .. desc })
+        return fallback(prev, m.lhs)
+      end, { buffer = bufnr, expr = true, replace_keycodes = false, silent = true,
+             desc = "tricode: " .. table.concat(descs, "; or ") })
     end
   end
 end
@@ -86,10 +125,10 @@ function M.detach(bufnr)
   if not m or not api.nvim_buf_is_valid(bufnr) then
     return
   end
-  for lhs, prev in pairs(m) do
-    pcall(vim.keymap.del, "i", lhs, { buffer = bufnr })
-    if type(prev) == "table" and prev.buffer == 1 then
-      pcall(vim.fn.mapset, "i", false, prev)         -- restore a buffer-local mapping we shadowed
+  for _, k in pairs(m) do
+    pcall(vim.keymap.del, k.mode, k.lhs, { buffer = bufnr })
+    if type(k.prev) == "table" and k.prev.buffer == 1 then
+      pcall(vim.fn.mapset, k.mode, false, k.prev)    -- restore a buffer-local mapping we shadowed
     end
   end
 end

@@ -1,0 +1,89 @@
+"""textDocument/copilotInlineEdit end to end: the real `tricode lsp` process, driven by a pytest-lsp
+client that types like an editor (one didChange per keystroke), then asks for the next edit."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from lsprotocol import types as T
+from pygls.exceptions import JsonRpcException
+
+from tests.test_lsp import edit, editor, open_doc, shared_env, status  # noqa: F401 (shared_env: a fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
+
+URI = "file:///work/demo/widgets.py"
+SRC = ("class A(Base):\n"
+       "    def f(self):\n"
+       "        return super(A, self).f()\n"
+       "\n"
+       "    def g(self):\n"
+       "        return super(A, self).g()\n"
+       "\n"
+       "x = 1\n" + "".join(f"y{i} = {i}\n" for i in range(10)))
+
+
+async def inline_edit(c, uri: str, version: int, line: int, character: int):
+    return await asyncio.wait_for(c.protocol.send_request_async("textDocument/copilotInlineEdit", {
+        "textDocument": {"uri": uri, "version": version}, "position": {"line": line, "character": character}}), 30)
+
+
+def plain(v):
+    if hasattr(v, "_asdict"):
+        return {k: plain(x) for k, x in v._asdict().items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return v
+
+
+async def test_next_edit_repeats_the_users_edit(shared_env):
+    async with editor(shared_env) as c:
+        assert c.init_result.capabilities.experimental["copilotInlineEdit"] is True
+        open_doc(c, URI, SRC)
+        # backspace "A, self" in line 2, one keystroke at a time, as the editor sends it
+        col = SRC.splitlines()[2].index(", self)") + len(", self")
+        version = 1
+        for i in range(7):
+            version += 1
+            edit(c, URI, version, 2, col - i - 1, 2, col - i, "")
+        res = plain(await inline_edit(c, URI, version, 5, 8))
+        edits = res["edits"]
+        assert len(edits) == 1
+        e = edits[0]
+        line5 = SRC.splitlines()[5]
+        a = line5.index("A, self")
+        assert e["range"] == {"start": {"line": 5, "character": a}, "end": {"line": 5, "character": a + 7}}
+        assert e["text"] == "" and e["textDocument"] == {"uri": URI, "version": version}
+        assert e["command"]["command"] == "tricode.accepted"
+
+        # no edit where nothing repeats (the region, lines 15..22, holds no super(A, self))
+        assert plain(await inline_edit(c, URI, version, 17, 0))["edits"] == []
+
+        # the editor shows it: counted
+        c.protocol.notify("textDocument/didShowInlineEdit", {"item": e})
+        for _ in range(50):
+            st = await status(c)
+            if st["lsp"]["next_edit"]["shown"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert st["lsp"]["next_edit"]["shown"] == 1 and st["lsp"]["next_edit"]["edits"] == 1
+
+
+async def test_next_edit_errors(shared_env):
+    async with editor(shared_env) as c:
+        open_doc(c, URI, SRC, version=3)
+        with pytest.raises(JsonRpcException) as err:            # stale version
+            await inline_edit(c, URI, 2, 1, 0)
+        assert err.value.code == -32801 and "version 3" in str(err.value)
+        with pytest.raises(JsonRpcException) as err:            # past the end
+            await inline_edit(c, URI, 3, 99, 0)
+        assert err.value.code == -32602 and "past the end" in str(err.value)
+        with pytest.raises(JsonRpcException) as err:            # not open
+            await inline_edit(c, "file:///nope.py", 1, 0, 0)
+        assert err.value.code == -32602 and "not an open document" in str(err.value)
+        with pytest.raises(JsonRpcException) as err:            # malformed position
+            await asyncio.wait_for(c.protocol.send_request_async("textDocument/copilotInlineEdit", {
+                "textDocument": {"uri": URI, "version": 3}, "position": {"line": "2"}}), 30)
+        assert err.value.code == -32602 and "position" in str(err.value)
+        # after the errors the server still answers
+        assert plain(await inline_edit(c, URI, 3, 1, 0))["edits"] == []
