@@ -74,6 +74,10 @@ def test_default_model_status_shows_what_it_can_do(real, real_gguf):
     caps = st["capabilities"]
     assert caps["family"] == "qwen2" and caps["format"] == "gguf" and caps["drafter"] is False
     assert caps["modes"] == ["ar", "spec"]
+    # a GGUF on a CPU runs on llama.cpp's kernels unless TRICODE_RUNNER says otherwise
+    import os
+    want = {"torch": "torch"}.get(os.environ.get("TRICODE_RUNNER", ""), "llama.cpp")
+    assert st["runner"] == want and not st["runner_failures"], (st["runner"], st["runner_failures"])
     out = real.cli("daemon", "status")
     assert out.returncode == 0, out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("checkpoint"))
