@@ -204,6 +204,32 @@ def test_import_list_resolve_remove(tmp_path, monkeypatch):
         resolve("qwen2.5-coder-1.5b")
 
 
+def test_the_default_model_is_the_pulled_one_else_the_embedded_one(tmp_path, monkeypatch, real_gguf):
+    """`model = ""` serves the pulled qwen2.5-coder-0.5b when it is on this machine (and whole), else
+    the embedded model; a name that is neither a path nor a model is the registry's clear error."""
+    from daemon.config import DEFAULT_MODEL, Config, default_model_path, resolve_model
+    from engine.embedded_model import default_model
+    monkeypatch.delenv("TRICODE_MODEL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "empty"))
+    assert default_model_path() == default_model() and resolve_model(Config()) == default_model()
+    if real_gguf.parent.parent.name == "models":          # the registry's copy: seen from a fresh data folder
+        (tmp_path / "data" / "tricode").mkdir(parents=True)
+        (tmp_path / "data" / "tricode" / "models").symlink_to(real_gguf.parent.parent)
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+        assert find(DEFAULT_MODEL) is not None
+        assert resolve_model(Config()).resolve() == real_gguf.resolve()
+    with pytest.raises(ModelError, match="not a path and not a known model name"):
+        resolve_model(Config(model="nonesuch"), strict=True)
+    if find("qwen2.5-coder-1.5b") is None:                # a catalogued name not pulled: how to get it
+        with pytest.raises(ModelError, match="tricode model pull qwen2.5-coder-1.5b"):
+            resolve_model(Config(), override="qwen2.5-coder-1.5b", strict=True)
+    # `tricode eval --model NAME`: the same error, no traceback
+    out = subprocess.run([sys.executable, "-m", "tricode", "eval", "--model", "nonesuch"], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, XDG_DATA_HOME=str(tmp_path / "empty")),
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 2 and "not a path and not a known model name" in out.stderr, out.stderr
+
+
 def test_cli_list_json_and_errors(tmp_path):
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
     r = subprocess.run([sys.executable, "-m", "registry", "list", "--json"], env=env, capture_output=True,
