@@ -26,8 +26,8 @@ from typing import Awaitable, Callable
 
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
-from daemon import next_edit_prompt as nep
-from daemon.next_edit_messages import NextEdit, NextEditResult
+from protocol import NextEdit, NextEditResult
+from textkit import edits as nep
 from lsp.documents import Document
 from lsp.edit_history import EditHistory
 

@@ -3,7 +3,7 @@ generalised patterns (daemon/edit_pattern.py), the prompt formats, and the eval'
 import pytest
 
 from daemon import next_edit_prompt as nep
-from daemon.edit_pattern import apply_rules, rules_from_edit
+from textkit.edit_pattern import apply_rules, rules_from_edit
 from lsp.edit_history import make_edit
 
 SRC = ("class A(Base):\n"
@@ -98,7 +98,7 @@ def test_diff_sides_round_trip():
 
 
 def test_rule_support_counts_repeated_edits():
-    from daemon.edit_pattern import rules_from_history
+    from textkit.edit_pattern import rules_from_history
     one = ("        return super(A, self).f()\n", "        return super().f()\n")
     two = ("        x = super(B, self).g()\n", "        x = super().g()\n")
     other = ("    s = u'abc'\n", "    s = 'abc'\n")
