@@ -302,7 +302,7 @@ class Daemon:
 
     def _deliver(self, job: Job, frame: dict) -> None:
         """A backend's one frame for `job` (loop thread): counted when it is a result, then replied."""
-        if frame.get("type") == "result" and not job.replied:
+        if frame.get("type") in ("result", "next_edit_result") and not job.replied:
             self.stats.served += 1
             self.stats.by_kind[job.kind] = self.stats.by_kind.get(job.kind, 0) + 1
         self.queue.reply(job, frame)

@@ -446,14 +446,15 @@ class LocalWorker(threading.Thread):
         rewrite is a few forwards, so it is not batched. Always False: it is answered here."""
         from daemon import next_edit_run
         job.started = time.perf_counter()
-        model = self.ck.model if self.ck is not None else None
-        pred = next_edit_run.predict(model, self.tok, job.msg, spec_variant=self.spec_variant(self.cfg),
+        cfg = self.cfg
+        model = self.ck.model if self.ck is not None and cfg.next_edit_gate == "model" else None
+        pred = next_edit_run.predict(model, self.tok, job.msg, spec_variant=self.spec_variant(cfg),
                                      cancel=job.cancel, deadline=job.deadline)
         self.queue.finished(job)
         self.stats.tokens += pred.tokens
         self.stats.nfe += pred.forwards
         if not job.cancel.is_set():
-            self.deliver(job, next_edit_run.result(job.msg, pred, job.arrived))
+            self.deliver(job, next_edit_run.result(job.msg, pred, job.arrived, cfg.next_edit_margin))
         return False
 
     # -- prefetch ----------------------------------------------------------------------------------
