@@ -74,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens",
                    help="cap on generated tokens (default: 48 single-line, 128 multi-line)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--gguf", type=Path, default=Path("/tmp/models/qwen2.5-coder-0.5b.gguf"),
-                   help="section 7 (llamacpp): the GGUF model run by both engines")
+    p.add_argument("--gguf", default="qwen2.5-coder-0.5b",
+                   help="section 7 (llamacpp): the GGUF model run by both engines (a file or a pulled model's name)")
     p.add_argument("--gguf-threads", type=_ints, default=(1, 2), dest="gguf_threads",
                    help="section 7: thread counts, every engine alike")
     p.add_argument("--gguf-tasks", type=int, default=12, dest="gguf_tasks", help="section 7: single-line tasks")
@@ -400,8 +400,9 @@ def main(argv=None) -> int:
             r["llamacpp"] = []
             for th in args.gguf_threads:
                 try:
+                    from registry.models import resolve
                     r["llamacpp"].append(llamacpp.run_section(
-                        args.gguf, files, threads=th, tasks=2 if args.smoke else args.gguf_tasks, seed=args.seed,
+                        resolve(args.gguf), files, threads=th, tasks=2 if args.smoke else args.gguf_tasks, seed=args.seed,
                         prompt_tokens=200 if args.smoke else 1000, max_new_tokens=8 if args.smoke else 32,
                         log=log))
                 except Exception as e:  # noqa: BLE001 - reported in the doc, the rest of the bench goes on
