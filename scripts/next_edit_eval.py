@@ -500,7 +500,7 @@ def main(argv=None) -> int:
     s.add_argument("--predictor", choices=("none", "pattern", "llama", "engine"), default="pattern")
     s.add_argument("--format", choices=nep.FORMATS, default="sweep")
     s.add_argument("--region", choices=("copilot", "zeta"), default="copilot")
-    s.add_argument("--model", default=ap_default_model, help="llama: a GGUF file; engine: a checkpoint "
+    s.add_argument("--model", default=None, help="llama: a GGUF file; engine: a checkpoint "
                    "(default: the embedded model)")
     s.add_argument("--gate", type=float, default=None,
                    help="accept a candidate only if its mean token logprob is above the copy's minus GATE")
@@ -535,10 +535,10 @@ def main(argv=None) -> int:
         pred = Pattern(args.min_support)
     elif args.predictor == "engine":
         from engine.embedded_model import default_model
-        model = args.model if args.model != ap_default_model else str(default_model())
+        model = args.model or str(default_model())
         pred = Engine(model, args.margin, rewrite=not args.no_rewrite)
     else:
-        pred = Llama(args.model, args.format, args.gate, args.threads, args.candidates)
+        pred = Llama(args.model or ap_default_model, args.format, args.gate, args.threads, args.candidates)
     res = score(cases, pred, args.region, args.limit, rows_out=args.rows)
     print(json.dumps(res))
     if args.json:
