@@ -12,8 +12,8 @@ The method (measured in docs/next_edit.md on real release diffs):
   costs a few forwards, and greedy spec gives exactly the AR rewrite.
 - The gate (`choose`). Each candidate and the unchanged region ("the copy") are scored teacher-forced
   after the same prompt: the mean token log-probability of the text as the model's `updated:` block.
-  A candidate is answered only when it beats the copy by `margin` nats per token; the best such
-  candidate wins. Without a model the pattern candidate is answered as it is (what the LSP's fallback
+  A candidate is answered only when it beats the copy by `margin` nats (the region's log-probability;
+  per token with stat "mean"); the pattern's candidate when it passes, else the best model rewrite. Without a model the pattern candidate is answered as it is (what the LSP's fallback
   does). No edit beats a wrong one: ties and losses give no edit.
 - Refused always: a rewrite equal to the region, one that only takes back the user's newest edit, one
   whose edit text repeats itself (textkit/loops.py), or one that changes more than MAX_EDIT_LINES lines
@@ -206,10 +206,14 @@ def choose(pred: Prediction, margin: float | None = MARGIN, stat: str = STAT,
     if not pred.scored or margin is None:
         return cands[0], ""
     key = (lambda c: c.mean) if stat == "mean" else (lambda c: c.total)
-    best = max(cands, key=key)
-    if key(best) - (pred.copy if stat == "mean" else pred.copy_total) <= margin:
+    copy = pred.copy if stat == "mean" else pred.copy_total
+    passed = [c for c in cands if key(c) - copy > margin]
+    if not passed:
         return None, "gate"
-    return best, ""
+    # the pattern's candidate first when it passes: the model's rewrite scored above a passing pattern in 2
+    # of 14 cases of the 0.5B's sample and was wrong both times (one of those patterns was exact)
+    pattern = [c for c in passed if c.source == "pattern"]
+    return (pattern[0] if pattern else max(passed, key=key)), ""
 
 
 def result(msg: protocol.NextEdit, pred: Prediction, t0: float, margin: float = MARGIN) -> dict:

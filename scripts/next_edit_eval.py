@@ -353,6 +353,9 @@ def gate_table(rows: list[dict]) -> list[dict]:
         sub = [{**r, "cands": [c for c in r["cands"] if c["kind"] in ks]} for r in rows]
         for row in _gate_rows(sub, SUM_GATES if means else GATES):
             out.append({"candidates": "+".join(ks), "stat": "sum" if means else "mean", **row})
+        if means and len(ks) > 1:       # the daemon's rule (next_edit_run.choose): the pattern first when it passes
+            for row in _gate_rows(sub, SUM_GATES, pattern_first=True):
+                out.append({"candidates": "+".join(ks) + " (pattern first)", "stat": "sum", **row})
         if means:
             sub = [{**r, "copy_lp": r.get("copy_mean", 0.0),
                     "cands": [{**c, "lp": c["lp_mean"]} for c in r["cands"]]} for r in sub]
@@ -361,7 +364,7 @@ def gate_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _gate_rows(rows: list[dict], gates=GATES) -> list[dict]:
+def _gate_rows(rows: list[dict], gates=GATES, pattern_first: bool = False) -> list[dict]:
     out = []
     for g in gates:
         due = none = exact = first = edits = kept_none = 0
@@ -373,7 +376,8 @@ def _gate_rows(rows: list[dict], gates=GATES) -> list[dict]:
                     pick = r["cands"][0]
                 else:
                     ok = [c for c in r["cands"] if c["lp"] - r["copy_lp"] > -g]
-                    pick = max(ok, key=lambda c: c["lp"]) if ok else None
+                    pat = [c for c in ok if pattern_first and c["kind"] == "pattern"]
+                    pick = pat[0] if pat else max(ok, key=lambda c: c["lp"]) if ok else None
             if r["due"]:
                 due += 1
                 if pick:
