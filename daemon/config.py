@@ -78,7 +78,7 @@ class Config:
     # answered only when the model scores it above the unchanged region by next_edit_margin nats;
     # "pattern" = the history's pattern alone, unverified (no model call)
     next_edit_gate: str = "model"
-    next_edit_margin: float = -2.0     # measured: docs/next_edit.md
+    next_edit_margin: float = -4.0     # measured: docs/next_edit.md
     # process
     idle_exit_minutes: float = 0.0     # exit after this long without connections or requests; 0 = never
     log_level: str = "info"
