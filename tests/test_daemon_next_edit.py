@@ -3,7 +3,6 @@ pattern of two same-shape edits proposed at the third place and verified by the 
 document, malformed requests answered with errors, and the pattern-only gate."""
 from __future__ import annotations
 
-import asyncio
 import difflib
 import shutil
 import subprocess
