@@ -200,19 +200,8 @@ class Llama:
     without decoding again (`gates` in the result)."""
 
     def __init__(self, model: str, fmt: str, gate: float | None, threads: int, candidates: str):
-        import llama_cpp
-        import llama_cpp.llama_cpp as low
-        # llama.cpp's weight repacking for this CPU (AMX) segfaults in the first decode here; llama-cpp-python
-        # has no argument for it, so the default model parameters are made with use_extra_bufts off
-        default = low.llama_model_default_params
-
-        def no_repack():
-            params = default()
-            params.use_extra_bufts = False
-            return params
-        low.llama_model_default_params = no_repack
-        self.llm = llama_cpp.Llama(model_path=model, n_ctx=3072, n_batch=512, n_threads=threads,
-                                   logits_all=False, verbose=False, seed=0)
+        from bench.llamacpp import plain_llama      # llama.cpp's extra weight buffers off (segfault here)
+        self.llm = plain_llama(model, n_ctx=3072, n_batch=512, n_threads=threads, logits_all=False, seed=0)
         self.fmt, self.gate, self.candidates = fmt, gate, candidates
         self.name = f"llama:{fmt}:{candidates}" + (f":gate{gate}" if gate is not None else "")
 
