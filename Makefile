@@ -28,7 +28,7 @@ run: $(STAMP) model
 	$(VENV)/bin/tricode demo
 
 test: $(STAMP) model
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=15 tests
 
 model: $(STAMP)
 	$(PY) -m registry pull $(MODEL)

@@ -4,7 +4,7 @@ prefetch's token bucket, the reply bookkeeping and the daemon's counters.
 The asyncio side (server.py) registers jobs here and hands them to a backend (the local worker,
 daemon/worker.py, which pops them from this queue; or the remote backend, daemon/remote.py). Rules:
 
-- Two priorities: inline completions (`complete`) before refactors (`generate`): a free batch slot
+- Two priorities: inline completions (`complete`, and next-edit suggestions, `next_edit`) before refactors (`generate`): a free batch slot
   goes to the most urgent waiting job; within a priority, connections take turns (round-robin), so one
   busy editor cannot starve another.
 - Ageing: a refactor that has waited AGE_S seconds in the queue (since it was submitted or its last
@@ -14,7 +14,7 @@ daemon/worker.py, which pops them from this queue; or the remote backend, daemon
   every AGE_S seconds, and inline completions lose at most one slot per AGE_S to them (on a slow,
   loaded machine every refactor has waited AGE_S: without the limit they would all go first).
 - Supersede: a new `complete` for the same (connection, document) answers the older one SUPERSEDED at
-  once and sets its cancel flag (the decode stops before its next forward). `abort` does the same
+  once (a new `next_edit` likewise the older `next_edit` of its document: `supersede_key`) and sets its cancel flag (the decode stops before its next forward). `abort` does the same
   with ABORTED. A job whose connection closed is cancelled silently.
 - Deadline: per job (deadline_ms, else the configured default for its kind); when it passes the
   decode stops and the reply holds what is finished, cut at the last complete line.
@@ -40,7 +40,7 @@ VALID_MODES = ("", "ar", "diffusion", "spec")
 class Job:
     conn: object                      # server.Connection: .id, .send(frame), .closed
     msg: protocol.Complete
-    kind: str                         # complete | generate
+    kind: str                         # complete | generate | next_edit | prefetch
     priority: int
     mode: str
     max_tokens: int
@@ -72,6 +72,20 @@ class Job:
     def cache_key(self) -> tuple:
         kind = "complete" if self.kind == "prefetch" else self.kind   # a prefetch fills the completion's cache
         return (kind, self.msg.doc or self.msg.path or f"conn{self.conn.id}")
+
+
+def supersede_key(job: Job) -> tuple | None:
+    """The key under which a newer job replaces an older one: (connection, document) for inline
+    completions, (connection, "next_edit", document) for next-edit suggestions (a completion and a
+    next-edit suggestion of one document do not replace each other); None for other kinds."""
+    doc = getattr(job.msg, "doc", "") or getattr(job.msg, "path", "")
+    if not doc:
+        return None
+    if job.kind == "complete":
+        return (job.conn.id, doc)
+    if job.kind == "next_edit":
+        return (job.conn.id, "next_edit", doc)
+    return None
 
 
 class TokenBucket:
@@ -150,14 +164,15 @@ class RequestQueue:
         if old is not None:  # a client reusing a live id: the older one is replaced
             self.cancel(old, protocol.SUPERSEDED, f"request {job.id} was sent again")
         self.jobs[key] = job
-        if job.kind == "complete" and (job.msg.doc or job.msg.path):
-            dkey = (job.conn.id, job.msg.doc or job.msg.path)
+        dkey = supersede_key(job)
+        if dkey is not None:
             older = self.latest.get(dkey)
             if older is not None and not older.replied:
                 self.stats.superseded += 1
                 self.cancel(older, protocol.SUPERSEDED, f"superseded by request {job.id}")
             self.latest[dkey] = job
-            self.drop_prefetch(dkey)
+            if job.kind == "complete":
+                self.drop_prefetch(dkey)
 
     def enqueue(self, job: Job) -> None:
         """Queue a registered job for the worker thread."""
@@ -218,8 +233,8 @@ class RequestQueue:
             return
         job.replied = True
         self.jobs.pop((job.conn.id, job.id), None)
-        dkey = (job.conn.id, job.msg.doc or job.msg.path)
-        if self.latest.get(dkey) is job:
+        dkey = supersede_key(job)
+        if dkey is not None and self.latest.get(dkey) is job:
             del self.latest[dkey]
         if frame.get("type") == "error":
             self.stats.error(frame.get("code", "?"))

@@ -84,6 +84,11 @@ class Config:
     cache_slots: int = 4               # KV caches kept for prefix reuse (one per recent document)
     batch_size: int = 4                # decodes run together (batched forwards); 1 = one at a time
     prefetch_tokens_per_s: int = 2048  # prefill work a second for prefetches (lowest priority); 0 = no prefetch
+    # next-edit suggestions (daemon/next_edit_run.py): "model" = the pattern and the model's rewrite, each
+    # answered only when the model scores it above the unchanged region by next_edit_margin nats;
+    # "pattern" = the history's pattern alone, unverified (no model call)
+    next_edit_gate: str = "model"
+    next_edit_margin: float = -4.0     # measured: docs/next_edit.md
     # process
     idle_exit_minutes: float = 0.0     # exit after this long without connections or requests; 0 = never
     log_level: str = "info"
@@ -109,7 +114,7 @@ class Config:
 _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto", "linear", "quadratic"),
             "log_level": LOG_LEVELS, "prompt_layout": ("window", "contiguous"),
             "inline_format": ("auto",) + FIM_FORMATS, "runner": RUNNERS, "backend": ("local", "openai"),
-            "remote_fallback": ("", "local"),
+            "remote_fallback": ("", "local"), "next_edit_gate": ("model", "pattern"),
             "remote_prompt": ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
             "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import protocol
 from daemon import config as config_mod
+from daemon import next_edit_run
 from daemon.admission import PRIO_INLINE, PRIO_PREFETCH, PRIO_REFACTOR, VALID_MODES, Job, RequestQueue, Stats
 from daemon.remote import CancelSignal, RemoteBackend
 from daemon.runtime import (AlreadyRunning, acquire_lock, bind_socket, config_stamp, load_feedback,  # noqa: F401
@@ -301,7 +302,7 @@ class Daemon:
 
     def _deliver(self, job: Job, frame: dict) -> None:
         """A backend's one frame for `job` (loop thread): counted when it is a result, then replied."""
-        if frame.get("type") == "result" and not job.replied:
+        if frame.get("type") in ("result", "next_edit_result") and not job.replied:
             self.stats.served += 1
             self.stats.by_kind[job.kind] = self.stats.by_kind.get(job.kind, 0) + 1
         self.queue.reply(job, frame)
@@ -431,7 +432,7 @@ class Daemon:
             if conn.tcp:
                 conn.close()
             return
-        if kind in ("complete", "generate"):
+        if kind in ("complete", "generate", "next_edit"):
             self._submit(conn, msg)
         elif kind == "prefetch":
             self._prefetch(conn, msg)
@@ -487,6 +488,14 @@ class Daemon:
             self.stats.error(protocol.NOT_READY)
             detail = e.error if e.state == "error" else f"{e.stage} ({e.progress:.0%})"
             conn.send(protocol.error(msg.id, protocol.NOT_READY, f"the model is {e.state}: {detail}"))
+            return
+        if msg.type == "next_edit":   # checked and admitted as an inline job; run by the local worker
+            problem = next_edit_run.check(msg)
+            if problem:
+                self._bad(conn, protocol.ProtocolError(protocol.BAD_REQUEST, problem, msg.id))
+            else:
+                self.queue.register(job := next_edit_run.job(conn, msg, self.cfg, CancelSignal()))
+                self.worker.submit(job)
             return
         problem = None
         if msg.mode not in VALID_MODES:

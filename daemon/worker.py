@@ -362,6 +362,8 @@ class LocalWorker(threading.Thread):
             return False
         cfg = self.cfg
         self._threads(cfg)
+        if job.kind == "next_edit":
+            return self._next_edit(job)
         if job.slices and job.engine_key != self.loaded_key:
             # a sliced job resumed after a model reload: its tokens belong to the old model; start over
             job.prompt, job.tokens, job.nfe, job.accept_lengths, job.slices = None, [], 0, [], 0
@@ -457,6 +459,22 @@ class LocalWorker(threading.Thread):
                              prefill_ms=job.prefill_ms, decode_ms=job.decode_ms, loop_guard=True, post_from=t0)
         self.queue.finished(job)
         self.deliver(job, frame)
+
+    def _next_edit(self, job: Job) -> bool:
+        """Run a next-edit request to its end (daemon/next_edit_run.py: candidates, gate, result); a
+        rewrite is a few forwards, so it is not batched. Always False: it is answered here."""
+        from daemon import next_edit_run
+        job.started = time.perf_counter()
+        cfg = self.cfg
+        model = self.ck.model if self.ck is not None and cfg.next_edit_gate == "model" else None
+        pred = next_edit_run.predict(model, self.tok, job.msg, spec_variant=self.spec_variant(cfg),
+                                     cancel=job.cancel, deadline=job.deadline)
+        self.queue.finished(job)
+        self.stats.tokens += pred.tokens
+        self.stats.nfe += pred.forwards
+        if not job.cancel.is_set():
+            self.deliver(job, next_edit_run.result(job.msg, pred, job.arrived, cfg.next_edit_margin))
+        return False
 
     # -- prefetch ----------------------------------------------------------------------------------
 

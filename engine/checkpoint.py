@@ -141,12 +141,17 @@ def read_config(path: Path) -> ModelConfig:
         raw["model_type"] = "nemotron_labs_diffusion"
     if raw.get("tie_word_embeddings"):
         raise CheckpointError(f"{f}: tie_word_embeddings is true; NLD models have an untied diffusion_head")
+    return config_from_dict(raw, f)
+
+
+def config_from_dict(d: dict, where) -> ModelConfig:
+    """ModelConfig.from_dict with its errors as CheckpointErrors naming `where`."""
     try:
-        return ModelConfig.from_dict(raw)
+        return ModelConfig.from_dict(d)
     except KeyError as e:
-        raise CheckpointError(f"{f}: required key {e.args[0]!r} is missing") from None
+        raise CheckpointError(f"{where}: required key {e.args[0]!r} is missing") from None
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{f}: {e}") from None
+        raise CheckpointError(f"{where}: {e}") from None
 
 
 def read_quantization(path: Path) -> QuantSpec | None:
@@ -188,8 +193,10 @@ def _weight_files(path: Path) -> dict[str, Path]:
     raise CheckpointError(f"{path}: no weights (model.safetensors or model.safetensors.index.json)")
 
 
-def _read_tensors(files: dict[str, Path], wanted: list[str]):
-    """Yield (name, tensor) for the wanted names, opening each shard once."""
+def _read_tensors(files: dict[str, Path], wanted: list[str],
+                  hint: str = "the file may be truncated"):
+    """Yield (name, tensor) for the wanted names, opening each shard once; a read that fails is a
+    CheckpointError naming the file, with `hint` saying what to do."""
     from safetensors import safe_open
     by_file: dict[Path, list[str]] = {}
     for name in wanted:
@@ -202,7 +209,7 @@ def _read_tensors(files: dict[str, Path], wanted: list[str]):
         except CheckpointError:
             raise
         except Exception as e:
-            raise CheckpointError(f"{file}: cannot read tensors ({e}); the file may be truncated") from None
+            raise CheckpointError(f"{file}: cannot read tensors ({e}); {hint}") from None
 
 
 def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True) -> Checkpoint:

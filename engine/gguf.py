@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import Checkpoint, CheckpointError, pick_device, pick_dtype
+from engine.checkpoint import Checkpoint, CheckpointError, _read_tensors, pick_device, pick_dtype
 from engine.config import ModelConfig, RopeScaling
 from engine.pretrained import ar_name_map, build_model, finish
 
@@ -250,7 +250,8 @@ def read_gguf(path: str | Path, *, cache: bool | None = None
     if cache:
         hit = _read_cache(path, file)
         if hit is not None:
-            return hit[0], _cached_tensors(file, hit[1])
+            return hit[0], _read_tensors({n: file for n in hit[1]}, hit[1],
+                                       "the converted GGUF cache is damaged; delete it and load again")
     t0 = time.perf_counter()
     reader = open_gguf(path)
     cfg = gguf_config(reader, str(path))
@@ -263,18 +264,6 @@ def read_gguf(path: str | Path, *, cache: bool | None = None
     if cache:
         _write_cache(path, file, cfg, tensors)
     return cfg, _drain(tensors)
-
-
-def _cached_tensors(file: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
-    try:
-        with safe_open(file, framework="pt") as f:
-            for name in names:
-                yield name, f.get_tensor(name)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"{file}: the converted GGUF cache cannot be read ({e}); delete it and load again") from None
 
 
 def load_gguf(path: str | Path, device=None, dtype=None, *, cache: bool | None = None) -> Checkpoint:

@@ -18,13 +18,12 @@ class CacheFullError(RuntimeError):
     pass
 
 
-class KVCache:
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, *,
-                 batch: int = 1, device=None, dtype=torch.float32):
-        # One buffer [layer, k|v, batch, kv head, slot, dim]: a forward writes a layer's new K and V
-        # with one copy (model.py); k and v are views of it.
-        self.kv = torch.zeros((n_layers, 2, batch, n_kv_heads, max_len, head_dim), device=device, dtype=dtype)
-        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
+class TokenLedger:
+    """Which tokens a cache holds, whatever holds their K/V: `length` committed slots and their ids.
+    The decoders reserve, commit and crop through it; KVCache adds torch buffers, and
+    engine/llama_runner.py's LlamaCache a llama.cpp sequence."""
+
+    def __init__(self, max_len: int):
         self.max_len = max_len
         self.length = 0
         self.token_ids: list[int] = []
@@ -42,11 +41,6 @@ class KVCache:
         self.length = n
         del self.token_ids[n:]
 
-    def move(self, src: torch.Tensor, dst_start: int) -> None:
-        """Copy the K/V at absolute slots `src` (ascending, all >= dst_start) to dst_start.. in order."""
-        n = src.numel()
-        self.kv[..., dst_start:dst_start + n, :] = self.kv[..., src, :]
-
     def common_prefix(self, ids: list[int]) -> int:
         n = 0
         for a, b in zip(self.token_ids, ids):
@@ -54,3 +48,18 @@ class KVCache:
                 break
             n += 1
         return n
+
+
+class KVCache(TokenLedger):
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, *,
+                 batch: int = 1, device=None, dtype=torch.float32):
+        super().__init__(max_len)
+        # One buffer [layer, k|v, batch, kv head, slot, dim]: a forward writes a layer's new K and V
+        # with one copy (model.py); k and v are views of it.
+        self.kv = torch.zeros((n_layers, 2, batch, n_kv_heads, max_len, head_dim), device=device, dtype=dtype)
+        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
+
+    def move(self, src: torch.Tensor, dst_start: int) -> None:
+        """Copy the K/V at absolute slots `src` (ascending, all >= dst_start) to dst_start.. in order."""
+        n = src.numel()
+        self.kv[..., dst_start:dst_start + n, :] = self.kv[..., src, :]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from engine.config import ModelConfig
-from engine.kv_cache import CacheFullError
+from engine.kv_cache import CacheFullError, TokenLedger
 
 log = logging.getLogger(__name__)
 
@@ -77,39 +77,17 @@ def _quiet_llama_log() -> None:
             L.llama_log_set(_quiet_cb, ctypes.c_void_p(0))
 
 
-class LlamaCache:
+class LlamaCache(TokenLedger):
     """A tricode cache whose K/V live in llama.cpp sequence `seq` of `model`'s context.
 
     `length` and `token_ids` are what the decoders read and crop, as for KVCache; `synced` is how many
     tokens llama.cpp's sequence holds, brought down to `length` before the next forward runs."""
 
     def __init__(self, model: "LlamaModel", seq: int, max_len: int):
-        self.model, self.seq, self.max_len = model, seq, max_len
-        self.length = 0
+        super().__init__(max_len)
+        self.model, self.seq = model, seq
         self.synced = 0
-        self.token_ids: list[int] = []
         weakref.finalize(self, model._release, seq)
-
-    def reserve(self, n_new: int) -> None:
-        if self.length + n_new > self.max_len:
-            raise CacheFullError(f"KV cache holds {self.max_len} tokens; {self.length} used, {n_new} more requested")
-
-    def commit(self, token_ids: list[int]) -> None:
-        self.length += len(token_ids)
-        self.token_ids.extend(token_ids)
-
-    def crop(self, n: int) -> None:
-        assert 0 <= n <= self.length, (n, self.length)
-        self.length = n
-        del self.token_ids[n:]
-
-    def common_prefix(self, ids: list[int]) -> int:
-        n = 0
-        for a, b in zip(self.token_ids, ids):
-            if a != b:
-                break
-            n += 1
-        return n
 
 
 def _meta(L, model, key: str) -> str | None:

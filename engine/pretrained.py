@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import (Checkpoint, CheckpointError, _fused_rows, _read_tensors, _weight_files,
+from engine.checkpoint import (Checkpoint, CheckpointError, _fused_rows, _read_tensors, _weight_files, config_from_dict,
                                cpu_has_native_bf16, pick_device, pick_dtype)
 from engine.config import ModelConfig, rope_inv_freq
 from engine.model import NLDModel
@@ -77,12 +77,7 @@ def config_from_hf(raw: dict, where: str) -> ModelConfig:
         raise CheckpointError(f"{where}: eos_token_id is missing; the decoders need it to stop")
     if raw.get("bos_token_id") is None:
         d["bos_token_id"] = eos[0] if isinstance(eos, list) else eos
-    try:
-        return ModelConfig.from_dict(d)
-    except KeyError as e:
-        raise CheckpointError(f"{where}: required key {e.args[0]!r} is missing") from None
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from None
+    return config_from_dict(d, where)
 
 
 def ar_name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:

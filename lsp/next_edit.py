@@ -8,26 +8,28 @@
 A request is checked like every other one: an unknown document or a malformed position is
 InvalidParams, a version other than the document's is ContentModified (the editor asks again), a
 position past the end of the document is InvalidParams. Then the region (whole lines around the
-cursor, daemon/next_edit_prompt.py), the user's recent edits (lsp/edit_history.py) and the document's
-text go to a NextEditSource as a `NextEdit` message (daemon/next_edit_messages.py), and its
+cursor, textkit/edits.py), the user's recent edits (lsp/edit_history.py) and the document's
+text go to a NextEditSource as a `NextEdit` message (protocol/messages.py), and its
 `NextEditResult` becomes at most one edit: inside the region, not a no-op, not a take-back of the
 user's newest edit (checked here too, whatever the source says).
 
-Sources: `pattern_source` (torch-free: the history's generalised pattern applied to the region,
-daemon/edit_pattern.py; what answers until the daemon serves `next_edit`) and `daemon_source(backend)`
-(the request to the daemon, for when the protocol package has the message). What this module does not
-know: models, prompts.
+Sources: `daemon_source(backend, scheduler)` (the daemon's `next_edit`: the pattern and the model's
+rewrite, gated by the model's confidence; what the server uses) and `pattern_source` (torch-free: the
+history's generalised pattern applied to the region, textkit/edit_pattern.py), which answers only as the
+fallback while the daemon is starting or unavailable. What this module does not know: models, prompts.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Awaitable, Callable
 
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
-from daemon import next_edit_prompt as nep
-from daemon.next_edit_messages import NextEdit, NextEditResult
+from protocol import NOT_READY, Error, NextEdit, NextEditResult, decode_reply
+from protocol.client import DaemonUnavailable
+from textkit import edits as nep
 from lsp.documents import Document
 from lsp.edit_history import EditHistory
 
@@ -56,15 +58,44 @@ async def pattern_source(req: NextEdit) -> NextEditResult:
                           confidence=0.0, total_ms=ms, format="pattern")
 
 
-def daemon_source(backend) -> NextEditSource:
-    """The request to the daemon (its `next_edit` message); an error reply is no edit, logged."""
+async def _connect(backend) -> None:
+    try:
+        await backend.connected_within(0.0)
+    except DaemonUnavailable as e:
+        log.info("next_edit: the daemon is unavailable: %s", e)
+
+
+def daemon_source(backend, scheduler, debounce_s: Callable[[], float] = lambda: 0.0) -> NextEditSource:
+    """The request to the daemon (`next_edit`, answered by daemon/next_edit_run.py), debounced and
+    superseded through the completions' scheduler (lsp/scheduler.py, the one place that does it) under
+    the key "next_edit:<uri>": a newer request for the document answers the older one with no edit and
+    aborts its daemon request. While the daemon is starting or unavailable (not connected, not ready,
+    or it answers NOT_READY), the pattern source answers instead: the FALLBACK, so that a suggestion
+    never waits for the model to load. A daemon error is no edit, its message in `reason` (logged)."""
     async def call(req: NextEdit) -> NextEditResult:
-        reply = await backend.client.request(req)
-        if not isinstance(reply, dict) or reply.get("type") != "next_edit_result":
-            log.info("next_edit: the daemon answered %r", reply)
-            return NextEditResult(id=req.id, reason=f"daemon: {reply.get('code') if isinstance(reply, dict) else reply}")
-        known = NextEditResult.__dataclass_fields__
-        return NextEditResult(**{k: v for k, v in reply.items() if k in known})
+        if backend.state != "ready" or not backend.connected:
+            if backend.state in ("disconnected", "failed"):
+                backend.spawn(_connect(backend))        # start/connect it for the next request
+            return dataclasses.replace(await pattern_source(req), reason=f"fallback: the daemon is {backend.state}")
+        ticket = scheduler.begin("next_edit:" + req.doc)
+        try:
+            if not await ticket.debounce(debounce_s()):
+                return NextEditResult(id=req.id, reason="superseded")
+            try:
+                reply = await ticket.call(backend, req)
+            except DaemonUnavailable as e:
+                return dataclasses.replace(await pattern_source(req), reason=f"fallback: {e}")
+        finally:
+            ticket.done()
+        if reply is None:
+            return NextEditResult(id=req.id, reason="superseded")
+        res = decode_reply(reply)
+        if isinstance(res, NextEditResult):
+            return res
+        if isinstance(res, Error) and res.code == NOT_READY:
+            return dataclasses.replace(await pattern_source(req), reason="fallback: the model is loading")
+        log.info("next_edit: the daemon answered %r", reply)
+        return NextEditResult(id=req.id, reason=f"daemon {getattr(res, 'code', '?')}: {getattr(res, 'message', res)}")
     return call
 
 
@@ -83,7 +114,8 @@ class NextEditor:
         self.documents = documents
         self.history = history
         self.source: NextEditSource = source or pattern_source
-        self.counts = {"requests": 0, "edits": 0, "empty": 0, "undo_refused": 0, "shown": 0}
+        self.counts = {"requests": 0, "edits": 0, "empty": 0, "undo_refused": 0, "shown": 0, "fallback": 0,
+                       "superseded": 0}
         self.last: dict = {}
         self._ids = 0
 
@@ -130,6 +162,8 @@ class NextEditor:
                         encoding=doc.encoding)
         req = self.request(snap, line, char)
         res = await self.source(req)
+        self.counts["fallback"] += res.reason.startswith("fallback")
+        self.counts["superseded"] += res.reason == "superseded"
         edits = self._edits(snap, req, res)
         self.counts["edits" if edits else "empty"] += 1
         self.last = {"uri": doc.uri, "version": version, "line": line, "edits": len(edits), "reason": res.reason,

@@ -36,7 +36,7 @@ from lsp import guard
 from lsp.documents import UTF8, UTF16, UTF32, Document, DocumentStore, units, uri_to_path
 from lsp.edit_history import EditHistory
 from lsp.inline import CompletionFailed, InlineCompleter, Outcome
-from lsp.next_edit import NextEditor
+from lsp.next_edit import NextEditor, daemon_source
 from lsp.prefetch import Prefetcher
 from lsp.progress import WorkDone
 from lsp.settings import Settings, unwrap
@@ -126,6 +126,9 @@ class TricodeServer(LanguageServer):
         self.completer = InlineCompleter(self.backend, self.settings, self.ignore)
         self.prefetcher = Prefetcher(self.backend, self.settings, self.ignore)
         self.actions = Actions(self)
+        # next-edit suggestions go to the daemon, through the completions' scheduler (debounce, supersede)
+        self.next_edit.source = daemon_source(self.backend, self.completer.scheduler,
+                                              lambda: self.settings.debounce_ms / 1000.0)
         log.info("initialized for %s: encoding %s, settings %s", self.client_name, encoding, self.settings)
 
     def report_server_error(self, error: Exception, source) -> None:

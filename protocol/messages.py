@@ -16,6 +16,8 @@ connection open.
     hello {version, client}                    hello {version, build, pid, state}
     complete {doc, prefix, suffix, ...}        result {text, mode, stats...} | error
     generate {doc, prefix, suffix, ...}        result | error        (refactors: AR, lower priority)
+    next_edit {doc, text, cursor, region_*,    next_edit_result {start, end, text, ...} | error
+               history, last_old, last_new}
     prefetch {doc, prefix, suffix, cursor}     ok                    (prefill ahead of a completion)
     abort {target}                             ok
     feedback {event, doc, shown, accepted}     ok
@@ -25,7 +27,7 @@ connection open.
                                                progress {stage, fraction, message}  (no id, unsolicited)
 
 Requests and replies are dataclasses both ways: `decode_request` on the daemon's side, `decode_reply`
-on the client's (Result, Error, Ok, HelloReply, Progress; a `status` report stays a map).
+on the client's (Result, NextEditResult, Error, Ok, HelloReply, Progress; a `status` report stays a map).
 """
 from __future__ import annotations
 
@@ -156,9 +158,31 @@ class Shutdown:
     type: str = "shutdown"
 
 
+@dataclass(frozen=True)
+class NextEdit:
+    """A next-edit suggestion: predict the user's next edit in text[region_start:region_end] of one
+    document. Offsets are code-point indices into `text` (the request's snapshot), never LSP positions.
+    Like `complete`, a newer `next_edit` for the same (connection, doc) supersedes the older one."""
+    id: int = 0
+    doc: str = ""                  # document URI (the key for supersede)
+    version: int = 0               # the document version `text` is
+    path: str = ""                 # file path (the prompt names it)
+    language: str = "python"
+    text: str = ""                 # the whole document
+    cursor: int = 0                # offset of the cursor in `text`
+    region_start: int = 0          # the editable region: whole lines around the cursor
+    region_end: int = 0
+    history: tuple[str, ...] = ()  # the user's recent edits as unified diffs, oldest first
+    last_old: str = ""             # the user's newest edit of this document (lines before/after), so the
+    last_new: str = ""             # daemon can refuse a rewrite that only takes it back
+    max_tokens: int = 256
+    deadline_ms: int = 0
+    type: str = "next_edit"
+
+
 REQUESTS = {
     "hello": Hello, "complete": Complete, "generate": Generate, "prefetch": Prefetch, "abort": Abort, "feedback": Feedback,
-    "document": DocumentUpdate, "status": Status, "shutdown": Shutdown}
+    "document": DocumentUpdate, "status": Status, "shutdown": Shutdown, "next_edit": NextEdit}
 
 
 @dataclass(frozen=True)
@@ -233,8 +257,36 @@ class Progress:
     type: str = "progress"
 
 
+@dataclass(frozen=True)
+class NextEditResult:
+    """The answer to `next_edit`: the chosen rewrite of the region and the smallest edit it makes, in
+    offsets of the request's `text` (start == end == -1: no edit, `reason` says why)."""
+    id: int = 0
+    rewrite: str = ""              # the whole region as chosen ("" when nothing was decoded)
+    start: int = -1
+    end: int = -1
+    text: str = ""
+    confidence: float = 0.0        # mean token log-probability of the chosen rewrite (<= 0; 0: no model)
+    min_logprob: float = 0.0       # the lowest token log-probability in it
+    copy_logprob: float = 0.0      # mean log-probability of the region copied unchanged, for the gate
+    reason: str = ""               # why there is no edit (same | undo | gate | no_pattern | ...), or ""
+    source: str = ""               # the candidate chosen: pattern | model | "" (none)
+    tokens: int = 0                # tokens of the model's rewrite
+    forwards: int = 0              # its forwards (the prefill counted as one)
+    tokens_per_forward: float = 0.0
+    prompt_tokens: int = 0
+    total_ms: float = 0.0
+    format: str = ""               # the prompt format used (daemon/next_edit_prompt.py), or "pattern"
+    type: str = "next_edit_result"
+
+    @property
+    def has_edit(self) -> bool:
+        return self.start >= 0 and self.end >= self.start
+
+
 # a `status` reply is an open-ended report for people and status lines: it stays a map
-REPLIES = {"result": Result, "error": Error, "ok": Ok, "hello": HelloReply, "progress": Progress}
+REPLIES = {"result": Result, "error": Error, "ok": Ok, "hello": HelloReply, "progress": Progress,
+           "next_edit_result": NextEditResult}
 
 
 def decode_reply(frame: dict):

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon import next_edit_prompt as nep          # noqa: E402
-from daemon.edit_pattern import tokens              # noqa: E402
+from textkit.edit_pattern import tokens              # noqa: E402
 from lsp.edit_history import make_edit              # noqa: E402
 
 RELEASES = [("idna", "2.10", "3.0"), ("itsdangerous", "1.1.0", "2.0.0"), ("markupsafe", "1.1.1", "2.0.0"),
@@ -200,19 +200,8 @@ class Llama:
     without decoding again (`gates` in the result)."""
 
     def __init__(self, model: str, fmt: str, gate: float | None, threads: int, candidates: str):
-        import llama_cpp
-        import llama_cpp.llama_cpp as low
-        # llama.cpp's weight repacking for this CPU (AMX) segfaults in the first decode here; llama-cpp-python
-        # has no argument for it, so the default model parameters are made with use_extra_bufts off
-        default = low.llama_model_default_params
-
-        def no_repack():
-            params = default()
-            params.use_extra_bufts = False
-            return params
-        low.llama_model_default_params = no_repack
-        self.llm = llama_cpp.Llama(model_path=model, n_ctx=3072, n_batch=512, n_threads=threads,
-                                   logits_all=False, verbose=False, seed=0)
+        from bench.llamacpp import plain_llama      # llama.cpp's extra weight buffers off (segfault here)
+        self.llm = plain_llama(model, n_ctx=3072, n_batch=512, n_threads=threads, logits_all=False, seed=0)
         self.fmt, self.gate, self.candidates = fmt, gate, candidates
         self.name = f"llama:{fmt}:{candidates}" + (f":gate{gate}" if gate is not None else "")
 
@@ -284,23 +273,89 @@ class Llama:
                         "prompt_tokens": len(ptoks), "copy_lp": copy_lp, "cands": scored}
 
 
+class Engine:
+    """The daemon's next-edit stage without the socket: daemon/next_edit_run.py's `predict` (the pattern
+    candidate, the model's greedy `spec` rewrite in the sweep_draft format, both scored teacher-forced
+    against the copy) on a checkpoint loaded by the engine, exactly as the worker runs it; the answer is
+    `choose`'s at the given margin (None: the daemon's default). Each case also times an inline
+    completion at the same place (FIM prompt of daemon/prompt.py, spec, one line) for the latency ratio."""
+
+    def __init__(self, model: str, margin: float | None, rewrite: bool = True):
+        import torch
+        torch.set_num_threads(1)
+        from daemon import next_edit_run
+        from daemon.prompt import PromptBuilder, protect_special_tokens
+        from engine.checkpoint import load_checkpoint
+        from textkit.tokenizer import Tokenizer
+        self.ner = next_edit_run
+        self.ck = load_checkpoint(model, device="cpu", dtype="float32")
+        self.tok = Tokenizer(Path(model))
+        protect_special_tokens(self.tok)
+        self.builder = PromptBuilder(self.tok)
+        self.margin = next_edit_run.MARGIN if margin is None else margin
+        self.rewrite = rewrite
+        self.name = f"engine:{Path(model).name}:margin{self.margin}" + ("" if rewrite else ":norewrite")
+
+    def inline_ms(self, text: str, cursor: int) -> float:
+        from daemon.finish import text_cut
+        from engine.generate import DecodeParams, generate
+        eol = text.find("\n", cursor)
+        eol = len(text) if eol < 0 else eol
+        t0 = time.perf_counter()
+        prompt = self.builder.build(text[:eol], text[eol:], 1024, [])
+        tok = self.tok
+        generate(self.ck.model, prompt.ids, DecodeParams(mode="spec", max_new_tokens=64),
+                 stop=lambda ids: None if text_cut(tok.decode(ids), 1) is None else len(ids))
+        return (time.perf_counter() - t0) * 1e3
+
+    def predict(self, case, start, end, cursor):
+        import protocol
+        text = case["text"]
+        last = case["history"][-1] if case["history"] else ""
+        lo, ln = nep.changed_lines(last) if last else ("", "")
+        msg = protocol.NextEdit(id=1, doc=case["path"], path=case["path"], text=text, cursor=cursor,
+                                region_start=start, region_end=end, history=tuple(case["history"]),
+                                last_old=lo, last_new=ln)
+        t0 = time.perf_counter()
+        pred = self.ner.predict(self.ck.model, self.tok, msg, rewrite=self.rewrite)
+        ms = (time.perf_counter() - t0) * 1e3
+        best, _ = self.ner.choose(pred, self.margin)
+        region = text[start:end]
+        cands = [(c.rewrite, c.total, c.source, c.mean) for c in pred.candidates]
+        return (best.rewrite if best else region), {
+            "ms": ms, "tokens": pred.tokens, "forwards": pred.forwards, "prompt_tokens": pred.prompt_tokens,
+            "copy_lp": pred.copy_total, "copy_mean": pred.copy, "cands": cands, "inline_ms": self.inline_ms(text, cursor)}
+
+
 GATES = (None, 1.0, 0.5, 0.25, 0.0, -0.25)
+SUM_GATES = (None, 4.0, 2.0, 1.0, 0.0, -1.0, -2.0, -4.0)
 
 
 def gate_table(rows: list[dict]) -> list[dict]:
-    """The scores again for each candidate set and gate value, from the log-probabilities kept in the rows."""
+    """The scores again for each candidate set and gate value, from the log-probabilities kept in the rows
+    (`lp`: what the predictor compares; rows with `lp_mean` too are re-gated on the per-token mean)."""
     out = []
     kinds = sorted({c["kind"] for r in rows for c in r["cands"]})
     sets = [(k,) for k in kinds] + ([tuple(kinds)] if len(kinds) > 1 else [])
+    means = any("lp_mean" in c for r in rows for c in r["cands"])
     for ks in sets:
-        for row in _gate_rows([{**r, "cands": [c for c in r["cands"] if c["kind"] in ks]} for r in rows]):
-            out.append({"candidates": "+".join(ks), **row})
+        sub = [{**r, "cands": [c for c in r["cands"] if c["kind"] in ks]} for r in rows]
+        for row in _gate_rows(sub, SUM_GATES if means else GATES):
+            out.append({"candidates": "+".join(ks), "stat": "sum" if means else "mean", **row})
+        if means and len(ks) > 1:       # the daemon's rule (next_edit_run.choose): the pattern first when it passes
+            for row in _gate_rows(sub, SUM_GATES, pattern_first=True):
+                out.append({"candidates": "+".join(ks) + " (pattern first)", "stat": "sum", **row})
+        if means:
+            sub = [{**r, "copy_lp": r.get("copy_mean", 0.0),
+                    "cands": [{**c, "lp": c["lp_mean"]} for c in r["cands"]]} for r in sub]
+            for row in _gate_rows(sub, GATES):
+                out.append({"candidates": "+".join(ks), "stat": "mean", **row})
     return out
 
 
-def _gate_rows(rows: list[dict]) -> list[dict]:
+def _gate_rows(rows: list[dict], gates=GATES, pattern_first: bool = False) -> list[dict]:
     out = []
-    for g in GATES:
+    for g in gates:
         due = none = exact = first = edits = kept_none = 0
         gain = 0.0
         for r in rows:
@@ -310,7 +365,8 @@ def _gate_rows(rows: list[dict]) -> list[dict]:
                     pick = r["cands"][0]
                 else:
                     ok = [c for c in r["cands"] if c["lp"] - r["copy_lp"] > -g]
-                    pick = max(ok, key=lambda c: c["lp"]) if ok else None
+                    pat = [c for c in ok if pattern_first and c["kind"] == "pattern"]
+                    pick = pat[0] if pat else max(ok, key=lambda c: c["lp"]) if ok else None
             if r["due"]:
                 due += 1
                 if pick:
@@ -369,16 +425,19 @@ def score(cases: list[dict], predictor, region: str, limit: int = 0, log=print, 
         sim0 = difflib.SequenceMatcher(None, have, want).ratio()
         sim1 = difflib.SequenceMatcher(None, edited, want).ratio()
         cands = []
-        for cand, lp, kind in info.get("cands", []):
+        for cand, lp, kind, *mean in info.get("cands", []):
             ca, cb, ct = nep.smallest_edit(have, cand)
             ce = have[:ca] + ct + have[cb:]
             if last and nep.undoes_last(have, ce, *nep.changed_lines(last)):
                 continue
             cands.append({"lp": lp, "kind": kind, "exact": ce == want, "exact_first": ce == first and first != have,
-                          "gain": difflib.SequenceMatcher(None, ce, want).ratio() - sim0})
+                          "gain": difflib.SequenceMatcher(None, ce, want).ratio() - sim0,
+                          **({"lp_mean": mean[0]} if mean else {})})
         rows.append({"cands": cands, "copy_lp": info.get("copy_lp", 0.0), "id": c["id"], "repeat": c["repeat"], "due": want != have, "edit": edited != have,
                      "exact": edited == want, "exact_first": edited == first and first != have, "gain": sim1 - sim0, "ms": info.get("ms", 0.0),
-                     "tokens": info.get("tokens", 0), "undo": undo, "gen_ms": info.get("gen_ms", 0.0), "prompt_tokens": info.get("prompt_tokens", 0)})
+                     "tokens": info.get("tokens", 0), "undo": undo, "gen_ms": info.get("gen_ms", 0.0), "prompt_tokens": info.get("prompt_tokens", 0),
+                     "forwards": info.get("forwards", 0), "inline_ms": info.get("inline_ms", 0.0),
+                     "copy_mean": info.get("copy_mean", 0.0)})
         if rows_out is not None:
             with rows_out.open("a") as f:
                 f.write(json.dumps(rows[-1]) + "\n")
@@ -407,8 +466,16 @@ def summarize(rows: list[dict], name: str, region: str) -> dict:
         "tokens_mean": round(statistics.mean(r["tokens"] for r in rows), 1) if rows else 0,
         "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in rows), 1) if rows else 0,
         "undo_refused": sum(r["undo"] for r in rows),
+        "rewrite_tokens_per_forward": (round(sum(r.get("tokens", 0) for r in rows)
+                                             / sum(r.get("forwards", 0) for r in rows), 2)
+                                       if any(r.get("forwards") for r in rows) else None),
+        "inline_p50_ms": (round(statistics.median(r["inline_ms"] for r in rows if r.get("inline_ms")), 1)
+                          if any(r.get("inline_ms") for r in rows) else None),
         "gates": gate_table(rows) if any(r["cands"] for r in rows) else [],
     }
+
+
+ap_default_model = "/tmp/models/qwen2.5-coder-0.5b.gguf"
 
 
 def main(argv=None) -> int:
@@ -423,13 +490,16 @@ def main(argv=None) -> int:
     m.add_argument("--region", default="copilot")
     s = sub.add_parser("score")
     s.add_argument("--cases", type=Path, required=True)
-    s.add_argument("--predictor", choices=("none", "pattern", "llama"), default="pattern")
+    s.add_argument("--predictor", choices=("none", "pattern", "llama", "engine"), default="pattern")
     s.add_argument("--format", choices=nep.FORMATS, default="sweep")
     s.add_argument("--region", choices=("copilot", "zeta"), default="copilot")
-    s.add_argument("--model", default="/tmp/models/qwen2.5-coder-0.5b.gguf")
+    s.add_argument("--model", default=None, help="llama: a GGUF file; engine: a checkpoint "
+                   "(default: the embedded model)")
     s.add_argument("--gate", type=float, default=None,
                    help="accept a candidate only if its mean token logprob is above the copy's minus GATE")
     s.add_argument("--candidates", choices=("rewrite", "draft", "both"), default="rewrite")
+    s.add_argument("--margin", type=float, default=None, help="engine: the gate's margin (default: the daemon's)")
+    s.add_argument("--no-rewrite", action="store_true", help="engine: the pattern candidate only, verified")
     s.add_argument("--min-support", type=int, default=1, help="pattern: rules given by at least this many edits")
     s.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: on a shared machine, OpenMP "
                    "threads that wait for each other cost more than they gain)")
@@ -456,8 +526,12 @@ def main(argv=None) -> int:
         pred = NoEdit()
     elif args.predictor == "pattern":
         pred = Pattern(args.min_support)
+    elif args.predictor == "engine":
+        from engine.embedded_model import default_model
+        model = args.model or str(default_model())
+        pred = Engine(model, args.margin, rewrite=not args.no_rewrite)
     else:
-        pred = Llama(args.model, args.format, args.gate, args.threads, args.candidates)
+        pred = Llama(args.model or ap_default_model, args.format, args.gate, args.threads, args.candidates)
     res = score(cases, pred, args.region, args.limit, rows_out=args.rows)
     print(json.dumps(res))
     if args.json:

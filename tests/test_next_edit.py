@@ -3,7 +3,7 @@ generalised patterns (daemon/edit_pattern.py), the prompt formats, and the eval'
 import pytest
 
 from daemon import next_edit_prompt as nep
-from daemon.edit_pattern import apply_rules, rules_from_edit
+from textkit.edit_pattern import apply_rules, rules_from_edit
 from lsp.edit_history import make_edit
 
 SRC = ("class A(Base):\n"
@@ -98,7 +98,7 @@ def test_diff_sides_round_trip():
 
 
 def test_rule_support_counts_repeated_edits():
-    from daemon.edit_pattern import rules_from_history
+    from textkit.edit_pattern import rules_from_history
     one = ("        return super(A, self).f()\n", "        return super().f()\n")
     two = ("        x = super(B, self).g()\n", "        x = super().g()\n")
     other = ("    s = u'abc'\n", "    s = 'abc'\n")
@@ -111,3 +111,47 @@ def test_rule_support_counts_repeated_edits():
 def test_rules_that_match_nearly_anything_are_dropped():
     assert rules_from_edit("    a = b\n", "    a = c\n") == []          # one bare name for another
     assert rules_from_edit("    s = u'x'\n", "    s = 'x'\n")              # `u'` is two literal characters
+
+
+# -- the daemon's choice (daemon/next_edit_run.py), without a model -------------------------------------------
+
+def _msg(text: str, cursor_at: str, history: tuple[str, ...], last=("", "")):
+    import protocol
+    cur = text.index(cursor_at)
+    s, e = nep.region_lines(text, cur)
+    return protocol.NextEdit(id=1, doc="file:///a.py", text=text, cursor=cur, region_start=s, region_end=e,
+                             history=history, last_old=last[0], last_new=last[1])
+
+
+def _hist(a: str, b: str) -> str:
+    import difflib
+    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), "a/a.py", "b/a.py", n=1))
+
+
+def test_next_edit_run_refusals_and_choice():
+    from daemon import next_edit_run as ner
+    old = "print name\nprint total\nx = 1\n"
+    one = old.replace("print name", "print(name)")
+    req = _msg(one, "print total", (_hist(old, one),))
+    pred = ner.predict(None, None, req)              # no model: the pattern candidate, unscored
+    best, why = ner.choose(pred)
+    assert best is not None and best.source == "pattern" and "print(total)" in best.rewrite and why == ""
+    # the pattern and a model rewrite scored against the copy: below the margin -> no edit; the pattern
+    # first when both pass, whatever their order of score
+    pred.scored, pred.copy_total = True, -10.0
+    pred.candidates = [ner.Candidate("pattern", best.rewrite, total=-15.0),
+                       ner.Candidate("model", one.replace("x = 1", "x = 2"), total=-9.0)]
+    assert ner.choose(pred, margin=0.0)[0].source == "model"
+    assert ner.choose(pred, margin=2.0) == (None, "gate")
+    assert ner.choose(pred, margin=-6.0)[0].source == "pattern"
+    # an undo of the user's newest edit, an edit over the line budget, an edit that repeats itself
+    region = req.text[req.region_start:req.region_end]
+    assert ner._why_not(region, region, req) == "same"
+    undo = _msg(one, "print total", (), last=("print name\n", "print(name)\n"))
+    assert ner._why_not(region, region.replace("print(name)", "print name"), undo) == "undo"
+    assert ner._why_not(region, "a\nb\nc\nd\ne\nf\n", req) == "lines"
+    assert ner._why_not("x = 1\n", "x = 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1\n", req) == "loop"
+    assert ner.check(_msg(one, "print total", ())) is None
+    import dataclasses
+    assert "region" in ner.check(dataclasses.replace(req, region_end=len(one) + 5))
+    assert "cursor" in ner.check(dataclasses.replace(req, cursor=-2))

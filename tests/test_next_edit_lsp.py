@@ -8,7 +8,7 @@ import pytest
 from lsprotocol import types as T
 from pygls.exceptions import JsonRpcException
 
-from tests.test_lsp import edit, editor, open_doc, shared_env, status  # noqa: F401 (shared_env: a fixture)
+from tests.test_lsp import edit, editor, open_doc, own_env, shared_env, status, wait_ready  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
@@ -40,6 +40,7 @@ async def test_next_edit_repeats_the_users_edit(shared_env):
     async with editor(shared_env) as c:
         assert c.init_result.capabilities.experimental["copilotInlineEdit"] is True
         open_doc(c, URI, SRC)
+        await wait_ready(c)                     # the daemon answers (not the fallback while it starts)
         # backspace "A, self" in line 2, one keystroke at a time, as the editor sends it
         col = SRC.splitlines()[2].index(", self)") + len(", self")
         version = 1
@@ -55,6 +56,8 @@ async def test_next_edit_repeats_the_users_edit(shared_env):
         assert e["range"] == {"start": {"line": 5, "character": a}, "end": {"line": 5, "character": a + 7}}
         assert e["text"] == "" and e["textDocument"] == {"uri": URI, "version": version}
         assert e["command"]["command"] == "tricode.accepted"
+        last = (await status(c))["lsp"]["next_edit"]["last"]
+        assert last["format"] == "sweep_draft" and last["reason"] == "", last    # the daemon's answer
 
         # no edit where nothing repeats (the region, lines 15..22, holds no super(A, self))
         assert plain(await inline_edit(c, URI, version, 17, 0))["edits"] == []
@@ -87,3 +90,20 @@ async def test_next_edit_errors(shared_env):
         assert err.value.code == -32602 and "position" in str(err.value)
         # after the errors the server still answers
         assert plain(await inline_edit(c, URI, 3, 1, 0))["edits"] == []
+
+
+async def test_next_edit_falls_back_to_the_pattern_while_the_daemon_starts(own_env):
+    """No daemon runs: the first request starts one and is answered at once by the pattern fallback."""
+    async with editor(own_env) as c:
+        open_doc(c, URI, SRC)
+        col = SRC.splitlines()[2].index(", self)") + len(", self")
+        edit(c, URI, 2, 2, col - 7, 2, col, "")
+        res = plain(await inline_edit(c, URI, 2, 5, 8))
+        assert len(res["edits"]) == 1 and res["edits"][0]["text"] == ""
+        st = await status(c)
+        last = st["lsp"]["next_edit"]["last"]
+        assert last["format"] == "pattern" and last["reason"].startswith("fallback"), last
+        assert st["lsp"]["next_edit"]["fallback"] >= 1
+        st = await wait_ready(c)                 # the fallback's request started the daemon
+        res = plain(await inline_edit(c, URI, 2, 5, 8))
+        assert (await status(c))["lsp"]["next_edit"]["last"]["format"] == "sweep_draft"

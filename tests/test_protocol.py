@@ -25,3 +25,24 @@ def test_newer_fields_are_ignored_status_stays_a_map_and_a_broken_result_is_an_e
         decode_reply({"type": "result", "id": 1})
     assert set(Result.STATS) >= {"mode", "tokens", "stop_reason", "total_ms", "loop_cut"}
     assert not {"id", "text", "type"} & set(Result.STATS)
+
+
+def test_next_edit_round_trips_through_a_frame_and_is_checked():
+    from protocol import NextEdit, NextEditResult, decode_request, pack, unpack_body
+    msg = NextEdit(id=7, doc="file:///a.py", version=3, path="a.py", text="x = 1\ny = 2\n", cursor=6,
+                   region_start=0, region_end=12, history=("--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x=1\n+x = 1\n",),
+                   last_old="x=1\n", last_new="x = 1\n")
+    frame = pack(msg)
+    back = decode_request(unpack_body(frame[protocol.HEADER.size:]))
+    assert back == msg and isinstance(back.history, tuple)
+    with pytest.raises(protocol.ProtocolError) as e:
+        decode_request({"type": "next_edit", "id": 3, "cursor": "6"})
+    assert e.value.code == protocol.BAD_REQUEST and e.value.id == 3 and "next_edit.cursor" in e.value.message
+    with pytest.raises(protocol.ProtocolError) as e:
+        decode_request({"type": "next_edit", "id": 4, "history": ["ok", 5]})
+    assert "next_edit.history" in e.value.message
+    res = decode_reply(protocol.to_wire(NextEditResult(id=7, rewrite="x = 1\n", start=0, end=3, text="x = 1",
+                                                       confidence=-0.5, source="pattern")) | {"newer": 1})
+    assert isinstance(res, NextEditResult) and res.has_edit and res.source == "pattern"
+    none = decode_reply({"type": "next_edit_result", "id": 8, "reason": "gate"})
+    assert isinstance(none, NextEditResult) and not none.has_edit and none.reason == "gate"
