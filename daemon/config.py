@@ -64,6 +64,7 @@ class Config:
     refactor_mode: str = "ar"
     spec_variant: str = "auto"         # auto (quadratic on a GPU, linear on a CPU) | linear | quadratic
     lookup: bool = True                # spec also drafts from the context (prompt lookup)
+    loop_guard: bool = True            # inline completions end where they start repeating themselves (textkit/loops.py)
     block_size: int = 0                # 0 = the engine's default for the device
     threshold: float = 0.0             # diffusion commit threshold; 0 = the engine's default
     # budgets

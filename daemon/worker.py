@@ -402,7 +402,7 @@ class LocalWorker(threading.Thread):
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
         cache = self.pool.get(job.cache_key, need, self.queue.pinned_keys())
         base = list(job.tokens)
-        before = loop_context(job)
+        before = loop_context(job) if self.cfg.loop_guard else None
 
         def stop(tokens):
             full = base + tokens
@@ -456,7 +456,8 @@ class LocalWorker(threading.Thread):
         frame = result_frame(job, text, stop_reason, self.stats, mode=job.mode,
                              tokens=len(job.tokens), nfe=job.nfe, accept_lengths=job.accept_lengths,
                              prefill_tokens=job.prefill_tokens, reused_tokens=job.reused_tokens,
-                             prefill_ms=job.prefill_ms, decode_ms=job.decode_ms, loop_guard=True, post_from=t0)
+                             prefill_ms=job.prefill_ms, decode_ms=job.decode_ms, loop_guard=self.cfg.loop_guard,
+                             post_from=t0)
         self.queue.finished(job)
         self.deliver(job, frame)
 
