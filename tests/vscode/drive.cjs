@@ -12,7 +12,7 @@
 const fs = require("fs");
 const path = require("path");
 
-const { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady, ghostText } =
+const { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady, ghostText, savedText } =
   require("./workbench.cjs");
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
@@ -60,16 +60,7 @@ async function refactor(page, r, result) {
   await page.screenshot({ path: path.join(cfg.out_dir, "vscode_refactor.png") });
   if (rr.applied) {
     await page.keyboard.press("Control+S");
-    const saveDeadline = Date.now() + 30_000;
-    for (;;) {
-      const now = fs.readFileSync(file, "utf8");
-      if (now !== before) {
-        rr.saved = now;
-        break;
-      }
-      if (Date.now() > saveDeadline) throw new Error("the refactored file was not saved");
-      await sleep(200);
-    }
+    rr.saved = await savedText(file, before, "the refactored file was not saved");
   }
   result.refactor = rr;
 }
@@ -201,16 +192,7 @@ async function main() {
       await sleep(300);
     }
     await page.keyboard.press("Control+S");
-    const saveDeadline = Date.now() + 30_000;
-    for (;;) {
-      const now = fs.readFileSync(file, "utf8");
-      if (now !== before) {
-        result.saved = now;
-        break;
-      }
-      if (Date.now() > saveDeadline) throw new Error("the file on disk did not change after Tab and Ctrl+S");
-      await sleep(200);
-    }
+    result.saved = await savedText(file, before, "the file on disk did not change after Tab and Ctrl+S");
     mark("saved");
     await sleep(1500); // the accept command reaches the server; the status bar polls again
     result.status_after = await statusText(page);

@@ -16,7 +16,7 @@
 
 const fs = require("fs");
 const path = require("path");
-const { sleep, launch, openFile, waitReady, statusText, ghostText } = require("./workbench.cjs");
+const { sleep, launch, openFile, waitReady, statusText, ghostText, savedText } = require("./workbench.cjs");
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const t0 = Date.now();
@@ -135,16 +135,7 @@ async function main() {
     // 5. save
     const before = fs.readFileSync(file, "utf8");
     await page.keyboard.press("Control+S");
-    const saveDeadline = Date.now() + 30_000;
-    for (;;) {
-      const now = fs.readFileSync(file, "utf8");
-      if (now !== before) {
-        result.saved = now;
-        break;
-      }
-      if (Date.now() > saveDeadline) throw new Error("the file on disk did not change after Ctrl+S");
-      await sleep(200);
-    }
+    result.saved = await savedText(file, before, "the file on disk did not change after Ctrl+S");
     mark("saved");
 
     // 6. an insertion: decoration away from the cursor, ghost text at it
@@ -181,16 +172,7 @@ async function main() {
       result.steps.insertion_after_escape = await preview(page);
       const before2 = fs.readFileSync(file2, "utf8");
       await page.keyboard.press("Control+S");
-      const deadline2 = Date.now() + 30_000;
-      for (;;) {
-        const now = fs.readFileSync(file2, "utf8");
-        if (now !== before2) {
-          result.saved2 = now;
-          break;
-        }
-        if (Date.now() > deadline2) throw new Error("the second file did not change on disk after Ctrl+S");
-        await sleep(200);
-      }
+      result.saved2 = await savedText(file2, before2, "the second file did not change on disk after Ctrl+S");
       mark("saved2");
     }
     result.ok = true;

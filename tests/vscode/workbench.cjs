@@ -107,4 +107,19 @@ async function waitReady(page, timeoutS) {
   }
 }
 
-module.exports = { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady, ghostText };
+/** The file's text once a save has changed it and the write is complete: two reads 200 ms apart that
+ * agree and differ from `before` (a read in the middle of the editor's write can see an empty file). */
+async function savedText(file, before, failure) {
+  const deadline = Date.now() + 30_000;
+  let last = null;
+  for (;;) {
+    const now = fs.readFileSync(file, "utf8");
+    if (now !== before && now === last) return now;
+    last = now;
+    if (Date.now() > deadline) throw new Error(failure);
+    await sleep(200);
+  }
+}
+
+module.exports = { sleep, runCommand, triggerInline, statusText, notifications, launch, openFile, waitReady, ghostText,
+  savedText };
