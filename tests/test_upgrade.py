@@ -47,7 +47,10 @@ def test_older_daemon_drains_then_is_replaced(tiny_ckpt, tmp_path, monkeypatch):
             backend = Backend(socket_path=env["TRICODE_SOCKET"], client_name="lsp:test", start_timeout=120)
             t0 = time.monotonic()
             connecting = asyncio.ensure_future(backend.ensure())
-            await asyncio.sleep(0.3)
+            # the late request goes in as soon as the old daemon drains (a fixed pause could outlast the
+            # running request on an idle machine, and the drained daemon would be gone)
+            while not (await other.request(Status())).get("draining"):
+                await asyncio.sleep(0.02)
             late = await asyncio.wait_for(other.request(Complete(doc="file:///w/x.py", prefix="x = ")), 30)
             reply = await asyncio.wait_for(running, 120)       # the older daemon finished it before exiting
             await asyncio.wait_for(connecting, 180)
