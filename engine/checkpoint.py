@@ -100,21 +100,30 @@ def _name_map(cfg: ModelConfig, quant: QuantSpec | None = None) -> dict[str, tup
     return out
 
 
-def _float_name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
-    m = {"encoder.embed_tokens.weight": ("embed.weight", None),
-         "encoder.norm.weight": ("norm", None),
-         "diffusion_head.weight": ("head.weight", None)}
+def layer_name_map(cfg: ModelConfig, prefix: str, bias: bool = False) -> dict[str, tuple[str, int | None]]:
+    """The decoder layers' HF tensor names under `prefix` ("encoder." for NLD, "model." for the AR
+    families) -> (our parameter name, slot in a fused parameter or None); `bias`: q/k/v biases (Qwen2)."""
+    m = {}
     for i in range(cfg.num_hidden_layers):
-        hf, ours = f"encoder.layers.{i}.", f"layers.{i}."
+        hf, ours = f"{prefix}layers.{i}.", f"layers.{i}."
         m[hf + "input_layernorm.weight"] = (ours + "input_norm", None)
         m[hf + "post_attention_layernorm.weight"] = (ours + "post_norm", None)
         for slot, p in enumerate("qkv"):
             m[hf + f"self_attn.{p}_proj.weight"] = (ours + "qkv.weight", slot)
+            if bias:
+                m[hf + f"self_attn.{p}_proj.bias"] = (ours + "qkv.bias", slot)
         m[hf + "self_attn.o_proj.weight"] = (ours + "o.weight", None)
         m[hf + "mlp.gate_proj.weight"] = (ours + "gate_up.weight", 0)
         m[hf + "mlp.up_proj.weight"] = (ours + "gate_up.weight", 1)
         m[hf + "mlp.down_proj.weight"] = (ours + "down.weight", None)
     return m
+
+
+def _float_name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
+    return {"encoder.embed_tokens.weight": ("embed.weight", None),
+            "encoder.norm.weight": ("norm", None),
+            "diffusion_head.weight": ("head.weight", None),
+            **layer_name_map(cfg, "encoder.")}
 
 
 def _fused_rows(cfg: ModelConfig, ours: str, slot: int) -> slice:

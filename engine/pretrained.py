@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from engine.checkpoint import (Checkpoint, CheckpointError, _fused_rows, _read_tensors, _weight_files, config_from_dict,
-                               cpu_has_native_bf16, pick_device, pick_dtype)
+                               cpu_has_native_bf16, layer_name_map, pick_device, pick_dtype)
 from engine.config import ModelConfig, rope_inv_freq
 from engine.model import NLDModel
 
@@ -85,19 +85,7 @@ def ar_name_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
     m = {"model.embed_tokens.weight": ("embed.weight", None), "model.norm.weight": ("norm", None)}
     if not cfg.tie_word_embeddings:
         m["lm_head.weight"] = ("head.weight", None)
-    for i in range(cfg.num_hidden_layers):
-        hf, ours = f"model.layers.{i}.", f"layers.{i}."
-        m[hf + "input_layernorm.weight"] = (ours + "input_norm", None)
-        m[hf + "post_attention_layernorm.weight"] = (ours + "post_norm", None)
-        for slot, p in enumerate("qkv"):
-            m[hf + f"self_attn.{p}_proj.weight"] = (ours + "qkv.weight", slot)
-            if cfg.attention_bias:
-                m[hf + f"self_attn.{p}_proj.bias"] = (ours + "qkv.bias", slot)
-        m[hf + "self_attn.o_proj.weight"] = (ours + "o.weight", None)
-        m[hf + "mlp.gate_proj.weight"] = (ours + "gate_up.weight", 0)
-        m[hf + "mlp.up_proj.weight"] = (ours + "gate_up.weight", 1)
-        m[hf + "mlp.down_proj.weight"] = (ours + "down.weight", None)
-    return m
+    return {**m, **layer_name_map(cfg, "model.", bias=cfg.attention_bias)}
 
 
 def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], *, device: torch.device,
