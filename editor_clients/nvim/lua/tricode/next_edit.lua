@@ -290,16 +290,7 @@ function M.attach(bufnr)
 end
 
 function M.detach(bufnr)
-  local st = states[bufnr]
-  if not st then
-    return
-  end
-  requester.close(st)
-  finish(st)
-  if st.augroup then
-    pcall(api.nvim_del_augroup_by_id, st.augroup)
-  end
-  states[bufnr] = nil
+  requester.detach(states, bufnr, finish)
 end
 
 --- The edit shown in `bufnr` ({row0, col0, row1, col1 (0-based, bytes), text, old, tick, item}), or nil.

@@ -78,4 +78,19 @@ function M.close(st)
   end
 end
 
+--- Stop serving buffer `bufnr` of a feature's per-buffer `states`: its request and timer closed,
+--- `finish(st)` (the feature's own clean-up: extmarks), its autocommand group deleted.
+function M.detach(states, bufnr, finish)
+  local st = states[bufnr]
+  if not st then
+    return
+  end
+  M.close(st)
+  finish(st)
+  if st.augroup then
+    pcall(vim.api.nvim_del_augroup_by_id, st.augroup)
+  end
+  states[bufnr] = nil
+end
+
 return M
