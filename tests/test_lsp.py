@@ -30,6 +30,7 @@ from lsp.context import Context
 from lsp.documents import Document
 from lsp.settings import Settings
 from lsp.server import plain
+from tests.daemon_guard import stop_daemon_at, stop_pid  # noqa: F401 (stop_pid: for the other test files)
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -60,24 +61,6 @@ def daemon_status(env: dict) -> dict | None:
         return None
 
 
-def stop_pid(pid) -> None:
-    if not pid:
-        return
-    try:
-        os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def shared_env(tiny_ckpt, tmp_path_factory):
     """One daemon for the tests that do not kill it (started once: importing torch takes seconds)."""
@@ -101,15 +84,22 @@ def shared_env(tiny_ckpt, tmp_path_factory):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(5)
+        stop_daemon_at(env["TRICODE_SOCKET"])      # one a server restarted after a kill, if any
         shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture
 def own_env(tiny_ckpt, tmp_path):
-    """A private environment with no daemon running: the language server starts one itself."""
+    """A private environment with no daemon running: the language server starts one itself (detached,
+    so no one else stops it: the tear-down stops whatever daemon holds this environment's lock, whether
+    or not the test got as far as learning its pid)."""
     env, short = private_env(tmp_path, tiny_ckpt)
-    yield env
-    shutil.rmtree(short, ignore_errors=True)
+    try:
+        yield env
+    finally:
+        stop_daemon_at(env["TRICODE_SOCKET"])
+        shutil.rmtree(short, ignore_errors=True)
 
 
 # -- the editor side --------------------------------------------------------------------------------------

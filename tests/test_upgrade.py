@@ -15,7 +15,7 @@ import pytest
 from protocol.client import DaemonClient
 from protocol import DAEMON_BUILD, Complete, Generate, Status
 from lsp.backend import Backend
-from tests.test_lsp import REPO, daemon_status, private_env, stop_pid
+from tests.test_lsp import REPO, daemon_status, private_env, stop_daemon_at, stop_pid
 
 pytestmark = [pytest.mark.slow]
 
@@ -76,6 +76,7 @@ def test_older_daemon_drains_then_is_replaced(tiny_ckpt, tmp_path, monkeypatch):
         if old.poll() is None:
             old.kill()
         stop_pid(new_pid)
+        stop_daemon_at(env["TRICODE_SOCKET"])     # the new daemon also when the test failed before its pid
         import shutil
         shutil.rmtree(short, ignore_errors=True)
 
@@ -131,5 +132,6 @@ def test_daemon_of_an_older_protocol_drains_without_hello(tiny_ckpt, tmp_path, m
             old.kill()
         st = daemon_status(env)
         stop_pid(st and st.get("pid"))
+        stop_daemon_at(env["TRICODE_SOCKET"])     # also one that was still loading (no status answer)
         import shutil
         shutil.rmtree(short, ignore_errors=True)
