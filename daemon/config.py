@@ -13,7 +13,8 @@ Where the model comes from, first match wins: `--model` on `tricode daemon start
 TRICODE_MODEL environment variable, `model` in this file, then the default: the pulled
 `qwen2.5-coder-0.5b` (DEFAULT_MODEL, `tricode model pull`) when it is on this machine, else the
 embedded model. A name goes through registry.models.resolve (an unknown name is a clear error). The daemon watches the
-file and applies a change between requests (a new model, device or dtype reloads the model).
+file and applies a change between requests once the file has settled (daemon/config_watch.py; a new
+model, device or dtype reloads the model).
 A key with a bad value is reported (log and `status`) and its default used instead.
 """
 from __future__ import annotations
@@ -202,10 +203,19 @@ def load(path: Path | None = None) -> tuple[Config, list[str]]:
         return Config(), []
     except OSError as e:
         return Config(), [f"{path}: cannot be read ({e})"]
+    cfg, problems = parse_bytes(raw, path)
+    if cfg is None:
+        return Config(), [problems[0] + "; using the defaults"]
+    return cfg, problems
+
+
+def parse_bytes(raw: bytes, path: Path) -> tuple[Config | None, list[str]]:
+    """The file's bytes -> (Config, problems), or (None, [the syntax error]) when they are not valid
+    TOML (a half-written file is one: daemon/config_watch.py decides what to make of that)."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        return Config(), [f"{path}: not valid TOML ({e}); using the defaults"]
+        return None, [f"{path}: not valid TOML ({e})"]
     cfg, problems = parse(data)
     return cfg, [f"{path}: {p}" for p in problems]
 

@@ -171,15 +171,6 @@ def start_observer(on_config_change):
     return observer
 
 
-def config_stamp():
-    """What changes when config.toml is written (None: no file)."""
-    try:
-        st = config_mod.config_path().stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-    except OSError:
-        return None
-
-
 def feedback_file() -> Path:
     return config_mod.state_home() / "feedback.json"
 

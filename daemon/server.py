@@ -42,7 +42,8 @@ from daemon import config as config_mod
 from daemon import next_edit_run
 from daemon.admission import PRIO_INLINE, PRIO_PREFETCH, PRIO_REFACTOR, VALID_MODES, Job, RequestQueue, Stats
 from daemon.remote import CancelSignal, RemoteBackend
-from daemon.runtime import (AlreadyRunning, acquire_lock, bind_socket, config_stamp, load_feedback,  # noqa: F401
+from daemon.config_watch import ConfigWatch
+from daemon.runtime import (AlreadyRunning, acquire_lock, bind_socket, load_feedback,  # noqa: F401
                             lock_holder, peer_credentials, prepare_runtime_dir, reported_build, save_feedback,
                             setup_logging, start_observer, token_path)
 from daemon.worker import LocalWorker
@@ -123,7 +124,6 @@ class Daemon:
         self.foreground = foreground
         self.sock_path = protocol.socket_path()
         self.cfg, self.config_problems = config_mod.load()
-        self.config_stamp = config_stamp()
         self.config_loaded_at = time.time()
         self.started = time.time()
         self.conns: dict[int, Connection] = {}
@@ -186,6 +186,7 @@ class Daemon:
         self.stats = Stats()
         self._load_feedback()
         self.queue = RequestQueue(loop, self.stats)
+        self.config_watch = ConfigWatch(loop, self.apply_config)
         self.observer = start_observer(lambda: self.loop.call_soon_threadsafe(self.reload_config))
         self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer, repo_context=self.cfg.repo_context)
         self.worker = LocalWorker(self.queue, self.workspace, self.cfg, self.stats, self._deliver_threadsafe,
@@ -204,6 +205,7 @@ class Daemon:
         log.info("listening on %s", self.sock_path)
         await self._stopped.wait()
         housekeeping.cancel()
+        self.config_watch.close()
         await self._shutdown()
 
     def request_stop(self, why: str = "") -> None:
@@ -234,12 +236,14 @@ class Daemon:
             pass
 
     def reload_config(self, force: bool = False) -> None:
-        stamp = config_stamp()
-        if stamp == self.config_stamp and not force:
-            return
-        self.config_stamp = stamp
-        cfg, problems = config_mod.load()
+        """A sign that config.toml changed: applied once the file has settled (daemon/config_watch.py)."""
+        self.config_watch.poke(force)
+
+    def apply_config(self, cfg: config_mod.Config | None, problems: list[str]) -> None:
+        """The settled file's config (None: not valid TOML, the settings in effect are kept)."""
         old = self.cfg
+        if cfg is None:
+            cfg, problems = old, [problems[0] + "; keeping the settings in effect until it is fixed"]
         self.cfg, self.config_problems = cfg, problems
         self.config_loaded_at = time.time()
         for p in problems:
