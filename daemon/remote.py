@@ -9,8 +9,9 @@ with the local tokenizer and laid out for the served model (daemon/prompt/ `rend
 HTTP: a small HTTP/1.1 client on asyncio streams (stdlib only): connections are kept alive and
 reused per host; a response is read as chunked, Content-Length or close-delimited, and its SSE
 `data:` lines are parsed as they arrive. A superseded or aborted request (the job's cancel signal),
-a deadline or a stop rule met on the client side closes that connection at once, so the server sees
-the disconnect and stops generating; a deadline answers with the complete lines received so far.
+a deadline, a stop rule or the loop guard (`loop_guard`, as for local completions) met on the client
+side closes that connection at once, so the server sees the disconnect and stops generating; a
+deadline answers with the complete lines received so far.
 
 Failures, each answered at once with an error (code REMOTE) the user can read, counted in status and
 logged when the backend's health changes (not once per keystroke): unreachable, auth (401/403), model
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 import protocol
 from daemon import prompt as layouts
-from daemon.finish import result_frame, text_cut
+from daemon.finish import loop_context, result_frame, text_cut
 from daemon.http_client import Pool, RemoteError, Response
 from daemon.prompt import PromptBuilder
 from daemon.repo_context import prompt_repo, reported
@@ -189,7 +190,7 @@ class RemoteBackend:
             self.deliver(job, protocol.error(job.id, protocol.REMOTE, e.message))
             return
         self._ok()
-        self._finish(job, text, reason, first_ms, total_ms, chunks)
+        self._finish(job, text, reason, first_ms, total_ms, chunks, cfg.loop_guard)
 
     async def _model(self, cfg) -> tuple[str, str]:
         """The served model's name (checked against the server's list) and the prompt layout."""
@@ -337,6 +338,9 @@ class RemoteBackend:
         text, reason, chunks = "", "", 0
         buf = b""
         stops = tuple(s for s in msg.stop if s)
+        # the loop guard as in local completions (textkit/loops.py): a loop cut ends the stream like a
+        # stop rule, and the connection is closed so that the server stops generating the repeats
+        before = loop_context(job) if cfg.loop_guard else None
         try:
             while not reason:
                 rest = left()
@@ -367,7 +371,7 @@ class RemoteBackend:
                     delta, finish = self._event(payload, url)
                     text += delta
                     chunks += 1
-                    if text_cut(text, msg.max_lines, stops) is not None:
+                    if text_cut(text, msg.max_lines, stops, before) is not None:
                         reason = "stop"
                     elif finish:
                         reason = {"length": "length", "stop": "eos"}.get(finish, finish)
@@ -413,9 +417,10 @@ class RemoteBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise RemoteError("stream", f"{url}: a stream event without choices[0].text: {payload[:80]!r}") from None
 
-    def _finish(self, job, raw: str, reason: str, first_ms: float, total_ms: float, chunks: int) -> None:
+    def _finish(self, job, raw: str, reason: str, first_ms: float, total_ms: float, chunks: int,
+                loop_guard: bool) -> None:
         frame = result_frame(job, raw, reason, self.stats, mode="remote", tokens=chunks, prefill_ms=first_ms,
-                             decode_ms=total_ms - first_ms)
+                             decode_ms=total_ms - first_ms, loop_guard=loop_guard)
         self.deliver(job, frame)
 
     # -- health ---------------------------------------------------------------------------------------

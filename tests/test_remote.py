@@ -29,6 +29,7 @@ from daemon import config
 from daemon import prompt as layouts
 from protocol.client import DaemonClient, call
 from daemon.finish import finish_text
+from textkit.loops import loop_cut
 from daemon.prompt import PromptBuilder, protect_special_tokens
 from protocol import Complete, Generate, Status
 from textkit.tokenizer import Tokenizer
@@ -178,6 +179,9 @@ class D:
         lines = ['backend = "openai"', f'remote_url = "{url or self.server.url}"', f'remote_model = "{ALIAS}"',
                  'remote_api_key_env = "TRICODE_TEST_KEY"', "remote_timeout_ms = 20000", 'log_level = "debug"',
                  'device = "cpu"', "cpu_threads = 1", "max_tokens = 4000", "deadline_ms = 60000"]
+        # the loop guard off unless a test turns it on: the embedded model repeats LONG_PREFIX's loop,
+        # and the streams that the supersede, abort, deadline and kill tests need would be cut at once
+        extra = {"loop_guard": False, **extra}
         lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
         return "\n".join(lines) + "\n"
 
@@ -331,6 +335,45 @@ def test_supersede_and_abort_close_the_stream_and_deadline_keeps_lines(daemon, s
     full = direct(server, LONG_PREFIX, "\n", max_tokens=dl["tokens"] + 1)
     assert "\n" not in dl["text"][-1:] and full.startswith(dl["text"]), (dl["text"], full)
     assert dl["text"] == "" or len(dl["text"]) <= len(full)
+
+
+def direct_raw(server: Server, prefix: str, suffix: str, max_tokens: int) -> str:
+    """The server's own greedy text for the prompt the daemon builds (no stop rule applied)."""
+    tok = embedded_tokenizer()
+    text = layouts.render("tricode", PromptBuilder(tok).build(prefix, suffix, 1024, [], fim=True), tok)
+    return http(server.url + "/completions", {"model": ALIAS, "prompt": text, "max_tokens": max_tokens,
+                                              "temperature": 0.0, "top_p": 1.0, "repeat_penalty": 1.0})["choices"][0]["text"]
+
+
+def test_loop_guard_cuts_the_stream_and_closes_it(daemon, server):
+    """The served model repeats LONG_PREFIX's loop: with `loop_guard` the daemon stops reading where
+    the repeat starts (as local completions do), closes the stream, and reports loop_cut."""
+    base = daemon.base_config()
+    req = dict(doc="loop", prefix=LONG_PREFIX, suffix="\n", max_tokens=400, max_lines=0, deadline_ms=60000)
+    off = call(Complete(**req), socket_path=daemon.sock, timeout=120)[0]       # the guard off: all 400
+    assert off["type"] == "result" and off["stop_reason"] == "length" and not off["loop_cut"], off
+    raw = direct_raw(server, LONG_PREFIX, "\n", 400)
+    assert loop_cut(raw, LONG_PREFIX) is not None, raw     # what the server streams does loop
+    try:
+        daemon.reconfigure(daemon.base_config(loop_guard=True),
+                           lambda s: s["config"]["values"]["loop_guard"] is True, "loop_guard = true")
+        cuts = daemon.status()["loop_cuts"]
+        disconnects = server.output().count("Disconnected from client")
+        r = call(Complete(**req), socket_path=daemon.sock, timeout=120)[0]
+        assert r["type"] == "result" and r["mode"] == "remote" and r["loop_cut"] is True, r
+        assert r["stop_reason"] == "stop" and r["tokens"] < 200, r      # it stopped reading at the loop
+        # the text is the server's own, cut where textkit/loops.py cuts it (the first occurrence kept)
+        assert r["text"] == finish_text(raw, "length", 0, (), LONG_PREFIX), (r["text"], raw[:300])
+        assert daemon.status()["loop_cuts"] == cuts + 1
+        end = time.monotonic() + 10                # the stream was closed: the server stopped generating
+        while server.output().count("Disconnected from client") == disconnects and time.monotonic() < end:
+            time.sleep(0.1)
+        assert server.output().count("Disconnected from client") > disconnects, server.output()[-2000:]
+        # the next request on the same server is answered (the closed connection is not reused)
+        r2 = call(Complete(doc="t", prefix="x = ", suffix="\n", max_tokens=4), socket_path=daemon.sock, timeout=60)[0]
+        assert r2["type"] == "result", r2
+    finally:
+        daemon.reconfigure(base, lambda s: s["config"]["values"]["loop_guard"] is False, "the restore")
 
 
 def test_wrong_token_and_wrong_model_are_reported(daemon, server):
