@@ -87,11 +87,12 @@ LAST_RESULT_KEYS = ("mode", "stop_reason", "tokens", "nfe", "tokens_per_forward"
 
 def result_frame(job, raw: str, stop_reason: str, stats, *, mode: str, tokens: int, prefill_ms: float,
                  decode_ms: float, nfe: int = 0, accept_lengths=(), prefill_tokens: int = 0, reused_tokens: int = 0,
-                 loop_guard: bool = False, post_from: float | None = None) -> dict:
+                 loop_guard: bool = False, post_from: float | None = None, budget_tokens: int = 0) -> dict:
     """The one result of `job` (a daemon.admission.Job with its prompt built), for the local worker and
     the remote backend alike: the text finished by the job's stop rules (and the loop guard when
     `loop_guard`), the counters of `stats` (daemon.admission.Stats) advanced, the wire frame returned.
-    `post_from`: when the post-processing began (perf_counter; default now)."""
+    `post_from`: when the post-processing began (perf_counter; default now). `budget_tokens`: the
+    config's context_tokens, reported for `tricode lsp` (protocol Result)."""
     t0 = time.perf_counter() if post_from is None else post_from
     stops = tuple(job.msg.stop) + (job.prompt.stops if job.prompt is not None else ())
     text, looped = finish(raw, stop_reason, job.msg.max_lines, stops,
@@ -117,7 +118,7 @@ def result_frame(job, raw: str, stop_reason: str, stats, *, mode: str, tokens: i
         prefill_ms=round(prefill_ms, 3), decode_ms=round(decode_ms, 3), post_ms=round(post_ms, 3),
         total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=len(prompt.ids) if prompt is not None else 0,
         context_ms=round(job.context_ms, 3), context_files=tuple(prompt.context_files if prompt is not None else ()),
-        loop_cut=looped, repo_context=tuple(getattr(prompt, "repo_context", None) or ()))
+        loop_cut=looped, repo_context=tuple(getattr(prompt, "repo_context", None) or ()), budget_tokens=budget_tokens)
     frame = protocol.to_wire(result)
     stats.last_result = {k: frame[k] for k in LAST_RESULT_KEYS}
     return frame

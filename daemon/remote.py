@@ -420,7 +420,8 @@ class RemoteBackend:
     def _finish(self, job, raw: str, reason: str, first_ms: float, total_ms: float, chunks: int,
                 loop_guard: bool) -> None:
         frame = result_frame(job, raw, reason, self.stats, mode="remote", tokens=chunks, prefill_ms=first_ms,
-                             decode_ms=total_ms - first_ms, loop_guard=loop_guard)
+                             decode_ms=total_ms - first_ms, loop_guard=loop_guard,
+                             budget_tokens=self.config().context_tokens)
         self.deliver(job, frame)
 
     # -- health ---------------------------------------------------------------------------------------

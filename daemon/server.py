@@ -427,7 +427,7 @@ class Daemon:
             e = self.worker
             conn.send(protocol.to_wire(protocol.HelloReply(
                 id=msg.id, build=reported_build(), pid=os.getpid(), state=e.state, model=str(e.model_path or ""),
-                device=e.device, progress=e.progress, message=e.error or e.stage)))
+                device=e.device, progress=e.progress, message=e.error or e.stage, budget_tokens=self.cfg.context_tokens)))
             return
         if not conn.hello and not (kind == "shutdown" and not conn.tcp):
             # shutdown needs no hello on the Unix socket (peers are this user's): a newer `tricode lsp`

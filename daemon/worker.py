@@ -457,7 +457,7 @@ class LocalWorker(threading.Thread):
                              tokens=len(job.tokens), nfe=job.nfe, accept_lengths=job.accept_lengths,
                              prefill_tokens=job.prefill_tokens, reused_tokens=job.reused_tokens,
                              prefill_ms=job.prefill_ms, decode_ms=job.decode_ms, loop_guard=self.cfg.loop_guard,
-                             post_from=t0)
+                             post_from=t0, budget_tokens=self.cfg.context_tokens)
         self.queue.finished(job)
         self.deliver(job, frame)
 

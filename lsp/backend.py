@@ -99,6 +99,9 @@ class Backend:
                                    on_disconnect=self._on_disconnect)
         self.state = "disconnected"     # disconnected | connecting | loading | ready | error | failed
         self.hello: dict | None = None
+        # the daemon's inline prompt budget (hello, then each result: a config change is seen at the
+        # next answer); 0 while unknown. lsp/context.py sizes what a request carries from it.
+        self.budget_tokens = 0
         self.status: dict = {}
         self.last_error = ""
         self.failed_at = 0.0
@@ -206,6 +209,7 @@ class Backend:
                 prog.end(f"daemon unavailable: {e}")
                 raise
         self.hello = hello
+        self.budget_tokens = int(hello.get("budget_tokens") or 0)
         self.last_error = ""
         state = str(hello.get("state") or "ready")
         log.info("connected to the daemon (pid %s, state %s)", hello.get("pid"), state)

@@ -118,7 +118,8 @@ class InlineCompleter:
             self.counts["superseded"] += 1
             return Outcome(postprocess.Suggestion("", 0, "superseded"), None, {"source": "superseded"})
 
-        msg = Complete(doc=doc.uri, prefix=ctx.wire_prefix(), suffix=ctx.wire_suffix(), path=doc.path,
+        budget = self.backend.budget_tokens
+        msg = Complete(doc=doc.uri, prefix=ctx.wire_prefix(budget), suffix=ctx.wire_suffix(budget), path=doc.path,
                        language=doc.language or "", mode=s.inline_mode, max_tokens=plan.max_tokens,
                        max_lines=plan.max_lines + (1 if plan.multiline and ctx.line_prefix.strip() else 0),
                        deadline_ms=s.deadline_ms)
@@ -140,6 +141,8 @@ class InlineCompleter:
             return Outcome(postprocess.Suggestion("", 0, f"daemon: {code}"), ctx, {"source": "daemon", "error": code})
 
         raw = reply.text
+        if reply.budget_tokens:
+            self.backend.budget_tokens = reply.budget_tokens
         truncated = reply.stop_reason in ("max_tokens", "length")   # a deadline cut is line-exact
         sug = postprocess.process(raw, ctx, plan, truncated=truncated)
         info = {k: getattr(reply, k) for k in Result.STATS}
@@ -151,6 +154,7 @@ class InlineCompleter:
                  info.get("tokens_per_forward"), info.get("total_ms"), sug.reason)
         out = Outcome(sug, ctx, info)
         out.info["raw"] = raw
+        out.info["sent_chars"] = len(msg.prefix) + len(msg.suffix)     # the text around the cursor sent
         out.info["context_files"] = list(reply.context_files)
         out.info["plan"] = {"multiline": plan.multiline, "max_lines": plan.max_lines,
                             "max_tokens": plan.max_tokens, "reason": plan.reason}

@@ -47,7 +47,7 @@ class Prefetcher:
         end = len(doc.text) if len(doc.text) <= PREFIX_CHARS else doc.text.rfind("\n", 0, PREFIX_CHARS) + 1
         ctx = Context.at(doc, end)
         self.counts["opened"] += 1
-        return self._send(Prefetch(doc=doc.uri, prefix=ctx.wire_prefix(), suffix="", path=doc.path,
+        return self._send(Prefetch(doc=doc.uri, prefix=ctx.wire_prefix(self.backend.budget_tokens), suffix="", path=doc.path,
                                    language=doc.language or "", cursor=False))
 
     def rested(self, doc: Document, line: int) -> bool:
@@ -60,7 +60,8 @@ class Prefetcher:
         self.last[doc.uri] = (doc.version, line)
         ctx = Context.at(doc, doc.line_span(line)[1])
         self.counts["rested"] += 1
-        return self._send(Prefetch(doc=doc.uri, prefix=ctx.wire_prefix(), suffix=ctx.wire_suffix(),
+        return self._send(Prefetch(doc=doc.uri, prefix=ctx.wire_prefix(self.backend.budget_tokens),
+                                   suffix=ctx.wire_suffix(self.backend.budget_tokens),
                                    path=doc.path, language=doc.language or "", cursor=True))
 
     def _allowed(self, doc: Document) -> bool:

@@ -209,6 +209,9 @@ class Result:
     # the repository snippets in the prompt (daemon/repo_context.py), each a map: path (relative to
     # its workspace root), start and end (1-based lines, inclusive), score, why; () when none
     repo_context: tuple[dict, ...] = ()
+    # the daemon's inline prompt budget (config context_tokens) when it answered: `tricode lsp` sends no
+    # more text around the cursor than that budget could use (lsp/context.py); 0 from an older daemon
+    budget_tokens: int = 0
     type: str = "result"
 
 
@@ -245,6 +248,7 @@ class HelloReply:
     device: str = ""
     progress: float = 0.0
     message: str = ""
+    budget_tokens: int = 0      # the inline prompt budget (config context_tokens), as in Result
     type: str = "hello"
 
 

@@ -665,3 +665,50 @@ async def test_prefetch_on_open_and_on_cursor_idle(shared_env):
         info = plain(res.items[0].command.arguments[0]) if res.items else (await status(c))["lsp"]["completions"]["last"]
         assert info.get("source") == "daemon", info
         assert info["prefill_tokens"] <= 8 and info["reused_tokens"] >= info["prompt_tokens"] - 8, info
+
+
+async def test_big_file_sends_what_the_budget_can_use(shared_env):
+    """A 0.97 MB file, the cursor in its middle: the request carries no more of the text than the
+    daemon's budget could use (the file's head, the lines before and after the cursor; lsp/context.py),
+    and the completion is the one the daemon gives for the whole text: the same prompt, the same answer.
+    Typing on the line keeps the request's start, so the daemon reuses its KV cache."""
+    from lsp.context import CHARS_PER_TOKEN, WIRE_STEP
+    from protocol import Complete
+    from protocol.client import call
+    uri = "file:///work/demo/big.py"
+    body = "".join(f"def step_{i}(state):\n    state.value += {i}\n    return state\n\n" for i in range(15000))
+    text = "import os\nimport math\n\n" + body
+    mid = text.index("def step_7500(")
+    text = text[:mid] + "def area(width, height):\n    return \n\n" + text[mid:]
+    offset = mid + len("def area(width, height):\n    return ")
+    line, col = line_col(text, offset)
+    assert 900_000 < len(text) < 1_000_000                     # under the LSP's max_file_bytes
+    async with editor(shared_env) as c:
+        await wait_ready(c)
+        open_doc(c, uri, text)
+        res = await inline(c, uri, line, col)
+        last = (await status(c))["lsp"]["completions"]["last"]
+        budget = (await asyncio.to_thread(daemon_status, shared_env))["config"]["values"]["context_tokens"]
+        assert last["source"] == "daemon" and last["budget_tokens"] == budget, last
+        # head, tail and suffix within budget x CHARS_PER_TOKEN each; the tail starts up to WIRE_STEP
+        # lines earlier (a stable start), and the cursor's line comes with it
+        longest = max(map(len, text.splitlines())) + 1
+        bound = 3 * budget * CHARS_PER_TOKEN + WIRE_STEP * longest + len(text[:offset].rsplit("\n", 1)[1])
+        assert last["sent_chars"] <= bound and last["sent_chars"] < len(text) // 10, (last["sent_chars"], bound)
+        check_against_postprocess(text, offset, res, last)
+        # the whole text straight to the daemon (same document, path, mode and budgets as the LSP's request)
+        plan = last["plan"]
+        whole = await asyncio.to_thread(call, Complete(doc=uri, prefix=text[:offset], suffix=text[offset:], path="/work/demo/big.py",
+                              language="python", mode=last["mode"], max_tokens=plan["max_tokens"],
+                              max_lines=plan["max_lines"] + (1 if plan["multiline"] else 0), deadline_ms=60000),
+                     socket_path=shared_env["TRICODE_SOCKET"], timeout=ANSWER_S)
+        whole = whole[0]
+        assert whole["type"] == "result", whole
+        assert whole["prompt_tokens"] == last["prompt_tokens"] and whole["text"] == last["raw"], (whole, last)
+
+        # typed on the cursor's line: the same start, the prompt's cached part is reused
+        edit(c, uri, 2, line, col, line, col, "w")
+        await inline(c, uri, line, col + 1)
+        again = (await status(c))["lsp"]["completions"]["last"]
+        assert again["source"] == "daemon" and again["sent_chars"] == last["sent_chars"] + 1, again
+        assert again["reused_tokens"] >= again["prompt_tokens"] - 16, again

@@ -520,3 +520,44 @@ def test_wire_sends_the_whole_prefix_and_caps_only_the_frame():
     assert len(p) <= PREFIX_CHARS and ctx.prefix.endswith(p) and p.startswith("😀")
     assert len(s) <= SUFFIX_CHARS and ctx.suffix.startswith(s)
     assert len(protocol.pack(Complete(prefix=p, suffix=s))) <= protocol.MAX_FRAME + protocol.HEADER.size
+
+
+def test_wire_within_the_daemons_budget_gives_the_whole_texts_prompt():
+    """With the daemon's budget known, a long text is sent as the file's head and the lines around the
+    cursor (lsp/context.py): bounded by the budget, stable while typing, and the daemon's prompt built
+    from it (the real PromptBuilder and the embedded model's tokenizer) is the whole text's prompt."""
+    import random
+
+    from daemon.prompt import PromptBuilder, protect_special_tokens
+    from engine.embedded_model import default_model
+    from lsp.context import CHARS_PER_TOKEN, WIRE_STEP
+    from textkit.tokenizer import Tokenizer
+    if default_model() is None:
+        pytest.skip("the embedded model is not installed")
+    tok = Tokenizer(default_model())
+    protect_special_tokens(tok)
+    builder = PromptBuilder(tok)
+    rng = random.Random(0)
+    text = "import os\nimport sys\n\n" + "".join(rng.choice([
+        f"def step_{i}(state):\n    state.value += {i}\n    return state\n\n",
+        f"class C{i}:\n    x = [{', '.join(str(j) for j in range(i % 30))}]\n\n",
+        f"# {'-' * (i % 90)}\n"]) for i in range(8000))
+    longest = max(map(len, text.splitlines())) + 1
+    for frac in (0.01, 0.5, 0.97):
+        cur = text.index("\n", int(len(text) * frac)) + 1
+        starts = set()
+        for typed in ("", "def ar", "def area(w):\n    return w\n"):
+            doc = text[:cur] + typed + text[cur:]
+            ctx = Context.from_text(doc, cur + len(typed))
+            for budget in (256, 1024):
+                p, s = ctx.wire_prefix(budget), ctx.wire_suffix(budget)
+                assert ctx.prefix.endswith(p[len(p) - 100:]) and ctx.suffix.startswith(s)
+                assert len(p) + len(s) <= 3 * budget * CHARS_PER_TOKEN + WIRE_STEP * longest + len(ctx.line_prefix)
+                if frac == 0.5:
+                    assert len(p) + len(s) < len(doc) // 5
+                if budget == 1024 and "\n" not in typed:
+                    starts.add(p[:len(p) - len(ctx.line_prefix)])
+                for layout in ("window", "contiguous"):
+                    whole = builder.build(ctx.prefix, ctx.suffix, budget, layout=layout).ids
+                    assert builder.build(p, s, budget, layout=layout).ids == whole, (frac, typed, budget, layout)
+        assert len(starts) == 1                 # typing on the line changes nothing before it
