@@ -53,8 +53,10 @@ class ConfigWatch:
     """Called with poke() on every sign of a change (watchdog event, poll, SIGHUP with force=True), on
     the daemon's event loop; calls `apply(cfg_or_None, problems)` once the file has settled."""
 
-    def __init__(self, loop, apply: Callable[[Config | None, list[str]], None],
+    def __init__(self, apply: Callable[[Config | None, list[str]], None], loop=None,
                  settle_s: float = SETTLE_S, unfinished_s: float = UNFINISHED_S):
+        """Made before the daemon reads the file (a write in between is then seen as a change); the
+        event loop may be set later, before the first poke."""
         self.loop, self.apply = loop, apply
         self.settle_s, self.unfinished_s = settle_s, unfinished_s
         self.applied = config_stamp()           # the file the daemon's settings came from

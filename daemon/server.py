@@ -123,6 +123,7 @@ class Daemon:
         self.model_override = str(model_override) if model_override else None
         self.foreground = foreground
         self.sock_path = protocol.socket_path()
+        self.config_watch = ConfigWatch(self.apply_config)     # the file's stamp before it is read
         self.cfg, self.config_problems = config_mod.load()
         self.config_loaded_at = time.time()
         self.started = time.time()
@@ -186,7 +187,7 @@ class Daemon:
         self.stats = Stats()
         self._load_feedback()
         self.queue = RequestQueue(loop, self.stats)
-        self.config_watch = ConfigWatch(loop, self.apply_config)
+        self.config_watch.loop = loop
         self.observer = start_observer(lambda: self.loop.call_soon_threadsafe(self.reload_config))
         self.workspace = Workspace(self.cfg.max_file_kb * 1024, self.observer, repo_context=self.cfg.repo_context)
         self.worker = LocalWorker(self.queue, self.workspace, self.cfg, self.stats, self._deliver_threadsafe,
