@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_guard import stop_daemon_at
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "tests" / "nvim"
 BIN = Path(sys.executable).parent
@@ -130,11 +132,14 @@ def run_with_server(script: str, tmp_path: Path, timeout: float) -> tuple[int, s
     try:
         code, out = run_script(script, env, tmp_path / "result.txt", timeout=timeout)
     finally:
-        stop = subprocess.run([_tricode_exe(), "daemon", "stop"], env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=60)
-        left = subprocess.run([_tricode_exe(), "daemon", "status", "--json"], env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=60)
-        shutil.rmtree(short, ignore_errors=True)
+        try:
+            stop = subprocess.run([_tricode_exe(), "daemon", "stop"], env=env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=60)
+            left = subprocess.run([_tricode_exe(), "daemon", "status", "--json"], env=env,
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        finally:
+            stop_daemon_at(env["TRICODE_SOCKET"])      # whatever `daemon stop` left (a restart, a hang)
+            shutil.rmtree(short, ignore_errors=True)
     print(out[-6000:])
     assert left.returncode != 0 or '"ready"' not in left.stdout, f"the daemon is still running: {stop} {left}"
     return code, out, left

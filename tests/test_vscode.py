@@ -40,6 +40,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_guard import stop_daemon_at
+
 REPO = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("TRICODE_VSCODE_BUILD") or REPO / "build" / "vscode-test")
 ARTIFACTS = BUILD / "artifacts"
@@ -310,6 +312,7 @@ def test_ghost_text_in_code_server(tools, vsix, tmp_path):
         stop_group(server)
         cs_log.close()
         run([tricode, "daemon", "stop"], env=env, timeout=60)
+        stop_daemon_at(env["TRICODE_SOCKET"])      # one a surviving `tricode lsp` restarted meanwhile
         # the logs of the extension host (the tricode output channel) and of the daemon, for CI artifacts
         for log in data_dir.glob("logs/**/*tricode*.log"):
             shutil.copyfile(log, ARTIFACTS / f"exthost-{log.name}")

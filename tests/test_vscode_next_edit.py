@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_guard import stop_daemon_at
 from tests.test_vscode import (ARTIFACTS, REPO, free_port, private_env, run, settings, stop_group,
                                tools, tricode_exe, vsix, wait_http)  # noqa: F401 (tools, vsix: fixtures)
 
@@ -138,6 +139,7 @@ def test_next_edit_in_code_server(tools, vsix, tmp_path):
         stop_group(server)
         cs_log.close()
         run([tricode, "daemon", "stop"], env=env, timeout=60)
+        stop_daemon_at(env["TRICODE_SOCKET"])      # one a surviving `tricode lsp` restarted meanwhile
         for log in data_dir.glob("logs/**/*tricode*.log"):
             shutil.copyfile(log, ARTIFACTS / f"exthost-next-edit-{log.name}")
         shutil.rmtree(short, ignore_errors=True)
