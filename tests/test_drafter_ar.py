@@ -26,7 +26,7 @@ from engine.reference import naive_generate
 from tests.tiny_pretrained import write_tiny_ar_with_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = 40
+STEPS = 30
 
 
 def _corpus(d: Path) -> Path:

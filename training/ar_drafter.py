@@ -155,7 +155,8 @@ def heldout_ce(model, data_dir: Path, cfg, device) -> dict | None:
 
 def cmd_drafter(args) -> int:
     """`tricode train --drafter-for NAME`. Exit 0 when every step is done, 3 when the time budget
-    (--minutes) ended the run first (the drafter so far is written all the same; run again to go on)."""
+    (--minutes, counted from the start of the command) ended the run first (the drafter so far is
+    written all the same; run again to go on)."""
     import torch
 
     from engine.checkpoint import CheckpointError, pick_device
@@ -167,10 +168,18 @@ def cmd_drafter(args) -> int:
     def log(m):
         print(m, file=sys.stderr, flush=True)
 
+    # --minutes counts from here: hashing, preparing the data and loading the model are part of it
+    deadline = time.time() + args.minutes * 60 if args.minutes is not None else None
+
+    from engine.pretrained import hf_architecture
     try:
         path = resolve(args.drafter_for)
+        if not path.is_file() and hf_architecture(path) is None:
+            raise SystemExit(f"tricode train --drafter-for: {path} is not a pretrained AR model (a GGUF file or an "
+                             f"HF Qwen2/Llama/Mistral directory); an NLD checkpoint has its own mask token: train "
+                             f"its drafter with --drafter-rank R --init {path}")
         tok = Tokenizer(path)
-    except (ModelError, TokenizerError) as e:
+    except (ModelError, TokenizerError, CheckpointError) as e:
         raise SystemExit(f"tricode train --drafter-for: {e}")
     name = path.name.removesuffix(".gguf")
     work = args.work or REPO / "runs" / f"drafter-{name}"
@@ -196,7 +205,7 @@ def cmd_drafter(args) -> int:
     log(f"mask token {mask_text!r} (id {mask_id}), LoRA rank {rank} on o_proj, block {cfg.block}, "
         f"rows of {seq_len}; resume state in {work}")
     try:
-        state = train(cfg, data_dir, work, device=args.device, minutes=args.minutes, resume=not args.fresh)
+        state = train(cfg, data_dir, work, device=args.device, deadline=deadline, resume=not args.fresh)
     except CheckpointError as e:
         raise SystemExit(f"tricode train --drafter-for: {e}")
     finished = state is not None

@@ -166,9 +166,9 @@ def evaluate_loss(model, data: np.ndarray, cfg: TrainConfig, device, batches: in
 
 
 def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes: float | None = None,
-          resume: bool = True, save_every_s: float = 300.0) -> Path | None:
+          resume: bool = True, save_every_s: float = 300.0, deadline: float | None = None) -> Path | None:
     """Run (or continue) training. Returns the state path when all steps are done, None if a stage
-    budget (`minutes`) ended it early; run again to continue."""
+    budget (`minutes` of the loop, or the UNIX time `deadline`) ended it early; run again to continue."""
     device = pick_device(device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
@@ -220,12 +220,12 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
         if step % 10 == 0 or step + 1 == total:
             progress.update(step, tokens - start * n, {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
         now = time.time()
-        out_of_time = minutes is not None and now - t_start > minutes * 60
+        out_of_time = (minutes is not None and now - t_start > minutes * 60) or (deadline is not None and now > deadline)
         if now - last_save > save_every_s or out_of_time or step + 1 == total:
             _save_state(state_path, model, opt, step + 1, cfg, tokens)
             last_save = now
         if out_of_time and step + 1 < total:
-            print(f"\nstage budget of {minutes} min reached at step {step + 1}/{total}; "
+            print(f"\nstage budget reached at step {step + 1}/{total}; "
                   f"run the same command again to continue", file=sys.stderr)
             return None
         step += 1
