@@ -226,3 +226,41 @@ def test_daemon_keeps_llama_cpp_unless_a_mode_needs_the_drafter(tmp_path, real_g
     lines = _capability_lines({"capabilities": {"family": "qwen2", "format": "gguf", "modes": ["ar", "spec"],
                                                 "drafter": False, "drafter_note": note}})
     assert len(lines) == 2 and "llama.cpp runs no LoRA" in lines[1]
+
+
+def test_daemon_serves_the_drafters_modes(trained):
+    """A real daemon on the tiny model with its drafter beside it (torch: an HF directory): the status
+    shows the drafter and all three modes, and diffusion and spec completions come back."""
+    import tempfile
+    from protocol import Complete
+    from protocol.client import call
+    from tests.test_daemon import BASE_CONFIG, D, wait_ready
+    model, r, _, _ = trained
+    assert r.returncode == 0, r.stderr[-3000:]
+    base = Path(tempfile.mkdtemp(prefix="tcdr", dir="/tmp"))    # short: a socket path has a 107-byte limit
+    try:
+        shutil.copytree(model, base / "m")
+        shutil.copytree(drafter_dir(model), drafter_dir(base / "m"))
+        d = D(base, base / "m")
+        d.config.parent.mkdir(parents=True)
+        d.config.write_text(BASE_CONFIG)
+        with open(base / "daemon.err", "wb") as err:
+            d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(d.ckpt)],
+                                      env=d.env, cwd=ROOT, stdout=err, stderr=err)
+            try:
+                st = wait_ready(d.sock, proc=d.proc)
+                caps = st["capabilities"]
+                assert caps["drafter"] and caps["modes"] == ["ar", "diffusion", "spec"] and st["lora"], caps
+                assert "drafter_note" not in caps
+                out = d.cli("daemon", "status").stdout
+                assert "with a drafter" in out and "ar, diffusion, spec" in out, out
+                for mode in ("diffusion", "spec", "ar"):
+                    req = Complete(doc="file:///t.py", prefix="def add(a, b):\n    return", suffix="\n", path="/t.py",
+                                   max_tokens=8, max_lines=1, mode=mode)
+                    res = call(req, socket_path=d.sock, timeout=60)[0]
+                    assert res["type"] == "result", (mode, res)
+            finally:
+                d.proc.kill()
+                d.proc.wait(10)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
