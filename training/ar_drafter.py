@@ -168,6 +168,9 @@ def cmd_drafter(args) -> int:
     def log(m):
         print(m, file=sys.stderr, flush=True)
 
+    if args.steps == 0:
+        raise SystemExit("tricode train --drafter-for: give --steps N > 0 (a fixed schedule, which a run stopped "
+                         "by --minutes continues when run again)")
     # --minutes counts from here: hashing, preparing the data and loading the model are part of it
     deadline = time.time() + args.minutes * 60 if args.minutes is not None else None
 
