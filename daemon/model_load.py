@@ -2,14 +2,24 @@
 kernels for a GGUF file on a CPU, engine/llama_runner.py; torch otherwise, and always as the
 reference), the token ids that end any completion, and the pool of KV caches the decodes use.
 Knows nothing of jobs, queues or connections.
+
+A pulled AR model may have a drafter beside it (engine/drafter.py), which only the torch path runs
+(llama.cpp takes no LoRA). With `runner = "auto"` llama.cpp keeps serving `ar` and `spec` with context
+drafts, unless a configured mode needs diffusion forwards (`diffusion`, or `spec` without context
+lookup or in the quadratic variant): then torch loads the model with its drafter. Either way the
+status says which (`drafter_note`). A drafter trained for other weights is refused: the model loads
+without it and the status says why.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 from daemon.config import Config
+
+log = logging.getLogger("tricode.daemon")
 
 
 def runner_choice(cfg: Config) -> str:
@@ -75,6 +85,8 @@ def load_llama(path: Path, cfg: Config, fallback, progress):
     want = runner_choice(cfg)
     if want == "torch" or not path.is_file() or str(path) in fallback:
         return None
+    if want == "auto" and has_drafter(path) and needs_diffusion(cfg):
+        return None               # only torch runs the drafter these modes need
     import torch
     from engine.checkpoint import Checkpoint, pick_device
     if pick_device(cfg.device).type != "cpu":
@@ -96,3 +108,35 @@ def load_llama(path: Path, cfg: Config, fallback, progress):
     progress("loading", 0.1, f"loading {path.name} into llama.cpp")
     return fallback.attempt(str(path), load)
 
+
+
+def has_drafter(path: Path) -> bool:
+    from engine.drafter import drafter_dir
+    return drafter_dir(path).is_dir()
+
+
+def needs_diffusion(cfg: Config) -> bool:
+    """A configured mode needs diffusion forwards (a drafter), not only causal ones."""
+    modes = (cfg.inline_mode, cfg.refactor_mode)
+    return "diffusion" in modes or ("spec" in modes and (not cfg.lookup or cfg.spec_variant == "quadratic"))
+
+
+def load_torch(path: Path, cfg: Config):
+    """(the Checkpoint on the torch path, a note for the status or None). A drafter trained for other
+    weights (engine.drafter.DrafterError) is refused: the model loads without it and the note says why."""
+    from engine.checkpoint import load_checkpoint
+    from engine.drafter import DrafterError
+    try:
+        return load_checkpoint(path, device=cfg.device, dtype=cfg.dtype), None
+    except DrafterError as e:
+        log.warning("drafter refused: %s", e)
+        return load_checkpoint(path, device=cfg.device, dtype=cfg.dtype, lora=False), f"drafter refused: {e}"
+
+
+def drafter_note(path: Path, runner: str) -> str | None:
+    """What the status says of a drafter the runner in use cannot run."""
+    if runner != "llama.cpp" or not has_drafter(path):
+        return None
+    return ("a drafter lies beside this model, but llama.cpp runs no LoRA: it serves ar and spec with "
+            "context drafts; diffusion and diffusion drafts need runner = \"torch\" (or a mode that needs "
+            "them, which picks torch with runner = \"auto\")")

@@ -46,7 +46,7 @@ import protocol
 from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
-from daemon.model_load import CachePool, load_llama, runner_choice, stop_token_ids
+from daemon.model_load import CachePool, drafter_note, load_llama, load_torch, runner_choice, stop_token_ids
 from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
 from daemon.repo_context import prompt_repo, reported
 from daemon.workspace import Workspace
@@ -254,7 +254,7 @@ class LocalWorker(threading.Thread):
             self._threads(cfg)
 
             from textkit.tokenizer import Tokenizer, TokenizerError
-            from engine.checkpoint import CheckpointError, load_checkpoint
+            from engine.checkpoint import CheckpointError
             from engine.generate import DecodeParams, generate
         except Exception as e:  # noqa: BLE001
             self._fail(f"cannot import the engine: {type(e).__name__}: {e}")
@@ -276,8 +276,9 @@ class LocalWorker(threading.Thread):
         try:
             ck = load_llama(path, cfg, self.fallback, self._progress)
             self.runner = "llama.cpp" if ck is not None else "torch"
+            note = drafter_note(path, self.runner)
             if ck is None:
-                ck = load_checkpoint(path, device=cfg.device, dtype=cfg.dtype)
+                ck, note = load_torch(path, cfg)
             tok = Tokenizer(path)
         except (CheckpointError, TokenizerError, OSError, ValueError, RuntimeError) as e:
             done.set()
@@ -287,7 +288,7 @@ class LocalWorker(threading.Thread):
             done.set()
         protect_special_tokens(tok)
         self._progress("loading", 0.85, "warming up")
-        caps = ck.capabilities
+        caps = dict(ck.capabilities, **({"drafter_note": note} if note else {}))
         try:
             prompt = [tok.bos_id] + tok.encode("def f(x):\n    return x\n")
             # only the modes this checkpoint serves (a request for another gets the ModeError reply)

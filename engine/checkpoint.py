@@ -232,12 +232,12 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
     path = Path(path).expanduser()
     if path.is_file() and is_gguf_file(path):
         from engine.gguf import load_gguf
-        return load_gguf(path, device=device, dtype=dtype)
+        return load_gguf(path, device=device, dtype=dtype, drafter=lora)
     if path.is_dir():
         from engine.pretrained import hf_architecture, load_hf_ar
         arch = hf_architecture(path)
         if arch is not None:
-            return load_hf_ar(path, device=device, dtype=dtype)
+            return load_hf_ar(path, device=device, dtype=dtype, drafter=lora)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory or a GGUF file. Point --model at a checkpoint "
                               f"directory (config.json, model.safetensors) or a .gguf file")
@@ -277,7 +277,7 @@ def load_checkpoint(path: str | Path, device=None, dtype=None, lora: bool = True
             target.copy_(t.to(target.dtype))
     backends = prepare_layers(model, dtype) if quant is not None else {}
     if lora and (path / "linear_spec_lora").is_dir():
-        _load_lora(model, path / "linear_spec_lora", dtype)
+        load_lora(model, path / "linear_spec_lora", dtype)
     model.eval()
     model.requires_grad_(False)
     if auto and quant is None and device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
@@ -297,7 +297,8 @@ def is_gguf_file(path: Path) -> bool:
         return False
 
 
-def _load_lora(model: NLDModel, d: Path, dtype) -> None:
+def load_lora(model: NLDModel, d: Path, dtype) -> None:
+    """Add the o_proj LoRA in folder `d` (adapter_config.json + adapter_model.safetensors) to `model`."""
     cfg_file, weights = d / "adapter_config.json", d / "adapter_model.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():
@@ -362,15 +363,21 @@ def save_checkpoint(model: NLDModel, path: str | Path, *, dtype=torch.float16, s
             weight_map.update({n: fname for n in part})
         (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
     if model.has_lora:
-        d = path / "linear_spec_lora"
-        d.mkdir(exist_ok=True)
-        layer0 = model.layers[0].o_lora
-        r = layer0.A.shape[0]
-        (d / "adapter_config.json").write_text(json.dumps(
-            {"peft_type": "LORA", "r": r, "lora_alpha": layer0.scale * r, "target_modules": ["o_proj"]}))
-        lora = {}
-        for i, layer in enumerate(model.layers):
-            pre = f"base_model.model.encoder.layers.{i}.self_attn.o_proj."
-            lora[pre + "lora_A.weight"] = layer.o_lora.A.detach().to(dtype).cpu().contiguous()
-            lora[pre + "lora_B.weight"] = layer.o_lora.B.detach().to(dtype).cpu().contiguous()
-        save_file(lora, d / "adapter_model.safetensors")
+        save_lora(model, path / "linear_spec_lora", dtype)
+
+
+def save_lora(model: NLDModel, d: Path, dtype, prefix: str = "base_model.model.encoder.layers") -> None:
+    """The model's o_proj LoRA as a PEFT adapter folder `d`; tensor names `{prefix}.{i}.self_attn.o_proj.
+    lora_A.weight` (NLD: `...encoder.layers`; the AR families: `...model.layers`, as PEFT names them)."""
+    from safetensors.torch import save_file
+    d.mkdir(parents=True, exist_ok=True)
+    layer0 = model.layers[0].o_lora
+    r = layer0.A.shape[0]
+    (d / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": layer0.scale * r, "target_modules": ["o_proj"]}))
+    lora = {}
+    for i, layer in enumerate(model.layers):
+        pre = f"{prefix}.{i}.self_attn.o_proj."
+        lora[pre + "lora_A.weight"] = layer.o_lora.A.detach().to(dtype).cpu().contiguous()
+        lora[pre + "lora_B.weight"] = layer.o_lora.B.detach().to(dtype).cpu().contiguous()
+    save_file(lora, d / "adapter_model.safetensors")

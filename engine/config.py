@@ -3,8 +3,10 @@
 Knows the keys a Nemotron-Labs-Diffusion checkpoint carries (Llama/Mistral keys plus `mask_token_id`,
 `block_size`, `dlm_paradigm`), how RoPE is scaled, and the pretrained autoregressive families that share
 the network (Qwen2, Llama, Mistral: `model_type`), which differ from NLD in q/k/v bias, tied embeddings
-and having no mask token, hence no drafter: what a checkpoint can decode (`modes`) follows from its
-family. Knows nothing of weights or files beyond the one JSON object it is given.
+and having no mask token, hence no drafter. An AR checkpoint gains one with a trained drafter
+(engine/drafter.py): its config then carries the drafter's mask token and block size, and what a
+checkpoint can decode (`modes`) follows from having a mask token. Knows nothing of weights or files
+beyond the one JSON object it is given.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ class ModelConfig:
         if self.model_type not in (NLD_MODEL_TYPE, *AR_MODEL_TYPES):
             problems.append(f"model_type {self.model_type!r} is not served (tricode serves {NLD_MODEL_TYPE} "
                             f"and the autoregressive {', '.join(AR_MODEL_TYPES)})")
-        elif self.has_drafter and self.mask_token_id is None:
+        elif self.model_type == NLD_MODEL_TYPE and self.mask_token_id is None:
             problems.append("an NLD checkpoint needs mask_token_id")
         if self.num_attention_heads % self.num_key_value_heads:
             problems.append(f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
@@ -80,8 +82,15 @@ class ModelConfig:
 
     @property
     def has_drafter(self) -> bool:
-        """NLD checkpoints draft by block diffusion (mask tokens); the AR families cannot."""
-        return self.model_type == NLD_MODEL_TYPE
+        """Can draft by block diffusion: an NLD checkpoint (mask tokens are native to it), or an AR
+        checkpoint with a drafter attached (engine/drafter.py sets its mask token); a plain AR one cannot."""
+        return self.mask_token_id is not None
+
+    @property
+    def denoise_with_lora(self) -> bool:
+        """Diffusion steps run with the o_proj LoRA on: an AR checkpoint denoises only through its
+        drafter; NLD weights denoise by themselves (their LoRA is for spec drafts only)."""
+        return self.model_type != NLD_MODEL_TYPE and self.has_drafter
 
     @property
     def family(self) -> str:

@@ -11,7 +11,8 @@
 A checkpoint without a drafter (an AR family, config.py `has_drafter`) decodes `ar`, and `spec` with
 context drafts only: a step with no match in the context verifies the seed alone, which is an AR step.
 `diffusion`, and `spec` that would need a diffusion draft (lookup off, the quadratic variant), raise
-ModeError naming the checkpoint and the modes it serves.
+ModeError naming the checkpoint and the modes it serves. An AR checkpoint with a drafter attached
+(engine/drafter.py) serves all three: its denoise steps, like its drafts, run with the LoRA on.
 
 Each decoder is a generator: it yields a `Forward` (the ids to run, the cache, the attention
 pattern) and receives that forward's logits, so one driver can run a single decode (`generate`) and
@@ -145,7 +146,8 @@ def check_mode(model: NLDModel, params: DecodeParams) -> None:
     if need:
         name = model.source or f"this {cfg.model_type} model"
         raise ModeError(f"{name}: {need}, and this {cfg.family} checkpoint has no drafter (no mask token); "
-                        f"it supports modes {', '.join(cfg.modes)} (spec drafts from the context only)")
+                        f"it supports modes {', '.join(cfg.modes)} (spec drafts from the context only). "
+                        f"A drafter trained for it (`tricode train --drafter-for MODEL`) adds the others")
 
 
 def model_device(model: NLDModel) -> torch.device:
@@ -446,7 +448,8 @@ def _decode_diffusion(run: _Run, cache: KVCache, seed: int, block: int) -> Steps
         while bool((tokens == M).any()):
             if run.interrupted():
                 return
-            logits = (yield from run.forward(tokens[0].tolist(), cache, pattern="block", write=False))[None]
+            logits = (yield from run.forward(tokens[0].tolist(), cache, pattern="block", write=False,
+                                             lora=run.model.cfg.denoise_with_lora))[None]
             if run.params.temperature > 0:  # sample: perturb the logits with Gumbel noise
                 u = torch.rand(logits.shape, generator=run.generator, device=run.device).clamp_(1e-10, 1.0)
                 logits = logits.float() / run.params.temperature - torch.log(-torch.log(u))

@@ -266,15 +266,17 @@ def read_gguf(path: str | Path, *, cache: bool | None = None
     return cfg, _drain(tensors)
 
 
-def load_gguf(path: str | Path, device=None, dtype=None, *, cache: bool | None = None) -> Checkpoint:
-    """A Qwen2/Llama-family GGUF file as a Checkpoint (format "gguf", modes ar and spec)."""
+def load_gguf(path: str | Path, device=None, dtype=None, *, cache: bool | None = None,
+              drafter: bool = True) -> Checkpoint:
+    """A Qwen2/Llama-family GGUF file as a Checkpoint (format "gguf", modes ar and spec; all three with
+    the drafter beside it when `drafter`, engine/drafter.py)."""
     auto = dtype is None or dtype == "auto"
     path = Path(path).expanduser()
     cfg, tensors = read_gguf(path, cache=cache)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     model = build_model(cfg, tensors, device=device, dtype=dtype, source=str(path), where=str(path))
-    return finish(model, cfg, path, "gguf", device, dtype, auto)
+    return finish(model, cfg, path, "gguf", device, dtype, auto, drafter)
 
 
 def _drain(tensors: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -6,7 +6,8 @@ base, RMSNorm eps) and the HF tensor names (`model.layers.N.self_attn.q_proj.wei
 unless tied), and builds the engine's model (fused qkv / gate_up) from HF-named tensors: the HF
 directory here, a GGUF file through engine/gguf.py. What the network cannot compute (RoPE scaling,
 sliding-window attention shorter than the context, biases outside q/k/v, an activation other than
-SiLU) is a CheckpointError naming the key. Knows nothing of tokenizers: the daemon reads those.
+SiLU) is a CheckpointError naming the key. A drafter beside the checkpoint is attached by `finish`
+(engine/drafter.py). Knows nothing of tokenizers: the daemon reads those.
 """
 from __future__ import annotations
 
@@ -122,18 +123,25 @@ def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], *
 
 
 def finish(model: NLDModel, cfg: ModelConfig, path: Path, fmt: str, device: torch.device, dtype: torch.dtype,
-           auto: bool) -> Checkpoint:
-    """The Checkpoint, with the bf16 prefill twin under the same rule as NLD checkpoints."""
+           auto: bool, drafter: bool = True) -> Checkpoint:
+    """The Checkpoint, with its drafter when one lies beside it and `drafter` (engine/drafter.py: a
+    DrafterError if it was trained for other weights), and the bf16 prefill twin under the same rule
+    as NLD checkpoints."""
+    if drafter:
+        from engine.drafter import attach
+        cfg = attach(model, cfg, path, dtype)
+        model.requires_grad_(False)
     if auto and device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
         model.add_prefill_twin(torch.bfloat16)
-    log.info("loaded %s (%s, %s): %.1fM parameters, %s %s%s, modes %s", path, fmt, cfg.family,
-             cfg.num_parameters / 1e6, device, dtype, ", bf16 prefill" if model.prefill_twin else "",
+    log.info("loaded %s (%s, %s): %.1fM parameters, %s %s%s%s, modes %s", path, fmt, cfg.family,
+             cfg.num_parameters / 1e6, device, dtype, ", drafter LoRA" if model.has_lora else "",
+             ", bf16 prefill" if model.prefill_twin else "",
              "/".join(cfg.modes))
     return Checkpoint(path=path, config=cfg, model=model, device=device, dtype=dtype, format=fmt)
 
 
-def load_hf_ar(path: Path, device=None, dtype=None) -> Checkpoint:
-    """An HF safetensors directory of a Qwen2/Llama/Mistral causal LM."""
+def load_hf_ar(path: Path, device=None, dtype=None, drafter: bool = True) -> Checkpoint:
+    """An HF safetensors directory of a Qwen2/Llama/Mistral causal LM (with its drafter, see `finish`)."""
     auto = dtype is None or dtype == "auto"
     f = path / "config.json"
     try:
@@ -163,4 +171,4 @@ def load_hf_ar(path: Path, device=None, dtype=None) -> Checkpoint:
         raise CheckpointError(f"{path}: tensor {stray[0]!r}: a bias tricode does not serve")
     model = build_model(cfg, _read_tensors(files, list(names)), device=device, dtype=dtype,
                         source=str(path), where=str(path))
-    return finish(model, cfg, path, "hf", device, dtype, auto)
+    return finish(model, cfg, path, "hf", device, dtype, auto, drafter)

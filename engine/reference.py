@@ -24,7 +24,9 @@ def _logits(model: NLDModel, ids: list[int], prefix: int, pattern: str, lora: bo
     x = torch.tensor([ids], device=model.head.weight.device)
     pos = torch.arange(len(ids), device=x.device)
     mask = _mask(prefix, len(ids) - prefix, pattern).to(x.device)
-    logits = model.forward_masked(x, pos, mask, lora=lora)[0].clone()
+    # the LoRA acts on the new rows only: the prefix stands for the cache, which LoRA-off passes wrote
+    rows = pos >= prefix if lora else False
+    logits = model.forward_masked(x, pos, mask, lora=rows)[0].clone()
     if model.cfg.mask_token_id is not None:
         logits[:, model.cfg.mask_token_id] = float("-inf")
     return logits
@@ -60,7 +62,8 @@ def naive_generate(model: NLDModel, prompt_ids: list[int], params: DecodeParams)
             thr = params.threshold if params.threshold is not None else DEFAULT_THRESHOLD
             blk = [seed] + [M] * min(B - 1, remaining)
             while M in blk:
-                probs = torch.softmax(_logits(model, seq + blk, len(seq), "block")[-len(blk):].double(), -1)
+                probs = torch.softmax(_logits(model, seq + blk, len(seq), "block",
+                                              lora=model.cfg.denoise_with_lora)[-len(blk):].double(), -1)
                 conf, cand = probs.max(-1)
                 masked = torch.tensor([t == M for t in blk])
                 conf = torch.where(masked, conf, torch.full_like(conf, -1.0))

@@ -82,3 +82,33 @@ def test_second_script_smoke_with_a_failing_part(tmp_path):
         assert rows and not any(row[1] == "FAIL" for row in rows), (section, rows)
     assert "Failures: 1." in report
     assert "training skipped" in log, log[-3000:]
+
+
+def test_second_script_trains_a_pulled_models_drafter(tmp_path):
+    """Part (b2) in smoke mode on a tiny Qwen2 directory: the drafter and its resume state come back
+    in one tar within the budget; the next lease continues from it (--drafter-in); without the model
+    the part is skipped with a note, not an error."""
+    from tests.tiny_pretrained import write_tiny_ar_with_tokenizer
+    model = write_tiny_ar_with_tokenizer(tmp_path / "tiny-qwen")
+    out = tmp_path / "out"
+    common = ("--data", str(tmp_path / "no_pack"), "--carry-in", str(tmp_path / "none"), "--check-s", "0",
+              "--total-s", "240", "--drafter-s", "120")
+    r, wall = _run("gpu_session2.sh", out, *common, "--drafter-model", str(model))
+    log = r.stdout + r.stderr
+    assert wall < 240 and "(b2) drafter rc=0" in log, log[-4000:]
+    with tarfile.open(out / "drafter.tar.gz") as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "back")
+    assert "drafter/state/train_state.pt" in names and "drafter/drafter/drafter.json" in names, names
+    assert "drafter/drafter/linear_spec_lora/adapter_model.safetensors" in names, names
+    import json
+    info = json.loads((tmp_path / "back" / "drafter" / "drafter" / "drafter.json").read_text())
+    assert info["steps"] == 6 and info["mask_token"] == "<|fim_pad|>"
+    assert "training skipped" in log
+    r, _ = _run("gpu_session2.sh", tmp_path / "out2", *common, "--drafter-model", str(model),
+                "--drafter-in", str(tmp_path / "back" / "drafter"))
+    with tarfile.open(tmp_path / "out2" / "session.tar.gz") as tar:
+        tar.extractall(tmp_path / "logs2")
+    assert "resuming at step 6/6" in (tmp_path / "logs2" / "session" / "drafter.log").read_text()
+    r, _ = _run("gpu_session2.sh", tmp_path / "out3", *common, "--drafter-model", "no-such-model")
+    assert "(b2) drafter skipped" in r.stdout + r.stderr and not (tmp_path / "out3" / "drafter.tar.gz").exists()

@@ -180,3 +180,25 @@ def reference_logits(cfg: dict, tensors: dict, ids: list[int]) -> torch.Tensor:
         x = x + (gate * torch.sigmoid(gate) * up) @ t[p + "mlp.down_proj.weight"].T
     head = t.get("lm_head.weight", t["model.embed_tokens.weight"])
     return norm(x, t["model.norm.weight"]) @ head.T
+
+
+AR_SPECIAL_TOKENS = ["<unk>", "<|im_start|>", "<|endoftext|>", "<|fim_pad|>", "<|fim_prefix|>", "<|fim_suffix|>",
+                     "<|fim_middle|>"]
+
+
+def write_tiny_ar_with_tokenizer(path, *, seed: int = 0, vocab: int = 320, **kw) -> Path:
+    """A tiny Qwen2 HF directory with a tokenizer.json of its own (a byte-level BPE trained on the tiny
+    checkpoints' sample code; bos 1 = <|im_start|>, eos 2 = <|endoftext|>, 3 = <|fim_pad|>), as a
+    pulled model would have: what drafter training needs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tests.tiny_checkpoint import SAMPLE_CODE
+    cfg, tensors = tiny_ar_tensors("qwen2", seed=seed, vocab=vocab, **kw)
+    path = write_hf_dir(path, cfg, tensors)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab - 8, special_tokens=AR_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(SAMPLE_CODE * 4, trainer)
+    tok.save(str(path / "tokenizer.json"))
+    return path

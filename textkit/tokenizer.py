@@ -68,5 +68,15 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text, run in parallel by the tokenizers library."""
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text` (a special token's name), None if the vocabulary lacks it."""
+        if text in self.special_tokens:
+            return self.special_tokens[text]
+        return self._tok.token_to_id(text)
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)

@@ -1,4 +1,5 @@
-"""CLI subcommands for the embedded model: `tricode train`, `tricode eval` and `tricode quantize`."""
+"""CLI subcommands for the embedded model: `tricode train`, `tricode eval` and `tricode quantize`;
+`tricode train --drafter-for NAME` trains a pulled AR model's drafter (training/ar_drafter.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cmd_train(args) -> int:
+    if args.drafter_for is not None:
+        from training.ar_drafter import cmd_drafter
+        return cmd_drafter(args)
+    args.data_dir = args.data_dir or REPO / "data"
+    args.work = args.work or REPO / "runs" / "train"
+    args.out = args.out or REPO / "runs" / "model"
     from dataclasses import replace
 
     from training.fim import prepare_data
@@ -38,7 +45,7 @@ def cmd_train(args) -> int:
     st = torch.load(state, map_location=device, weights_only=False)
     from training.train import build_model
     model = build_model(cfg, device)
-    model.load_state_dict(st["model"])
+    model.load_state_dict(st["model"], strict=not cfg.drafter_rank)
     held = data_dir / f"heldout_{cfg.seq_len}.npy"
     losses = evaluate_loss(model, np.load(held), cfg, device) if held.is_file() else None
     if losses:
@@ -145,9 +152,12 @@ def cmd_pack(args) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train the embedded tri-mode model (resumable; see docs/model_card.md)")
-    p.add_argument("--data-dir", type=Path, default=REPO / "data", help="corpus, tokenizer and packed rows")
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "train", help="resume state")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "model", help="where the finished checkpoint goes")
+    p.add_argument("--data-dir", type=Path, help="corpus, tokenizer and packed rows (default data/; "
+                   "with --drafter-for: WORK/data)")
+    p.add_argument("--work", type=Path, help="resume state (default runs/train; with --drafter-for: "
+                   "runs/drafter-NAME)")
+    p.add_argument("--out", type=Path, help="where the finished checkpoint goes (default runs/model; with "
+                   "--drafter-for: MODEL.drafter/ beside the model, where loading finds it)")
     from training.presets import PRESETS
     p.add_argument("--preset", choices=tuple(PRESETS))
     p.add_argument("--steps", type=int)
@@ -169,6 +179,17 @@ def add_commands(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     p.add_argument("--shards", type=int, default=1, help="write the weights in this many safetensors shards")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
+    d = p.add_argument_group("a drafter for a pulled AR model (training/ar_drafter.py)")
+    d.add_argument("--drafter-for", dest="drafter_for", metavar="NAME",
+                   help="train an o_proj LoRA drafter for this model (a name from `tricode model list`, a "
+                        ".gguf file or an HF directory) on top of its frozen weights: it becomes tri-mode")
+    d.add_argument("--mask-token", dest="mask_token", metavar="TEXT",
+                   help="the special token the drafter masks with (default: <|fim_pad|> or the like)")
+    d.add_argument("--corpus", type=Path, action="append",
+                   help="a folder of Python files to train on (repeatable; default: this machine's Python "
+                        "installation, as for the embedded model)")
+    d.add_argument("--corpus-tokens", type=int, default=20_000_000, dest="corpus_tokens",
+                   help="at most this many training tokens are prepared")
     c = p.add_argument_group("cumulative runs (training/cumulative.py): a state that travels in few small files")
     c.add_argument("--carry-out", type=Path, dest="carry_out",
                    help="run cumulatively: write the travelling state and runs.jsonl here")

@@ -51,6 +51,7 @@ class TrainConfig:
     drafter_rank: int = 0
     drafter_alpha: float = 0.0
     init: str = ""
+    mask_id: int = 1           # the mask token of the objective (a pulled AR model's: training/ar_drafter.py)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(vocab_size=self.vocab_size, rope_theta=10000.0, rope_scaling=None,
@@ -60,12 +61,16 @@ class TrainConfig:
 
 
 def build_model(cfg: TrainConfig, device) -> NLDModel:
-    """A fresh model, or (drafter training) the frozen `init` checkpoint plus a trainable LoRA: its
-    own drafter when it has one of rank `drafter_rank` (training continues from it), else a new one."""
+    """A fresh model, or (drafter training) the frozen `init` checkpoint plus a trainable LoRA: an NLD
+    checkpoint's own drafter when it has one of rank `drafter_rank` (training continues from it), else
+    a new one (always for a pretrained AR checkpoint: a run continues from its resume state instead)."""
     if not cfg.drafter_rank:
         return NLDModel(cfg.model_config()).to(device)
     from engine.checkpoint import load_checkpoint
-    model = load_checkpoint(cfg.init, device=device, dtype=torch.float32).model
+    from engine.pretrained import hf_architecture
+    init = Path(cfg.init).expanduser()
+    ar = init.is_file() or hf_architecture(init) is not None
+    model = load_checkpoint(init, device=device, dtype=torch.float32, lora=not ar).model
     if not model.has_lora or model.layers[0].o_lora.A.shape[0] != cfg.drafter_rank:
         model.add_lora(cfg.drafter_rank, cfg.drafter_alpha or 2.0 * cfg.drafter_rank)
         with torch.no_grad():
@@ -123,7 +128,7 @@ def train_step(model, opt, trainable, data: np.ndarray, cfg: TrainConfig, step: 
     parts = x0.split(micro)
     for part in parts:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, stats = objective.loss(model, part, mask_id=1, block=cfg.block, w_dlm=cfg.w_dlm,
+            loss, stats = objective.loss(model, part, mask_id=cfg.mask_id, block=cfg.block, w_dlm=cfg.w_dlm,
                                          w_ar=cfg.w_ar, attn_mask=mask, generator=g,
                                          drafter=cfg.drafter_rank > 0)
         (loss / len(parts)).backward()
@@ -133,8 +138,12 @@ def train_step(model, opt, trainable, data: np.ndarray, cfg: TrainConfig, step: 
 
 
 def _save_state(path: Path, model, opt, step: int, cfg: TrainConfig, tokens: int) -> None:
+    """The resume state. A drafter's holds only the LoRA (the frozen base is `init`, read again on
+    resume): a few MiB instead of the whole model every save."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": tokens,
+    weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad} if cfg.drafter_rank \
+        else model.state_dict()
+    torch.save({"model": weights, "opt": opt.state_dict(), "step": step, "tokens": tokens,
                 "config": asdict(cfg)}, tmp)
     tmp.replace(path)
 
@@ -148,7 +157,7 @@ def evaluate_loss(model, data: np.ndarray, cfg: TrainConfig, device, batches: in
     for b in range(batches):
         x0 = batch_at(data, replace(cfg, seed=10_000 + b), 0, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            _, stats = objective.loss(model, x0, mask_id=1, block=cfg.block, attn_mask=mask, generator=g,
+            _, stats = objective.loss(model, x0, mask_id=cfg.mask_id, block=cfg.block, attn_mask=mask, generator=g,
                                       drafter=cfg.drafter_rank > 0)
         for k in out:
             out[k] += float(stats[k]) / batches
@@ -157,9 +166,9 @@ def evaluate_loss(model, data: np.ndarray, cfg: TrainConfig, device, batches: in
 
 
 def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes: float | None = None,
-          resume: bool = True, save_every_s: float = 300.0) -> Path | None:
+          resume: bool = True, save_every_s: float = 300.0, deadline: float | None = None) -> Path | None:
     """Run (or continue) training. Returns the state path when all steps are done, None if a stage
-    budget (`minutes`) ended it early; run again to continue."""
+    budget (`minutes` of the loop, or the UNIX time `deadline`) ended it early; run again to continue."""
     device = pick_device(device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
@@ -183,7 +192,7 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
         if {k: v for k, v in st["config"].items() if k not in runtime_only} != \
                 {k: v for k, v in asdict(cfg).items() if k not in runtime_only}:
             raise SystemExit(f"{state_path} was written by a different training config; use --fresh to restart")
-        model.load_state_dict(st["model"])
+        model.load_state_dict(st["model"], strict=not cfg.drafter_rank)
         opt.load_state_dict(st["opt"])
         start, tokens = st["step"], st["tokens"]
         print(f"resuming at step {start}/{cfg.steps} ({tokens:,} tokens seen)", file=sys.stderr)
@@ -211,12 +220,12 @@ def train(cfg: TrainConfig, data_dir: Path, work: Path, *, device=None, minutes:
         if step % 10 == 0 or step + 1 == total:
             progress.update(step, tokens - start * n, {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
         now = time.time()
-        out_of_time = minutes is not None and now - t_start > minutes * 60
+        out_of_time = (minutes is not None and now - t_start > minutes * 60) or (deadline is not None and now > deadline)
         if now - last_save > save_every_s or out_of_time or step + 1 == total:
             _save_state(state_path, model, opt, step + 1, cfg, tokens)
             last_save = now
         if out_of_time and step + 1 < total:
-            print(f"\nstage budget of {minutes} min reached at step {step + 1}/{total}; "
+            print(f"\nstage budget reached at step {step + 1}/{total}; "
                   f"run the same command again to continue", file=sys.stderr)
             return None
         step += 1
@@ -241,7 +250,7 @@ def export(state_path: Path, data_dir: Path, out: Path, heldout_loss: dict | Non
     st = torch.load(state_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**st["config"])
     model = build_model(cfg, "cpu")
-    model.load_state_dict(st["model"])
+    model.load_state_dict(st["model"], strict=not cfg.drafter_rank)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, out, dtype=torch.float16, shards=shards)
     shutil.copy(data_dir / "tokenizer.json", out / "tokenizer.json")

@@ -335,8 +335,11 @@ def _capability_lines(st: dict) -> list[str]:
     params = caps.get("parameters") or 0
     size = f", {params / 1e6:,.0f}M parameters" if params else ""
     drafter = "with a drafter" if caps.get("drafter") else "no drafter (spec drafts from the context)"
-    return [f"checkpoint   {caps.get('family', '?')} ({caps.get('format', '?')}{size}), {drafter}, "
-            f"modes {', '.join(caps.get('modes', ())) or '-'}"]
+    lines = [f"checkpoint   {caps.get('family', '?')} ({caps.get('format', '?')}{size}), {drafter}, "
+             f"modes {', '.join(caps.get('modes', ())) or '-'}"]
+    if caps.get("drafter_note"):       # a drafter the runner cannot run, or one refused (daemon/model_load.py)
+        lines.append(f"  ! {caps['drafter_note']}")
+    return lines
 
 
 def _index_lines(st: dict) -> list[str]:
