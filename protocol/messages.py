@@ -209,6 +209,8 @@ class Result:
     # the repository snippets in the prompt (daemon/repo_context.py), each a map: path (relative to
     # its workspace root), start and end (1-based lines, inclusive), score, why; () when none
     repo_context: tuple[dict, ...] = ()
+    prompt_form: str = ""      # full | window: the cursor's window alone, the full prompt being neither cached
+                               # nor prefillable within prefill_budget_ms (daemon/prompt_sizing.py)
     type: str = "result"
 
 
