@@ -42,7 +42,7 @@ WINDOW_QUANTUM = 64       # tokens: the window's size moves in these steps
 WINDOW_SLACK = 0.5        # a window's start is kept while it holds up to (1 + this) x its size
 MIN_SAMPLE = 16           # prefills shorter than this say little about the rate (fixed costs dominate)
 RATE_WEIGHT = 0.3         # weight of a new sample in the running estimate
-MIN_CHUNK, MAX_CHUNK = 16, 64   # a prefetch chunk: the tokens prefilled within a third of the budget
+MIN_CHUNK, MAX_CHUNK = 16, 64   # a prefetch chunk: the tokens prefilled within the budget (a request waits one)
 
 
 class PrefillRate:
@@ -107,9 +107,11 @@ class PromptSizer:
         return None if budget_ms <= 0 else self.rate.tokens_within(budget_ms)
 
     def chunk(self, budget_ms: int, default: int = MAX_CHUNK) -> int:
-        """A prefetch chunk: what the runner prefills within a third of the budget (MIN_CHUNK..MAX_CHUNK)."""
+        """A prefetch chunk: what the runner prefills within the budget (MIN_CHUNK..MAX_CHUNK), since a
+        request that arrives meanwhile waits for the chunk in flight. (Smaller chunks cost more per token
+        on a CPU, where each forward reads every weight once: 72 vs 85 tokens/s for 32 vs 64 here.)"""
         n = self.fresh_tokens(budget_ms)
-        return default if n is None else max(MIN_CHUNK, min(MAX_CHUNK, n // 3))
+        return default if n is None else max(MIN_CHUNK, min(MAX_CHUNK, n))
 
     def window(self, builder: PromptBuilder, key: tuple, prefix: str, suffix: str, fresh: int, label: str,
                budget: int):

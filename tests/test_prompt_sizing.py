@@ -131,3 +131,25 @@ def test_the_pretrained_prefix_clip_moves_in_steps_while_typing(builder):
         assert nxt.prefix_clipped_lines == prev.prefix_clipped_lines, typed
         assert common(prev.ids, nxt.ids) >= len(prev.ids) - 4
         prev = nxt
+
+
+def test_tricode_models_window_form_is_their_own_fim_layout():
+    """With tricode's own tokenizer (the embedded model's) the full prompt keeps its window layout
+    (other files and the file's head first); the window form is its FIM layout of the cursor's window
+    alone, and keeps its start while the user types."""
+    from pathlib import Path
+    from textkit.tokenizer import Tokenizer
+    tok = Tokenizer(Path(__file__).resolve().parent.parent / "engine" / "embedded")
+    protect_special_tokens(tok)
+    b = PromptBuilder(tok)
+    assert b.fim_format is None and tok.has_fim
+    sizer, pool = slow_sizer(), CachePool(Ledgers(), 4)
+    prefix, suffix = place()
+    full = b.build(prefix, suffix, 1024, [("other.py", "OTHER = 1\n" * 20)], layout="window")
+    win = sizer.choose(b, KEY, full, pool, protocol.Complete(prefix=prefix, suffix=suffix), 300, 1024)
+    assert full.context_files == ["other.py"] and full.stable_tokens > 1
+    assert win.form == "window" and win.context_files == [] and len(win.ids) < len(full.ids) // 2
+    assert win.ids[0] == tok.bos_id and win.ids[1] == tok.fim["suffix"] and win.ids[-1] == tok.fim["middle"]
+    again = sizer.choose(b, KEY, b.build(prefix + "pa", suffix, 1024, layout="window"), pool,
+                         protocol.Complete(prefix=prefix + "pa", suffix=suffix), 300, 1024)
+    assert again.form == "window" and common(win.ids, again.ids) >= len(win.ids) - 2
