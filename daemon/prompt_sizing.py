@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from daemon.prompt import CURSOR_LINE_ALLOWANCE, WINDOW_STEP, PromptBuilder, _split_lines
 
-MIN_WINDOW = 128          # tokens: the window form is never shorter, whatever the rate (quality: docs/cpu_speed.md)
+MIN_WINDOW = 256          # tokens: the window form is never shorter, whatever the rate (its quality: docs/cpu_speed.md)
 WINDOW_QUANTUM = 64       # tokens: the window's size moves in these steps
 WINDOW_SLACK = 0.5        # a window's start is kept while it holds up to (1 + this) x its size
 MIN_SAMPLE = 16           # prefills shorter than this say little about the rate (fixed costs dominate)

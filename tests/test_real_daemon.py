@@ -158,7 +158,7 @@ def test_a_cold_place_gets_the_window_then_the_full_prompt_then_typing_reuses_it
     assert before["prompt_sizing"]["prefill_rate"]["tokens_per_s"], before["prompt_sizing"]   # the warm-up's
     assert cold["type"] == "result" and cold["prompt_form"] == "window", cold
     # at most the window (MIN_WINDOW tokens and its slack), far less than the full prompt
-    assert cold["prefill_tokens"] <= cold["prompt_tokens"] <= 200, cold
+    assert cold["prefill_tokens"] <= cold["prompt_tokens"] <= 400, cold
     assert after["prefetch"]["run"] > before["prefetch"]["run"], after["prefetch"]
     assert warm["type"] == "result" and warm["prompt_form"] == "full", warm
     assert warm["prompt_tokens"] > 700 and warm["prefill_tokens"] <= 8, warm
