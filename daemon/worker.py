@@ -474,7 +474,7 @@ class LocalWorker(threading.Thread):
             self.queue.loop.call_soon_threadsafe(self.queue.submit_prefetch, Job(
                 conn=job.conn, msg=protocol.Prefetch(doc=job.msg.doc, prefix=job.msg.prefix, suffix=job.msg.suffix,
                                                      path=job.msg.path, language=job.msg.language),
-                kind="prefetch", priority=PRIO_PREFETCH, mode="", max_tokens=0, deadline=None, arrived=t0))
+                kind="prefetch", priority=PRIO_PREFETCH, mode="", max_tokens=0, deadline=None, arrived=t0, follow_up=True))
         self.deliver(job, frame)
 
     def _next_edit(self, job: Job) -> bool:
