@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--gguf", type=Path, default=Path("/tmp/models/qwen2.5-coder-0.5b.gguf"))
     p.add_argument("--sites", type=int, default=4, help="typing replay: editing sites")
     p.add_argument("--place-files", type=int, default=6, dest="place_files", help="new-place replay: files")
+    p.add_argument("--place-pause", type=float, default=1.0, dest="place_pause",
+                   help="new-place replay: the user's pause at a place before Enter (s)")
     p.add_argument("--budget-ms", type=int, default=300, dest="budget_ms", help="prefill_budget_ms of the sized runs")
     p.add_argument("--parts", default=",".join(PARTS[:3]), help="comma list of " + ",".join(PARTS))
     p.add_argument("--seed", type=int, default=0)
@@ -52,10 +54,10 @@ def main(argv=None) -> int:
         t0, load0 = time.time(), os.getloadavg()
         if kind == "newplace":
             res = newplace.run_new_place(args.gguf, files, n=args.place_files, seed=args.seed,
-                                         variants=((part, dcfg, True),))
+                                         variants=((part, dcfg, True),), pause_s=args.place_pause)
         else:
             res = run_latency(args.gguf, files, sites=args.sites, variants=((part, "spec", dcfg),), seed=args.seed)
-        rec = {"part": part, "config": dcfg, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t0)),
+        rec = {"part": part, "config": dcfg, "place_pause_s": args.place_pause, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t0)),
                "seconds": round(time.time() - t0, 1), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
                "result": res}
         with args.json.open("a") as f:
