@@ -123,6 +123,8 @@ class PromptSizer:
         size = min(size, budget // 2)
         lines = _split_lines(prefix)
         c = window_start(builder, lines, prefix.endswith("\n"), size, prev)
+        if len(self.windows) > 512:               # bounded: documents long closed are forgotten
+            self.windows.clear()
         self.windows[key] = (size, c)
         text = "".join(lines[c:])
         if builder.fim_format is not None:        # a pretrained format: room for the window (not clipped
