@@ -343,6 +343,8 @@ def summarize(reqs: Sequence[Req], counters: dict, debounce_ms: float) -> dict:
         out["prompt_tokens"] = round(median([float(r.info.get("prompt_tokens") or 0) for r in rs]), 1)
         out["tokens"] = round(median([float(r.info.get("tokens") or 0) for r in rs]), 1)
         out["tokens_per_forward"] = round(median([float(r.info.get("tokens_per_forward") or 0) for r in rs]), 2)
+        out["prompt_forms"] = {f: sum((r.info.get("prompt_form") or "") == f for r in rs)     # prompt sizing
+                               for f in sorted({r.info.get("prompt_form") or "" for r in rs})}
         return out
 
     return {

@@ -153,6 +153,8 @@ def summarize(reqs: Sequence[Req]) -> dict:
             "suggestions": sum(1 for r in model if r.info.get("text") or r.info.get("shown")),
             "loop_cut": sum(1 for r in model if r.info.get("loop_cut")),
             "model_calls": len(model),
+            "prompt_forms": {f: sum((r.info.get("prompt_form") or "") == f for r in model)   # prompt sizing
+                             for f in sorted({r.info.get("prompt_form") or "" for r in model})},
         }
     return out
 

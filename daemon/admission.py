@@ -13,6 +13,8 @@ daemon/worker.py, which pops them from this queue; or the remote backend, daemon
   editors strict priorities would starve refactors; with ageing the refactors get a slice at least
   every AGE_S seconds, and inline completions lose at most one slot per AGE_S to them (on a slow,
   loaded machine every refactor has waited AGE_S: without the limit they would all go first).
+- Prefetch: a newer prefetch or a completion of a (connection, document) drops its prefetch; any of a
+  connection drops the follow-up prefetches the worker queued for its earlier places.
 - Supersede: a new `complete` for the same (connection, document) answers the older one SUPERSEDED at
   once (a new `next_edit` likewise the older `next_edit` of its document: `supersede_key`) and sets its cancel flag (the decode stops before its next forward). `abort` does the same
   with ABORTED. A job whose connection closed is cancelled silently.
@@ -63,6 +65,8 @@ class Job:
     decode: object = None             # engine.generate.Decode of the slice running now
     queued_at: float = field(default_factory=time.monotonic)   # entered the queue (submit or requeue)
     aged: int = 0                     # times it went ahead of inline completions by ageing
+    stages: list = field(default_factory=list)   # a prefetch's prefills still to run: (pool key, ids)
+    follow_up: bool = False           # a prefetch the worker queued itself (a sized prompt's full form)
 
     @property
     def id(self) -> int:
@@ -173,6 +177,7 @@ class RequestQueue:
             self.latest[dkey] = job
             if job.kind == "complete":
                 self.drop_prefetch(dkey)
+                self.drop_follow_ups(job.conn.id)
 
     def enqueue(self, job: Job) -> None:
         """Queue a registered job for the worker thread."""
@@ -187,6 +192,7 @@ class RequestQueue:
         job.replied = True
         dkey = (job.conn.id, job.msg.doc or job.msg.path)
         self.drop_prefetch(dkey)
+        self.drop_follow_ups(job.conn.id)
         self.prefetches[dkey] = job
         self.stats.prefetch["requested"] += 1
         with self.cond:
@@ -200,6 +206,12 @@ class RequestQueue:
             self._unqueue(job)
             if not job.slices:               # not finished yet (a finished prefetch has one slice)
                 self.stats.prefetch["dropped"] += 1
+
+    def drop_follow_ups(self, conn_id: int) -> None:
+        """The connection asked for something new (a completion, a prefetch): the follow-up prefetches
+        the worker queued for its earlier places go (the user has moved on; what they did stays cached)."""
+        for dkey in [k for k, j in self.prefetches.items() if k[0] == conn_id and j.follow_up]:
+            self.drop_prefetch(dkey)
 
     def cancel(self, job: Job, code: str, message: str) -> None:
         """Answer `job` with an error now and stop its decode before the next forward."""

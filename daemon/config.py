@@ -75,6 +75,9 @@ class Config:
                                        # FORMATS); auto = the measured best (fim.BEST_FORMAT)
     refactor_context_tokens: int = 2048
     deadline_ms: int = 1000            # default time budget of an inline completion
+    prefill_budget_ms: int = 300       # an inline request prefills at most what the measured prefill rate runs
+                                       # in this long; a longer uncached prompt is cut to the cursor's window
+                                       # (daemon/prompt_sizing.py); 0 = no limit
     refactor_deadline_ms: int = 60000
     max_tokens: int = 256              # cap on an inline completion's max_tokens
     refactor_max_tokens: int = 1024
@@ -119,7 +122,7 @@ _CHOICES = {"inline_mode": MODES, "refactor_mode": MODES, "spec_variant": ("auto
             "remote_fallback": ("", "local"), "next_edit_gate": ("model", "pattern"),
             "remote_prompt": ("auto", "tokens", "tricode", "prefix", "qwen", "starcoder", "deepseek")}
 _MINIMUM = {"cpu_threads": 0, "block_size": 0, "context_tokens": 64, "refactor_context_tokens": 64, "deadline_ms": 0,
-            "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
+            "prefill_budget_ms": 0, "refactor_deadline_ms": 0, "max_tokens": 1, "refactor_max_tokens": 1, "max_file_kb": 1,
             "cache_slots": 1, "batch_size": 1, "prefetch_tokens_per_s": 0, "idle_exit_minutes": 0, "tcp_port": 0,
             "remote_timeout_ms": 100, "remote_max_inflight": 1}
 

@@ -118,7 +118,8 @@ def result_frame(job, raw: str, stop_reason: str, stats, *, mode: str, tokens: i
         prefill_ms=round(prefill_ms, 3), decode_ms=round(decode_ms, 3), post_ms=round(post_ms, 3),
         total_ms=round((now - job.arrived) * 1e3, 3), prompt_tokens=len(prompt.ids) if prompt is not None else 0,
         context_ms=round(job.context_ms, 3), context_files=tuple(prompt.context_files if prompt is not None else ()),
-        loop_cut=looped, repo_context=tuple(getattr(prompt, "repo_context", None) or ()), budget_tokens=budget_tokens)
+        loop_cut=looped, repo_context=tuple(getattr(prompt, "repo_context", None) or ()), budget_tokens=budget_tokens,
+        prompt_form=getattr(prompt, "form", ""))
     frame = protocol.to_wire(result)
     stats.last_result = {k: frame[k] for k in LAST_RESULT_KEYS}
     return frame

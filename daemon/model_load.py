@@ -1,6 +1,7 @@
 """Loading the local model, for the worker (daemon/worker.py): which runner runs it (llama.cpp's
 kernels for a GGUF file on a CPU, engine/llama_runner.py; torch otherwise, and always as the
-reference), the token ids that end any completion, and the pool of KV caches the decodes use.
+reference), the token ids that end any completion, the pool of KV caches the decodes use, and the memory the
+status reports.
 Knows nothing of jobs, queues or connections.
 
 A pulled AR model may have a drafter beside it (engine/drafter.py), which only the torch path runs
@@ -71,6 +72,14 @@ class CachePool:
         self.entries[key] = cache
         return cache
 
+    def peek(self, key):
+        """The cache of `key` when the pool holds one (not taken: its place in the order is kept)."""
+        return self.entries.get(key)
+
+    def drop(self, key) -> None:
+        """Forget the cache of `key` (its slot, and for llama.cpp its sequence, are freed)."""
+        self.entries.pop(key, None)
+
     def bytes(self) -> int:
         """Bytes of the torch KV caches (llama.cpp's live inside its context: not counted here)."""
         return sum(c.k.numel() * c.k.element_size() * 2 for c in self.entries.values() if hasattr(c, "k"))
@@ -140,3 +149,26 @@ def drafter_note(path: Path, runner: str) -> str | None:
     return ("a drafter lies beside this model, but llama.cpp runs no LoRA: it serves ar and spec with "
             "context drafts; diffusion and diffusion drafts need runner = \"torch\" (or a mode that needs "
             "them, which picks torch with runner = \"auto\")")
+
+
+def memory(ck, device: str, pool: CachePool | None) -> dict:
+    """The daemon's memory as the status reports it: RSS, the model's torch weights, CUDA's counters,
+    the torch KV caches (`ck`: the loaded Checkpoint or None)."""
+    out = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    if ck is not None:
+        try:
+            out["model_bytes"] = sum(p.numel() * p.element_size() for p in ck.model.parameters())
+        except Exception:  # noqa: BLE001
+            pass
+        if device.startswith("cuda"):
+            import torch
+            out["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(ck.device))
+            out["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved(ck.device))
+    if pool is not None:
+        out["kv_cache_bytes"] = pool.bytes()
+    return out

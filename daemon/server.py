@@ -578,7 +578,7 @@ class Daemon:
             "prefix_reuse": round(st.reused_tokens / (st.reused_tokens + st.prefill_tokens), 4)
             if st.reused_tokens + st.prefill_tokens else 0.0,
             "superseded": st.superseded, "aborted": st.aborted, "deadline_stops": st.deadline,
-            "aged_refactors": st.aged, "loop_cuts": st.loop_cuts, "prefetch": dict(st.prefetch),
+            "aged_refactors": st.aged, "loop_cuts": st.loop_cuts, "prefetch": dict(st.prefetch), "prompt_sizing": e.sizer.describe(),
             "feedback": dict(fb),
             "acceptance_rate": round((fb["accepted"] + fb["partial"]) / decided, 4) if decided else None,
             "errors": errors, "errors_by_code": dict(st.errors), "refused_peers": st.refused_peers,

@@ -32,6 +32,8 @@ One thread owns the model and the device and runs the decodes. Rules:
   request by one chunk at most), one at a time; a newer prefetch or a completion for the same
   (connection, document) drops it (what it prefilled stays in the cache), and a token bucket bounds
   its prefill work (config prefetch_tokens_per_s). It is never answered beyond the `ok` at submit.
+- Prompt sizing (daemon/prompt_sizing.py): an inline prompt whose uncached part cannot be prefilled
+  within prefill_budget_ms is cut to the cursor's window (a cache of its own); its full form follows as a prefetch.
 """
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ import protocol
 from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
-from daemon.model_load import CachePool, drafter_note, load_llama, load_torch, runner_choice, stop_token_ids
+from daemon.model_load import CachePool, drafter_note, load_llama, load_torch, memory, runner_choice, stop_token_ids
 from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
+from daemon.prompt_sizing import PromptSizer, pool_key, window_key
 from daemon.repo_context import prompt_repo, reported
 from daemon.workspace import Workspace
 from registry.models import ModelError
@@ -101,6 +104,7 @@ class LocalWorker(threading.Thread):
         self._reload = threading.Event()
         self._reload.set()
         self.prefetch_bucket = TokenBucket()
+        self.sizer = PromptSizer()       # the inline prompt's form from the cache and the measured prefill rate
 
     # -- the backend interface (loop thread) ------------------------------------------------------
 
@@ -281,20 +285,20 @@ class LocalWorker(threading.Thread):
                 ck, note = load_torch(path, cfg)
             tok = Tokenizer(path)
         except (CheckpointError, TokenizerError, OSError, ValueError, RuntimeError) as e:
-            done.set()
-            self._fail(str(e))
-            return
+            return self._fail(str(e))
         finally:
             done.set()
         protect_special_tokens(tok)
         self._progress("loading", 0.85, "warming up")
         caps = dict(ck.capabilities, **({"drafter_note": note} if note else {}))
         try:
-            prompt = [tok.bos_id] + tok.encode("def f(x):\n    return x\n")
-            # only the modes this checkpoint serves (a request for another gets the ModeError reply)
+            prompt = [tok.bos_id] + tok.encode("".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(8)))
+            # the modes it serves (another gets the ModeError reply); a short and a long prefill fit the rate
             for mode in dict.fromkeys(m for m in (cfg.inline_mode, cfg.refactor_mode) if m in caps["modes"]):
                 generate(ck.model, prompt, DecodeParams(mode=mode, max_new_tokens=4, lookup=cfg.lookup,
                                                         spec_variant=cfg.spec_variant))
+            self.sizer.rate.calibrate(*(generate(ck.model, p, DecodeParams(mode="ar", max_new_tokens=1))
+                                        for p in (prompt[:16], prompt)))
         except Exception as e:  # noqa: BLE001 - e.g. CUDA out of memory
             self._fail(f"warm-up failed: {type(e).__name__}: {e}")
             return
@@ -373,6 +377,9 @@ class LocalWorker(threading.Thread):
         if job.prompt is None:
             job.started = time.perf_counter()
             job.prompt = self._prompt(job, cfg.context_tokens if job.kind == "complete" else cfg.refactor_context_tokens)
+            if job.kind == "complete":      # the full prompt, or its window when that is not cached and too long
+                job.prompt = self.sizer.choose(self.builder, job.cache_key, job.prompt, self.pool, job.msg,
+                                               cfg.prefill_budget_ms, cfg.context_tokens)
             job.context_ms = (time.perf_counter() - job.started) * 1e3
         from engine.generate import ModeError
         try:
@@ -401,7 +408,7 @@ class LocalWorker(threading.Thread):
                               spec_variant=cfg.spec_variant, lookup=cfg.lookup, stop_token_ids=self.stop_ids)
         params = for_device(model, params)
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
-        cache = self.pool.get(job.cache_key, need, self.queue.pinned_keys())
+        cache = self.pool.get(pool_key(job.cache_key, job.prompt), need, self.queue.pinned_keys())
         base = list(job.tokens)
         before = loop_context(job) if self.cfg.loop_guard else None
 
@@ -424,11 +431,12 @@ class LocalWorker(threading.Thread):
     def _collect(self, job: Job, others: int) -> bool:
         """Account a finished slice; True when the job goes on with another slice in the batch."""
         if job.kind == "prefetch":
-            self._end_prefetch(job)
-            return False
+            return self._end_prefetch(job, more=True)
         res, job.decode = job.decode.result, None
         if job.slices == 0:
             job.prefill_tokens, job.reused_tokens = res.prefill_tokens, res.reused_tokens
+            if not others and len(self.queue.running) <= 1:    # alone: its prefill time is its own
+                self.sizer.rate.observe(res.prefill_tokens, res.prefill_ms)
         job.slices += 1
         job.tokens += res.tokens
         job.nfe += res.nfe
@@ -460,6 +468,12 @@ class LocalWorker(threading.Thread):
                              prefill_ms=job.prefill_ms, decode_ms=job.decode_ms, loop_guard=self.cfg.loop_guard,
                              post_from=t0, budget_tokens=self.cfg.context_tokens)
         self.queue.finished(job)
+        if job.prompt is not None and job.prompt.form == "window" and self.cfg.prefetch_tokens_per_s > 0:
+            # its full prompt follows as a prefetch, queued before the reply (the next request drops it)
+            self.queue.loop.call_soon_threadsafe(self.queue.submit_prefetch, Job(
+                conn=job.conn, msg=protocol.Prefetch(doc=job.msg.doc, prefix=job.msg.prefix, suffix=job.msg.suffix,
+                                                     path=job.msg.path, language=job.msg.language),
+                kind="prefetch", priority=PRIO_PREFETCH, mode="", max_tokens=0, deadline=None, arrived=t0, follow_up=True))
         self.deliver(job, frame)
 
     def _next_edit(self, job: Job) -> bool:
@@ -503,52 +517,74 @@ class LocalWorker(threading.Thread):
 
     def _layout(self, job: Job) -> dict:
         """Inline completions (and their prefetches) use the configured layout; refactors the contiguous one."""
-        if job.kind == "generate":
-            return {}
-        return {"layout": self.cfg.prompt_layout, "label": self.workspace.label_of(job.msg.path)}
+        return {} if job.kind == "generate" else {"layout": self.cfg.prompt_layout,
+                                                  "label": self.workspace.label_of(job.msg.path)}
 
     def _begin_prefetch(self, job: Job) -> bool:
         """Start prefilling the prompt of a completion at the prefetch's place (the part that does not
-        depend on the cursor when none is known) into that completion's cache; False when there is
-        nothing to do, the model is not ready or the token bucket is empty."""
-        from engine.generate import DecodeParams, Prefill, for_device, scratch_slots
-        st = self.stats.prefetch
+        depend on the cursor when none is known) into that completion's cache: in stages, the cursor's
+        window first when the full prompt cannot be prefilled within the budget (what a completion there
+        would use at once, daemon/prompt_sizing.py), then the full prompt. False when there is nothing to
+        do, the model is not ready or the token bucket is empty."""
         if self.state != "ready" or job.cancel.is_set():
             self.queue.finished(job)
             return False
         cfg = self.cfg
         self._threads(cfg)
         job.started = time.perf_counter()
-        job.prompt = self._prompt(job, cfg.context_tokens)
-        ids = job.prompt.ids if job.msg.cursor else job.prompt.ids[:job.prompt.stable_tokens]
+        full = job.prompt = self._prompt(job, cfg.context_tokens)
+        job.stages = [(job.cache_key, full.ids if job.msg.cursor else full.ids[:full.stable_tokens])]
+        if job.msg.cursor:
+            sized = self.sizer.choose(self.builder, job.cache_key, full, self.pool, job.msg, cfg.prefill_budget_ms,
+                                      cfg.context_tokens, request=False)
+            if sized is not full:
+                job.stages.insert(0, (window_key(job.cache_key), sized.ids))
+        return self._next_stage(job)
+
+    def _next_stage(self, job: Job) -> bool:
+        """Start the prefetch's next stage that has work; False when none has (or the bucket is empty)."""
+        from engine.generate import DecodeParams, Prefill, for_device, scratch_slots
+        cfg, st = self.cfg, self.stats.prefetch
         # the size the completion will ask for, so that it gets this very cache back from the pool
         params = for_device(self.ck.model, DecodeParams(mode=cfg.inline_mode, block_size=cfg.block_size or None,
                                                         spec_variant=cfg.spec_variant))
-        need = len(job.prompt.ids) + cfg.max_tokens + scratch_slots(params, params.block_size) + 2
-        cache = self.pool.get(job.cache_key, need, self.queue.pinned_keys())
-        work = len(ids) - cache.common_prefix(ids)
-        if len(ids) < 2 or work <= 0:
-            st["cached"] += 1
-            job.slices = 1
-            self.queue.finished(job)
-            return False
-        if not self.prefetch_bucket.take(work, cfg.prefetch_tokens_per_s):
-            st["throttled"] += 1
-            job.slices = 1
-            self.queue.finished(job)
-            return False
-        job.decode = Prefill(self.ck.model, ids, cache=cache, chunk=PREFETCH_CHUNK, cancel=job.cancel)
-        return True
+        while job.stages:
+            key, ids = job.stages.pop(0)
+            need = len(ids) + cfg.max_tokens + scratch_slots(params, params.block_size) + 2
+            cache = self.pool.get(key, need, self.queue.pinned_keys())
+            work = len(ids) - cache.common_prefix(ids)
+            if len(ids) < 2 or work <= 0:
+                continue
+            if not self.prefetch_bucket.take(work, cfg.prefetch_tokens_per_s):
+                st["throttled"] += 1
+                break
+            job.decode = Prefill(self.ck.model, ids, cache=cache, cancel=job.cancel,
+                                 chunk=self.sizer.chunk(cfg.prefill_budget_ms, PREFETCH_CHUNK))
+            return True
+        else:
+            if not job.nfe:
+                st["cached"] += 1
+        job.slices = 1
+        self.queue.finished(job)
+        return False
 
-    def _end_prefetch(self, job: Job) -> None:
+    def _end_prefetch(self, job: Job, more: bool = False) -> bool:
+        """A prefetch stage ended (or the prefetch was dropped): counted; the next stage starts when
+        `more` and it is not cancelled. True while the prefetch goes on."""
         res = job.decode.result if job.decode is not None else None
-        job.decode, job.slices = None, 1
+        job.decode = None
         st = self.stats.prefetch
         if res is not None:
-            st["run"] += 1
+            st["run"] += not job.nfe          # one prefetch, however many stages
+            job.nfe += 1
             st["tokens"] += res.prefill_tokens
-            job.prefill_tokens, job.prefill_ms = res.prefill_tokens, res.prefill_ms
+            job.prefill_tokens += res.prefill_tokens
+            job.prefill_ms += res.prefill_ms
+        if more and not job.cancel.is_set() and self._next_stage(job):
+            return True
+        job.slices = 1
         self.queue.finished(job)
+        return False
 
     # -- status (any thread) -----------------------------------------------------------------------
 
@@ -560,23 +596,4 @@ class LocalWorker(threading.Thread):
         return default_spec_variant(self.ck.model)
 
     def memory(self) -> dict:
-        out = {}
-        try:
-            with open("/proc/self/statm") as f:
-                import os
-                out["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            pass
-        if self.ck is not None:
-            try:
-                out["model_bytes"] = sum(p.numel() * p.element_size() for p in self.ck.model.parameters())
-            except Exception:  # noqa: BLE001
-                pass
-            if self.device.startswith("cuda"):
-                import torch
-                out["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(self.ck.device))
-                out["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved(self.ck.device))
-        pool = self.pool
-        if pool is not None:
-            out["kv_cache_bytes"] = pool.bytes()
-        return out
+        return memory(self.ck, self.device, self.pool)

@@ -212,6 +212,8 @@ class Result:
     # the daemon's inline prompt budget (config context_tokens) when it answered: `tricode lsp` sends no
     # more text around the cursor than that budget could use (lsp/context.py); 0 from an older daemon
     budget_tokens: int = 0
+    prompt_form: str = ""      # full | window: the cursor's window alone, the full prompt being neither cached
+                               # nor prefillable within prefill_budget_ms (daemon/prompt_sizing.py)
     type: str = "result"
 
 

@@ -142,7 +142,7 @@ class Greedy:
 
 def fim_tasks(n: int) -> list:
     """The first ``n`` held-out FIM tasks of ``tricode eval`` (seed 0, embedded tokenizer filter)."""
-    from daemon.tokenizer import Tokenizer
+    from textkit.tokenizer import Tokenizer
     from training.evaluate import (DEFAULT_MAX_LINE_TOKENS, DEFAULT_MAX_NEW_TOKENS, make_fim_tasks,
                                    read_heldout_files)
     emb = REPO / "engine" / "embedded"
@@ -271,7 +271,7 @@ def embedded(args) -> int:
     format ``embedded``, so the table has it on the same tasks."""
     import torch
     from engine.checkpoint import load_checkpoint
-    from daemon.tokenizer import Tokenizer
+    from textkit.tokenizer import Tokenizer
     from training.evaluate import check_humaneval, edit_similarity, exact_match, run_completions
     torch.set_num_threads(1)
     out = Path(args.out)

@@ -6,18 +6,20 @@ holds the pulled model: so the default (`model = ""` means the pulled model) is 
 Slow (the model loads once for the module; each request decodes a few dozen tokens on the CPU)."""
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import json
 from pathlib import Path
 
 import pytest
 
-from protocol import Complete, Generate
+from protocol import Complete, Generate, Status
 from protocol.client import call
-from tests.test_daemon import REPO, D, wait_ready
+from tests.test_daemon import REPO, D, arun, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +119,49 @@ def test_refactor_goes_through_the_chat_template(real):
     assert "```" not in r["text"] and "<|im_end|>" not in r["text"], r
     doc = edit.finish(r["text"])
     assert doc is not None and doc.strip().startswith('"""') and len(doc.strip()) > 8, (r["text"], doc)
+
+
+def long_module(n: int = 60) -> str:
+    """A Python module of ~40 tokens a function: far longer than a cold request may prefill."""
+    return "".join(f"def handler_{i}(request, value={i}):\n    result = request.process(value) + {i}\n"
+                   f"    return result\n\n" for i in range(n))
+
+
+def test_a_cold_place_gets_the_window_then_the_full_prompt_then_typing_reuses_it(real):
+    """Issue 22 part 4 on the real model: a completion at a new place of a long file prefills only the
+    cursor's window (the full prompt is neither cached nor prefillable within prefill_budget_ms at the
+    measured rate); the daemon then prefetches the full prompt (on the editor's connection), which the
+    next request at that place uses; typing on reuses it, prefilling only the typed tokens."""
+    text = long_module()
+    cut = text.index("def handler_40")
+    prefix, suffix = text[:cut] + "def main(argv):\n    args = ", "\n" + text[cut:]
+    req = dict(doc="file:///tmp/cold_place.py", suffix=suffix, path="/tmp/cold_place.py", max_tokens=6,
+               max_lines=1, deadline_ms=120000)
+
+    async def go():
+        c = await real.client("cold")
+        before = await c.request(Status())
+        cold = await c.request(Complete(prefix=prefix, **req))
+        end = time.monotonic() + 240
+        while time.monotonic() < end:       # the full prompt's prefetch, queued by the daemon itself
+            st = await c.request(Status())
+            if st["prefetch"]["run"] > before["prefetch"]["run"] and not st["running"] and not st["queue_length"]:
+                break
+            await asyncio.sleep(0.2)
+        warm = await c.request(Complete(prefix=prefix + "p", **req))
+        typed = await c.request(Complete(prefix=prefix + "pars", **req))
+        after = await c.request(Status())
+        await c.close()
+        return before, cold, warm, typed, after
+
+    before, cold, warm, typed, after = arun(go(), timeout=600)
+    assert before["prompt_sizing"]["prefill_rate"]["tokens_per_s"], before["prompt_sizing"]   # the warm-up's
+    assert cold["type"] == "result" and cold["prompt_form"] == "window", cold
+    # at most the window (MIN_WINDOW tokens and its slack), far less than the full prompt
+    assert cold["prefill_tokens"] <= cold["prompt_tokens"] <= 400, cold
+    assert after["prefetch"]["run"] > before["prefetch"]["run"], after["prefetch"]
+    assert warm["type"] == "result" and warm["prompt_form"] == "full", warm
+    assert warm["prompt_tokens"] > 700 and warm["prefill_tokens"] <= 8, warm
+    assert typed["type"] == "result" and typed["prompt_form"] == "full", typed
+    assert typed["prefill_tokens"] <= 8 and typed["reused_tokens"] >= typed["prompt_tokens"] - 8, typed
+    assert after["prompt_sizing"]["forms"]["window"] >= 1

@@ -156,6 +156,7 @@ class Prompt:
     repo_tokens: int = 0        # of context_tokens: the repository snippets'
     repo_files: list[str] = field(default_factory=list)        # their labels, in prompt order
     repo_context: list[dict] = field(default_factory=list)     # the snippets (path, lines), for the reply
+    form: str = "full"          # full | window: the cursor's window alone (daemon/prompt_sizing.py)
 
 
 def _split_lines(text: str) -> list[str]:
@@ -329,12 +330,17 @@ class PromptBuilder:
                     break
         used = sum(count(f"{n}\n{c}") + 2 for n, c in files)
         prefix_budget = max(budget - suffix_budget - used - 64, 16)
+        # the prefix's first line moves in CLIP_STEP-line steps (clip_prefix), not at every keystroke
+        # that adds a token, so that typing in a long file keeps the prompt's start and its KV cache
+        clipped = self.clip_prefix(prefix, prefix_budget)[1]
+        if clipped:
+            prefix = "".join(_split_lines(prefix)[clipped:])
         pieces = fim.build_prompt(fmt, prefix, suffix, count=count, prefix_tokens=prefix_budget,
                                   suffix_tokens=suffix_budget, path=label or "file", repo_name=_repo_name(""),
                                   repo_files=files)
         ids = fim.prompt_ids(pieces, tok.encode, lambda s: tok.special_tokens[s])
         heal = fim.trailing_whitespace(prefix) if fmt != "chat" else ""
-        return Prompt(ids, prefix_tokens=len(ids) - used, context_tokens=used,
+        return Prompt(ids, prefix_tokens=len(ids) - used, context_tokens=used, prefix_clipped_lines=clipped,
                       context_files=[n for n, _ in files], fim=fmt != "plain", stable_tokens=1,
                       stops=("```",) if fmt == "chat" else (), format=fmt, heal=heal)
 
