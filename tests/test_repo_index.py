@@ -416,6 +416,58 @@ def test_line_scan_agrees_with_ast_on_real_modules():
     assert all(c.end - c.start < rc.MAX_CHUNK_LINES for c in chunks)
 
 
+SCAN_CASES = '''import functools
+
+A = B = C_2 = make(1)
+x: int = 3
+
+
+@functools.lru_cache(
+    maxsize=None
+)
+@staticmethod
+def cached(n):
+    return n
+
+
+@decorate("a",
+          "b")
+class Thing:
+    first = second = 0
+
+    def method(self):
+        return cached(1) == 2
+'''
+
+
+def test_line_scan_matches_the_parse_on_decorators_and_chained_assignments(tmp_path):
+    """What the bulk build relies on (it scans every Python file): stacked and multi-line decorators
+    belong to the definition below them (one statement, starting at the first decorator), every
+    target of a chained assignment is a definition; the same as `ast` gives. The build scans, a
+    single update() parses, and both index the same definitions here."""
+    import daemon.repo_chunks as rc
+    units, defs = rc.python_units(SCAN_CASES)
+    s_units, s_defs = rc.python_units_scan(SCAN_CASES.split("\n")[:-1])
+    key = lambda d: (d.name, d.line, d.kind)       # noqa: E731
+    assert {key(d) for d in s_defs} == {key(d) for d in defs}
+    assert {"A", "B", "C_2", "x", "cached", "Thing", "method"} <= {d.name for d in s_defs}
+    assert [u.start for u in s_units] == [u.start for u in units]
+    (tmp_path / ".git").mkdir()
+    f = tmp_path / "m.py"
+    f.write_text(SCAN_CASES)
+    idx = RepoIndex(tmp_path)
+    idx.build()
+    built_defs = {(d.name, d.line, d.kind) for n in ("A", "B", "C_2", "cached", "Thing", "method")
+                  for d in idx.definitions(n)}
+    chunks = [(c.start, c.end) for c in idx.chunks_of(str(f))]
+    f.write_text(SCAN_CASES + "\n")        # a save: update() parses
+    assert idx.update(f)
+    assert {(d.name, d.line, d.kind) for n in ("A", "B", "C_2", "cached", "Thing", "method")
+            for d in idx.definitions(n)} == built_defs
+    assert [(c.start, c.end) for c in idx.chunks_of(str(f))][:-1] == chunks[:-1]
+    assert idx.definitions("cached")[0].line == 7          # at its first decorator
+
+
 def test_signatures_of_imported_names_and_sources(tree):
     idx = built(tree)
     r = Retriever(idx)
