@@ -484,6 +484,36 @@ def test_signatures_of_imported_names_and_sources(tree):
         Retriever(idx, method="tfidf")
 
 
+def test_definition_headers_show_the_api_and_signatures_follow_use(tmp_path):
+    """The "definition-headers" source (the pretrained format's): a function used near the cursor by
+    its def line only, a class by its header and its __init__'s; imported names' signatures in the
+    order of their use in the file (the most used first)."""
+    root = tmp_path / "p"
+    (root / ".git").mkdir(parents=True)
+    write(root, "lib/shapes.py", "class Box:\n    \"\"\"A box.\"\"\"\n\n    kind = 'box'\n\n"
+                                 "    def __init__(self, width,\n                 height):\n        self.w = width\n\n"
+                                 "    def area(self):\n        return self.w\n\n\n"
+                                 "def scale(box, k):\n    \"\"\"Scaled.\"\"\"\n    return Box(box.w * k, 1)\n\n\n"
+                                 "def rare(x):\n    return x\n\n\ndef often(x):\n    return x\n")
+    idx = built(root.resolve())
+    r = Retriever(idx)
+    cur = str(root.resolve() / "app.py")
+    # `often` is used far above the cursor's window (so not followed as a definition there)
+    text = ("from lib.shapes import rare, often\n\n\ndef early():\n    often(1)\n    often(2)\n\n\n"
+            + "".join(f"V{i} = {i}\n" for i in range(40)) + "\n\ndef go(b):\n    s = scale(b, 2)\n"
+            "    c = Box(1, 2)\n    \n")
+    line = text.count("\n") - 1
+    got = r.retrieve(cur, text, line, budget=2000, sources=("definition-headers", "signatures"))
+    shown = [(s.start, s.end, s.why) for s in got]
+    assert (14, 14, "definition of scale (function)") in shown, shown
+    assert (1, 1, "definition of Box (class)") in shown and (6, 7, "definition of Box (class)") in shown, shown
+    assert all("return" not in s.text for s in got), [s.text for s in got]
+    sigs = [s.why for s in got if s.why.startswith("signature")]
+    assert sigs == ["signature of often (function)", "signature of rare (function)"], sigs
+    full = r.retrieve(cur, text, line, budget=2000, sources=("definitions",))
+    assert any("return Box(box.w * k, 1)" in s.text for s in full)
+
+
 def test_as_entries_one_per_file():
     from daemon.retrieval import Snippet
     a = Snippet("/r/u.py", "u.py", 10, 12, "a\nb\nc\n", 0.0, "definition of a (function)")
