@@ -228,7 +228,8 @@ def prompt_repo(workspace, tok, cfg, msg, budget: int, extra, layout: str, fmt: 
     budget `repo_budget`, the snippets). `cfg.repo_context_tokens` of `budget`; held: what the
     prompt holds besides (daemon/prompt.py repo_held). For a pretrained model's inline format `fmt`
     (PromptBuilder.fim_format) the measured policy of daemon/prompt/fim.py: definitions and
-    signatures only, within REPO_SNIPPET_TOKENS at most, and only for REPO_SNIPPET_FORMATS. Nothing
+    signatures only, within REPO_SNIPPET_TOKENS at most, only for REPO_SNIPPET_FORMATS and with
+    `cfg.repo_context_pretrained`. Nothing
     when repository context is off, the file is outside the indexed roots, or the tokenizer has no
     file separator to mark a snippet."""
     repo = workspace.repo
@@ -241,7 +242,7 @@ def prompt_repo(workspace, tok, cfg, msg, budget: int, extra, layout: str, fmt: 
     repo_budget = int(budget * cfg.repo_context_tokens)
     sources = None
     if fmt is not None:
-        if fmt not in fim.REPO_SNIPPET_FORMATS:
+        if fmt not in fim.REPO_SNIPPET_FORMATS or not cfg.repo_context_pretrained:
             return [], 0, []
         repo_budget, sources = min(repo_budget, fim.REPO_SNIPPET_TOKENS), fim.REPO_SNIPPET_SOURCES
     if repo_budget <= 0:

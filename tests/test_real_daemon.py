@@ -136,6 +136,12 @@ def test_repo_context_with_the_real_model(real):
     main = root / "app" / "main.py"
     main.write_text("from pkg import shapes\n\n\ndef grow(points, k):\n    out = []\n    for p in points:\n"
                     "        out.append(scale_vector(p, k))\n    \n    return out\n")
+    base_config = real.config.read_text()
+    real.config.write_text(base_config + "repo_context_pretrained = true\n")   # whatever the default is
+    end = time.monotonic() + 30
+    while not real.status()["config"]["values"].get("repo_context_pretrained"):
+        assert time.monotonic() < end, real.status()["config"]
+        time.sleep(0.1)
     end = time.monotonic() + 120
     while True:
         out = real.cli("complete", "--file", str(main), "--line", "7", "--character", "4", "--json",
@@ -149,3 +155,14 @@ def test_repo_context_with_the_real_model(real):
     got = [{k: s[k] for k in ("path", "start", "end")} for s in r["repo_context"]]
     assert {"path": "pkg/geometry.py", "start": 4, "end": 4} in got, r["repo_context"]
     assert all(s["why"].startswith(("definition of", "signature of")) for s in r["repo_context"]), r["repo_context"]
+    # switched off: the same request's prompt has no snippets
+    real.config.write_text(base_config + "repo_context_pretrained = false\n")
+    end = time.monotonic() + 30
+    while real.status()["config"]["values"].get("repo_context_pretrained"):
+        assert time.monotonic() < end, real.status()["config"]
+        time.sleep(0.1)
+    out = real.cli("complete", "--file", str(main), "--line", "7", "--character", "4", "--json", "--max-tokens", "8",
+                   timeout=300)
+    r = json.loads(out.stdout)
+    assert r["type"] == "result" and r["repo_context"] == [], r
+    real.config.write_text(base_config)

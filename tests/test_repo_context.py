@@ -287,7 +287,8 @@ def test_pretrained_format_takes_definitions_in_the_repository_format(tmp_path, 
     main = make_project(tmp_path / "proj")
     ws = Workspace(observer=observer, repo_context=True)
     b = PromptBuilder(gtok, "fim-prefix")
-    cfg = Config()
+    cfg, problems = parse({"repo_context_pretrained": True})
+    assert not problems
     fim_prefix = gtok.special_tokens["<|fim_prefix|>"]
     try:
         ws.set_document(main.as_uri(), str(main), "python", main.read_text())
@@ -321,5 +322,8 @@ def test_pretrained_format_takes_definitions_in_the_repository_format(tmp_path, 
         assert prompt_repo(ws, gtok, cfg, msg, 1024, [], "contiguous", "fim-short") == ([], 0, [])
         off, _ = parse({"repo_context": False})
         assert prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
+        off, problems = parse({"repo_context_pretrained": False})
+        assert not problems and prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
+        assert prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous")[2]    # the tricode layouts keep theirs
     finally:
         ws.close()
