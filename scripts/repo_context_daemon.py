@@ -40,12 +40,13 @@ def _daemons() -> dict:
         atexit.register(stack.close)
         _s["on"] = stack.enter_context(private_daemon(Path(model), {**CONFIG, "repo_context": True}))
         _s["off"] = stack.enter_context(private_daemon(Path(model), {**CONFIG, "repo_context": False}))
-        _s["roots"] = set()
     return _s
 
 
-def _indexed(env: dict, path: Path, text: str, timeout: float = 600.0) -> None:
-    """Open the case's file in the "on" daemon and wait until its root's index is built."""
+def _indexed(env: dict, path: Path, text: str, root: Path, timeout: float = 600.0) -> None:
+    """Open the case's file in the "on" daemon and wait until the index of its root is built (the
+    daemon keeps MAX_INDEXED_ROOTS = 3 indexes and the eval has 4 trees: a root seen before may have
+    been closed since, and is indexed again)."""
     from protocol import DocumentUpdate, Status
     from protocol.client import call
     sock = env["TRICODE_SOCKET"]
@@ -53,7 +54,8 @@ def _indexed(env: dict, path: Path, text: str, timeout: float = 600.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         idx = call(Status(), socket_path=sock, timeout=10.0)[0]["workspace"]["repo_index"]
-        if idx and not any(i["building"] for i in idx):
+        mine = [i for i in idx if i["root"] == str(root.resolve())]
+        if mine and not mine[0]["building"] and mine[0]["files"] > 0:
             return
         time.sleep(0.2)
     raise RuntimeError(f"the repository index of {path} was not built in {timeout:.0f} s")
@@ -76,10 +78,17 @@ def complete(case, prefix: str, suffix: str, context, today=()) -> str:
     mode = "on" if calls.get(case.id) == "off" else "off"
     calls[case.id] = mode
     env = s[mode]
-    path = (_root(case) / case.path).resolve()
-    if mode == "on" and path.parent not in s["roots"]:
-        _indexed(env, path, prefix + suffix)
-        s["roots"].add(path.parent)
+    root = _root(case)
+    path = (root / case.path).resolve()
+    if mode == "on":
+        _indexed(env, path, prefix + suffix, root)
+    elif os.environ.get("TRICODE_EVAL_REUSE_OFF"):      # the "off" replies of an earlier run's log
+        if "reuse" not in s:
+            import json
+            s["reuse"] = {r["id"]: r["text"] for r in map(json.loads, open(os.environ["TRICODE_EVAL_REUSE_OFF"]))
+                          if r["mode"] == "off"}
+        if case.id in s["reuse"]:
+            return s["reuse"][case.id]
     r = call(Complete(doc=path.as_uri(), path=str(path), prefix=prefix, suffix=suffix, max_tokens=64, max_lines=1,
                       language="python", deadline_ms=120000), socket_path=env["TRICODE_SOCKET"], timeout=300.0)[0]
     if r.get("type") != "result":
