@@ -38,7 +38,9 @@ def _daemons() -> dict:
         model = os.environ.get("TRICODE_EVAL_MODEL") or str(default_model())
         stack = contextlib.ExitStack()
         atexit.register(stack.close)
-        _s["on"] = stack.enter_context(private_daemon(Path(model), {**CONFIG, "repo_context": True}))
+        # a pretrained model's inline format takes snippets only with repo_context_pretrained (off by default)
+        _s["on"] = stack.enter_context(private_daemon(Path(model), {**CONFIG, "repo_context": True,
+                                                                    "repo_context_pretrained": True}))
         _s["off"] = stack.enter_context(private_daemon(Path(model), {**CONFIG, "repo_context": False}))
     return _s
 

@@ -322,6 +322,8 @@ def test_pretrained_format_takes_definitions_in_the_repository_format(tmp_path, 
         assert prompt_repo(ws, gtok, cfg, msg, 1024, [], "contiguous", "fim-short") == ([], 0, [])
         off, _ = parse({"repo_context": False})
         assert prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
+        assert Config().repo_context_pretrained is False      # the default: measured no gain (docs)
+        assert prompt_repo(ws, gtok, Config(), msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
         off, problems = parse({"repo_context_pretrained": False})
         assert not problems and prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
         assert prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous")[2]    # the tricode layouts keep theirs

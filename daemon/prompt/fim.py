@@ -297,6 +297,7 @@ def repo(prefix: str, suffix: str, path: str, repo_name: str,
 # 0.5B model: 384 tokens of them cost 1.7 points of exact match), within a small budget (192 tokens
 # held a used name's definition in 30 % of the tuning cases, 160 in 27 %, 256 in 37 %), in the family's
 # own repository format around the current file (`in_repository`).
+# Off by default (config repo_context_pretrained): on the report half it gave no gain (docs).
 REPO_SNIPPET_SOURCES = ("definition-headers", "signatures")
 REPO_SNIPPET_TOKENS = 192
 REPO_SNIPPET_FORMATS = frozenset({"fim-prefix"})    # the formats measured with snippets
