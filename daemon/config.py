@@ -86,6 +86,9 @@ class Config:
     max_file_kb: int = 512             # files larger than this are never read for context
     repo_context: bool = True          # index the workspace's project roots; snippets in the prompt
     repo_context_tokens: float = 0.3   # the snippets' share of a prompt's budget (0 = none; at most 0.6)
+    repo_context_pretrained: bool = False  # snippets in a pretrained model's fim-prefix inline prompt too
+                                           # (daemon/prompt/fim.py REPO_SNIPPET_*); off: no gain measured on
+                                           # the 0.5B (docs/repo_context.md, phase 3)
     cache_slots: int = 4               # KV caches kept for prefix reuse (one per recent document)
     batch_size: int = 4                # decodes run together (batched forwards); 1 = one at a time
     prefetch_tokens_per_s: int = 2048  # prefill work a second for prefetches (lowest priority); 0 = no prefetch

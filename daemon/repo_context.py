@@ -15,6 +15,7 @@ daemon/prompt.py), documents (daemon/workspace.py reports files and roots).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import asdict
@@ -188,10 +189,12 @@ class RepoContext:
             self._counters = {id(tok): got}
         return got[1]
 
-    def snippets(self, path: str, text: str, line: int, budget: int, held=(), count=len) -> list[Snippet]:
+    def snippets(self, path: str, text: str, line: int, budget: int, held=(), count=len,
+                 sources=None) -> list[Snippet]:
         """The snippets for a completion at 0-based `line` of `path` (its current `text`) within
-        `budget` (measured by `count`); [] for a file outside the indexed roots. Never raises: a
-        broken file or a failing index costs the completion its repository context only."""
+        `budget` (measured by `count`; `sources`: retrieval's, all by default); [] for a file outside
+        the indexed roots. Never raises: a broken file or a failing index costs the completion its
+        repository context only."""
         if budget <= 0 or not path:
             return []
         try:
@@ -199,7 +202,8 @@ class RepoContext:
             entry = self._entry_for(p)
             if entry is None:
                 return []
-            return entry.retriever.retrieve(str(p), text, line, budget, held=held, count=count)
+            kw = {"sources": tuple(sources)} if sources else {}
+            return entry.retriever.retrieve(str(p), text, line, budget, held=held, count=count, **kw)
         except Exception:  # noqa: BLE001 - context is a bonus, never a failure
             log.debug("repository context for %s", path, exc_info=True)
             return []
@@ -219,27 +223,46 @@ class RepoContext:
         return out
 
 
-def prompt_repo(workspace, tok, cfg, msg, budget: int, extra, layout: str):
+def prompt_repo(workspace, tok, cfg, msg, budget: int, extra, layout: str, fmt: str | None = None):
     """The repository context of one request's prompt: (entries for PromptBuilder's `repo`, their
     budget `repo_budget`, the snippets). `cfg.repo_context_tokens` of `budget`; held: what the
-    prompt holds besides (daemon/prompt.py repo_held). Nothing when repository context is off, the
-    file is outside the indexed roots, or the tokenizer has no file separator to mark a snippet."""
+    prompt holds besides (daemon/prompt.py repo_held). For a pretrained model's inline format `fmt`
+    (PromptBuilder.fim_format) the measured policy of daemon/prompt/fim.py: definitions and
+    signatures only, within REPO_SNIPPET_TOKENS at most, only for REPO_SNIPPET_FORMATS and with
+    `cfg.repo_context_pretrained`. Nothing
+    when repository context is off, the file is outside the indexed roots, or the tokenizer has no
+    file separator to mark a snippet."""
     repo = workspace.repo
     if repo is None or not cfg.repo_context or not msg.path or tok is None:
         return [], 0, []
     if tok.has_fim and tok.fim.get("file_sep") is None:
         return [], 0, []
-    from daemon.prompt import repo_held
+    from daemon.prompt import fim, repo_held
     from daemon.retrieval import as_entries
     repo_budget = int(budget * cfg.repo_context_tokens)
+    sources = None
+    if fmt is not None:
+        if fmt not in fim.REPO_SNIPPET_FORMATS or not cfg.repo_context_pretrained:
+            return [], 0, []
+        repo_budget, sources = min(repo_budget, fim.REPO_SNIPPET_TOKENS), fim.REPO_SNIPPET_SOURCES
+    if repo_budget <= 0:
+        return [], 0, []
     try:
         held = repo_held(msg.prefix, extra, budget - repo_budget, layout)
         snippets = repo.snippets(msg.path, msg.prefix + msg.suffix, msg.prefix.count("\n"), repo_budget, held,
-                                 repo.counter(tok))
+                                 repo.counter(tok), sources)
         return (as_entries(snippets), repo_budget, snippets) if snippets else ([], 0, [])
     except Exception:  # noqa: BLE001 - context is a bonus, never a failure
         log.exception("repository context for %s", msg.path)
         return [], 0, []
+
+
+def root_name(snippets) -> str:
+    """The name of the workspace root the snippets come from (the repository format's repo name)."""
+    for s in snippets:
+        if s.path.endswith(s.label):
+            return os.path.basename(s.path[:len(s.path) - len(s.label)].rstrip(os.sep)) or "workspace"
+    return "workspace"
 
 
 def reported(prompt, snippets) -> list[dict]:

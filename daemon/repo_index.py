@@ -6,7 +6,9 @@ What is indexed: files under the root with a suffix in INDEX_SUFFIXES that the r
 rules (textkit/gitignore.py, plus the always-ignored names the workspace uses) do not ignore, up to
 `max_file_bytes`, valid UTF-8 without NUL bytes. Binary, huge, unreadable, non-UTF-8 files, files
 that vanish while being read, broken symlinks and symlink loops are skipped with a debug log line;
-nothing is raised out of the index. Chunks and definitions come from daemon/repo_chunks.py.
+nothing is raised out of the index. Chunks and definitions come from daemon/repo_chunks.py: the bulk
+build scans Python by lines (9x cheaper than `ast`, which was half of its CPU time), a single
+`update()` (a saved file) parses it.
 
 Memory: chunk text is not kept (retrieval reads the few lines it shows back from disk, checking the
 file has not changed since it was indexed). What is kept: per chunk four small integers in
@@ -214,9 +216,10 @@ class RepoIndex:
             log.debug("repo index: ignore rules failed on %s: %s", path, e)
             return True
 
-    def update(self, path: str | os.PathLike, st: os.stat_result | None = None) -> bool:
+    def update(self, path: str | os.PathLike, st: os.stat_result | None = None, parse: bool = True) -> bool:
         """(Re-)index one file; a file that is gone, ignored or unreadable is dropped. True when the
-        file is in the index afterwards."""
+        file is in the index afterwards. `parse`: Python through `ast` (a saved file: exact), else by
+        the line scan (the bulk build: see chunk_file)."""
         try:
             path = os.path.abspath(os.fspath(path))
             if not self._wanted(path):
@@ -247,7 +250,7 @@ class RepoIndex:
                 self._skip(text[0], path, text[1])
                 self._drop(path)
                 return False
-            spans, defs = chunk_file(path, text)
+            spans, defs = chunk_file(path, text, parse)
             lines = split_lines(text)
             tokens = [identifiers("\n".join(lines[s.start - 1:s.end])) for s in spans]
             return self._insert(path, meta, spans, tokens, defs)
@@ -277,17 +280,17 @@ class RepoIndex:
             self._fid[path] = fid
             base = len(self._c_file)
             self._range.append((base, len(spans), len(self._d_file), len(defs)))
-            for k, (span, toks) in enumerate(zip(spans, tokens)):
-                self._c_file.append(fid)
-                self._c_start.append(span.start)
-                self._c_end.append(span.end)
-                self._c_size.append(len(toks))
-                self._size_total += len(toks)
-                cid = base + k
+            self._c_file.extend([fid] * len(spans))
+            self._c_start.extend([span.start for span in spans])
+            self._c_end.extend([span.end for span in spans])
+            self._c_size.extend([len(toks) for toks in tokens])
+            self._size_total += n_new
+            postings, get = self.postings, self.postings.get
+            for cid, toks in enumerate(tokens, base):
                 for t in toks:
-                    p = self.postings.get(t)
+                    p = get(t)
                     if p is None:
-                        self.postings[t] = p = array("I")
+                        postings[t] = p = array("I")
                     p.append(cid)
             self._n_postings += n_new
             self._live_chunks += len(spans)
@@ -448,7 +451,7 @@ class RepoIndex:
         for path, st in self._walk(str(self.root)):
             if self._stop.is_set():
                 return time.perf_counter() - t0
-            if self.update(path, st):
+            if self.update(path, st, parse=False):
                 seen.add(path)
             elif self.truncated:          # full: walking the rest of a huge tree would only cost time
                 break

@@ -15,7 +15,7 @@ Three sources (`sources`), in this priority:
    parameters) are not followed. A function or class over a variable; the definition closest to the
    current file in the tree. Shown from their first line, at most DEF_LINES lines (MAX_DEFS).
 2. signatures: the header lines of the other workspace names the file imports (MAX_SIGNATURES),
-   what the next line may call before the window has used it.
+   what the next line may call before the window has used it; the names the file uses most first.
 3. similar chunks: BM25 over identifier sets (binary term frequency, length-normalised; identifiers
    in more than COMMON_DF of the chunks carry almost no weight and are not scored, which keeps a query
    over a large index to a few ms), or the identifier-set Jaccard (`method="jaccard"`), multiplied by
@@ -41,7 +41,7 @@ import os
 import re
 import threading
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,9 @@ MAX_SIGNATURES = 6
 SIGNATURE_LINES = 4
 MAX_SNIPPETS = 12
 SOURCES = ("definitions", "signatures", "chunks")
+# "definition-headers" instead of "definitions": the same definitions shown by their header lines only
+# (a class with its __init__'s), so that a small budget holds the API of more names
+ALL_SOURCES = SOURCES + ("definition-headers",)
 MIN_ROOM = 16               # stop when less than this is left of the budget
 MIN_SNIPPET_LINES = 4
 DUP_SHARE = 0.8
@@ -67,6 +70,7 @@ BM25_B = 0.75
 RECENCY_WEIGHT = 0.5
 RECENT_FILES = 16
 DEF_KIND_ORDER = {"class": 0, "function": 0, "method": 1, "definition": 1, "variable": 2}
+_IDENT_RE = re.compile(r"[A-Za-z_]\w*")
 _USE_RE = re.compile(r"(\.)?\b([A-Za-z_]\w*)\b(\s*\()?")
 # methods of the builtin types: `.get(` on a dict is not a call of the workspace's one `get` method
 BUILTIN_ATTRS = frozenset(n for t in (dict, list, str, set, bytes, int, float, tuple, object, frozenset)
@@ -362,15 +366,32 @@ class Retriever:
         imported = imported_names(rest)
         names = names_near_cursor(window, set(imported))
         followed = set()
-        for name, d in self.follow_definitions(names if "definitions" in sources else [], path, defined_here):
+        headers = "definition-headers" in sources
+        for name, d in self.follow_definitions(names if "definitions" in sources or headers else [], path,
+                                               defined_here):
             if sum(1 for s in out if s.why.startswith("definition")) >= MAX_DEFS:
                 break
             followed.add(name)
-            offer(d.path, d.line, min(d.end, d.line + DEF_LINES - 1), 0.0, f"definition of {name} ({d.kind})")
+            if not headers:
+                offer(d.path, d.line, min(d.end, d.line + DEF_LINES - 1), 0.0, f"definition of {name} ({d.kind})")
+                continue
+            lines = self._lines(d.path)
+            if lines is None:
+                continue
+            offer(d.path, d.line, _signature_end(lines, d.line, d.end), 0.0, f"definition of {name} ({d.kind})")
+            if d.kind == "class":       # how it is constructed
+                for init in self.index.definitions("__init__"):
+                    if init.path == d.path and d.line < init.line <= d.end:
+                        offer(init.path, init.line, _signature_end(lines, init.line, init.end), 0.0,
+                              f"definition of {name} ({d.kind})")
+                        break
         # the signatures of the other workspace names the file imports (what the next line may call)
         n_sig = 0
         sig_kinds = frozenset({"function", "class", "definition"})
-        for name, d in self.follow_definitions([(n, sig_kinds) for n in imported if n not in followed]
+        # the names the file uses most first (a name used often is likely used again)
+        uses = Counter(_IDENT_RE.findall(rest)) if "signatures" in sources else Counter()
+        by_use = sorted((n for n in imported if n not in followed), key=lambda n: -uses[n])
+        for name, d in self.follow_definitions([(n, sig_kinds) for n in by_use]
                                                if "signatures" in sources else [], path, defined_here):
             if n_sig >= MAX_SIGNATURES or budget - used < MIN_ROOM:
                 break

@@ -51,7 +51,7 @@ from daemon.finish import loop_context, result_frame, text_cut
 from daemon.model_load import CachePool, drafter_note, load_llama, load_torch, memory, runner_choice, stop_token_ids
 from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
 from daemon.prompt_sizing import PromptSizer, pool_key, window_key
-from daemon.repo_context import prompt_repo, reported
+from daemon.repo_context import prompt_repo, reported, root_name
 from daemon.workspace import Workspace
 from registry.models import ModelError
 
@@ -509,9 +509,9 @@ class LocalWorker(threading.Thread):
             return self.builder.build_chat(msg.prefix, msg.suffix, budget, msg.language, msg.path)
         layout = self._layout(job)
         repo, repo_budget, snippets = prompt_repo(self.workspace, self.tok, cfg, msg, budget, extra,
-                                                  layout.get("layout", "contiguous"))
+                                                  layout.get("layout", "contiguous"), self.builder.fim_format)
         prompt = self.builder.build(msg.prefix, msg.suffix, budget, extra, repo=repo, repo_budget=repo_budget,
-                                    **layout)
+                                    repo_name=root_name(snippets), **layout)
         prompt.repo_context = reported(prompt, snippets)
         return prompt
 

@@ -184,6 +184,24 @@ def make_cases(roots: dict[str, Path], n: int, seed: int = 0, packages=PACKAGES)
     return out
 
 
+def half(cases: list[Case], which: str = "all") -> list[Case]:
+    """The tuning half (even places of the seeded list), the report half (odd places) or all."""
+    if which == "all":
+        return cases
+    return [c for i, c in enumerate(cases) if i % 2 == (0 if which == "tune" else 1)]
+
+
+def round_robin(cases: list[Case]) -> list[Case]:
+    """The cases interleaved by package (one of each in turn), so that a partial run covers all."""
+    by: dict[str, list[Case]] = {}
+    for c in cases:
+        by.setdefault(c.package, []).append(c)
+    out: list[Case] = []
+    for i in range(max((len(v) for v in by.values()), default=0)):
+        out += [v[i] for v in by.values() if i < len(v)]
+    return out
+
+
 def case_text(root: Path, case: Case) -> tuple[str, str, str]:
     """(prefix, suffix, the file as the editor holds it: the line removed, the cursor at its indent)."""
     lines = (root / case.path).read_text(encoding="utf-8").split("\n")
@@ -246,7 +264,7 @@ def head_of(text: str, tokens: int, count) -> str:
 
 
 def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=None, method: str = "bm25",
-             with_today: bool = True, held_tokens: int = HELD_TOKENS, sources=SOURCES) -> dict:
+             with_today: bool = True, held_tokens: int = HELD_TOKENS, sources=SOURCES, rows_out: str = "") -> dict:
     count = token_counter()
     indexes = {}
     rows = []
@@ -280,6 +298,9 @@ def evaluate(roots: dict[str, Path], cases: list[Case], budget: int, complete=No
                 row[f"edit_sim_{mode}"] = edit_similarity(got.strip(), case.target)
                 row[f"completion_{mode}"] = got
         rows.append(row)
+        if rows_out:            # partial results survive an interrupted run
+            with open(rows_out, "a") as f:
+                f.write(json.dumps(row) + "\n")
     n = len(rows)
     recall = [r["ident_recall"] for r in rows if r["ident_recall"] is not None]
     summary = {"cases": n, "context_tokens": budget, "method": method, "today_context": with_today,
@@ -309,6 +330,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/tmp/repo-eval", help="where the sdists are downloaded and unpacked")
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--half", choices=("all", "tune", "report"), default="all",
+                    help="the seeded cases at even (tune) or odd (report) places of the list: choose settings on "
+                         "one half, report the other")
     ap.add_argument("--context-tokens", type=int, default=384, help="the snippets' token budget")
     ap.add_argument("--completer", default="none")
     ap.add_argument("--method", default="bm25", choices=("bm25", "jaccard"), help="how chunks are ranked")
@@ -319,6 +343,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="", help="a scratch copy of the trees (default: DATA/work); the cases "
                                               "write into it")
     ap.add_argument("--json", default="")
+    ap.add_argument("--rows", default="", help="append each case's row to this JSON-lines file as it completes")
     ap.add_argument("--list", action="store_true", help="print the cases and stop")
     a = ap.parse_args(argv)
     data = Path(a.data)
@@ -330,13 +355,15 @@ def main(argv=None) -> int:
     for name, root in roots.items():
         work_roots[name] = work / root.name
         shutil.copytree(root, work_roots[name])
-    cases = make_cases(roots, a.cases, a.seed)
+    cases = half(make_cases(roots, a.cases, a.seed), a.half)
+    if a.half != "all":
+        cases = round_robin(cases)
     if a.list:
         for c in cases:
             print(json.dumps(asdict(c)))
         return 0
     res = evaluate(work_roots, cases, a.context_tokens, load_completer(a.completer), a.method, not a.no_today,
-                   a.held_tokens, tuple(a.sources.split(",")))
+                   a.held_tokens, tuple(a.sources.split(",")), a.rows)
     print(json.dumps(res["summary"], indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")

@@ -165,3 +165,52 @@ def test_a_cold_place_gets_the_window_then_the_full_prompt_then_typing_reuses_it
     assert typed["type"] == "result" and typed["prompt_form"] == "full", typed
     assert typed["prefill_tokens"] <= 8 and typed["reused_tokens"] >= typed["prompt_tokens"] - 8, typed
     assert after["prompt_sizing"]["forms"]["window"] >= 1
+
+
+def test_repo_context_with_the_real_model(real):
+    """Repository context on (the default) with the real model's pretrained inline format: a helper
+    defined two files away goes into the prompt as its definition's header (the policy of
+    daemon/prompt/fim.py: definitions and signatures only), and `tricode complete --json` lists it
+    (path and line range)."""
+    import time
+    root = real.base / "repo"
+    (root / ".git").mkdir(parents=True)
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "geometry.py").write_text(
+        '"""Vectors."""\n\n\ndef scale_vector(vec, factor):\n    return [v * factor for v in vec]\n')
+    (root / "pkg" / "shapes.py").write_text("from pkg.geometry import scale_vector\n\nUNIT = scale_vector([1], 1)\n")
+    (root / "app").mkdir()
+    main = root / "app" / "main.py"
+    main.write_text("from pkg import shapes\n\n\ndef grow(points, k):\n    out = []\n    for p in points:\n"
+                    "        out.append(scale_vector(p, k))\n    \n    return out\n")
+    base_config = real.config.read_text()
+    real.config.write_text(base_config + "repo_context_pretrained = true\n")   # whatever the default is
+    end = time.monotonic() + 30
+    while not real.status()["config"]["values"].get("repo_context_pretrained"):
+        assert time.monotonic() < end, real.status()["config"]
+        time.sleep(0.1)
+    end = time.monotonic() + 120
+    while True:
+        out = real.cli("complete", "--file", str(main), "--line", "7", "--character", "4", "--json",
+                       "--max-tokens", "8", timeout=300)
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        assert r["type"] == "result", r
+        if r["repo_context"] or time.monotonic() > end:
+            break
+        time.sleep(0.5)          # the index is built in the background after the first request
+    got = [{k: s[k] for k in ("path", "start", "end")} for s in r["repo_context"]]
+    assert {"path": "pkg/geometry.py", "start": 4, "end": 4} in got, r["repo_context"]
+    assert all(s["why"].startswith(("definition of", "signature of")) for s in r["repo_context"]), r["repo_context"]
+    # switched off: the same request's prompt has no snippets
+    real.config.write_text(base_config + "repo_context_pretrained = false\n")
+    end = time.monotonic() + 30
+    while real.status()["config"]["values"].get("repo_context_pretrained"):
+        assert time.monotonic() < end, real.status()["config"]
+        time.sleep(0.1)
+    out = real.cli("complete", "--file", str(main), "--line", "7", "--character", "4", "--json", "--max-tokens", "8",
+                   timeout=300)
+    r = json.loads(out.stdout)
+    assert r["type"] == "result" and r["repo_context"] == [], r
+    real.config.write_text(base_config)

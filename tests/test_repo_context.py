@@ -272,3 +272,60 @@ def test_repo_context_off_and_config_keys(tmp_path, observer, tok):
     finally:
         ws.close()
     assert os.path.exists(main)
+
+
+def test_pretrained_format_takes_definitions_in_the_repository_format(tmp_path, observer, real_gguf):
+    """The real model's inline format (prefix-only FIM, fim.BEST_FORMAT) with the real Qwen2.5-Coder
+    vocabulary: the snippets are the definitions/signatures only, within fim.REPO_SNIPPET_TOKENS, laid
+    out as <|repo_name|> + <|file_sep|> blocks before the current file's <|file_sep|>path and its FIM
+    part; a keystroke within the line keeps every token before <|fim_prefix|>; the FIM part is the
+    one the prompt has without snippets at the budget less their share; a format that was not
+    measured with snippets (fim-short) gets none."""
+    from daemon.prompt import fim
+    gtok = Tokenizer(real_gguf)
+    assert layouts.pretrained_format(gtok) == "fim-prefix"
+    main = make_project(tmp_path / "proj")
+    ws = Workspace(observer=observer, repo_context=True)
+    b = PromptBuilder(gtok, "fim-prefix")
+    cfg, problems = parse({"repo_context_pretrained": True})
+    assert not problems
+    fim_prefix = gtok.special_tokens["<|fim_prefix|>"]
+    try:
+        ws.set_document(main.as_uri(), str(main), "python", main.read_text())
+        wait_built(ws, 4)
+        body = "".join(f"    value_{i} = compute_{i}(points)\n" for i in range(20))
+        body += "    moved = scale_vector(points, 2)\n"
+        prompts = []
+        for typed in ("    total = dot", "    total = dot_pr"):
+            msg = Complete(doc=main.as_uri(), prefix=MAIN_HEAD + body + typed, suffix="\n    return total\n",
+                           path=str(main))
+            repo, repo_budget, snippets = prompt_repo(ws, gtok, cfg, msg, 1024, [], "contiguous", "fim-prefix")
+            assert repo_budget == fim.REPO_SNIPPET_TOKENS
+            assert snippets and all(s.why.startswith(("definition of", "signature of")) for s in snippets)
+            p = b.build(msg.prefix, msg.suffix, 1024, [], repo=repo, repo_budget=repo_budget,
+                        label="app/main.py", repo_name="proj")
+            p.repo_context = reported(p, snippets)
+            prompts.append(p)
+        p1, p2 = prompts
+        text = gtok._tok.decode(p1.ids, skip_special_tokens=False)
+        assert text.startswith("<|repo_name|>proj\n<|file_sep|>pkg/geometry.py\n"), text[:200]
+        assert "def scale_vector(vec, factor):" in text
+        assert text.index("def scale_vector") < text.index("<|file_sep|>app/main.py\n<|fim_prefix|>")
+        assert text.endswith("    total = dot<|fim_suffix|><|fim_middle|>")      # prefix-only, indentation kept
+        assert 0 < p1.repo_tokens <= fim.REPO_SNIPPET_TOKENS + 16 and p1.repo_files == ["pkg/geometry.py"]
+        assert [r["path"] for r in p1.repo_context] == ["pkg/geometry.py"]
+        i1, i2 = p1.ids.index(fim_prefix), p2.ids.index(fim_prefix)
+        assert i1 == i2 and p1.ids[:i1] == p2.ids[:i2]
+        p0 = b.build(MAIN_HEAD + body + "    total = dot", "\n", 1024 - fim.REPO_SNIPPET_TOKENS, [])
+        assert p0.ids == p1.ids[i1:] and p0.repo_tokens == 0
+        # a format measured without snippets, and repository context off: nothing
+        assert prompt_repo(ws, gtok, cfg, msg, 1024, [], "contiguous", "fim-short") == ([], 0, [])
+        off, _ = parse({"repo_context": False})
+        assert prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
+        assert Config().repo_context_pretrained is False      # the default: measured no gain (docs)
+        assert prompt_repo(ws, gtok, Config(), msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
+        off, problems = parse({"repo_context_pretrained": False})
+        assert not problems and prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous", "fim-prefix") == ([], 0, [])
+        assert prompt_repo(ws, gtok, off, msg, 1024, [], "contiguous")[2]    # the tricode layouts keep theirs
+    finally:
+        ws.close()

@@ -416,6 +416,58 @@ def test_line_scan_agrees_with_ast_on_real_modules():
     assert all(c.end - c.start < rc.MAX_CHUNK_LINES for c in chunks)
 
 
+SCAN_CASES = '''import functools
+
+A = B = C_2 = make(1)
+x: int = 3
+
+
+@functools.lru_cache(
+    maxsize=None
+)
+@staticmethod
+def cached(n):
+    return n
+
+
+@decorate("a",
+          "b")
+class Thing:
+    first = second = 0
+
+    def method(self):
+        return cached(1) == 2
+'''
+
+
+def test_line_scan_matches_the_parse_on_decorators_and_chained_assignments(tmp_path):
+    """What the bulk build relies on (it scans every Python file): stacked and multi-line decorators
+    belong to the definition below them (one statement, starting at the first decorator), every
+    target of a chained assignment is a definition; the same as `ast` gives. The build scans, a
+    single update() parses, and both index the same definitions here."""
+    import daemon.repo_chunks as rc
+    units, defs = rc.python_units(SCAN_CASES)
+    s_units, s_defs = rc.python_units_scan(SCAN_CASES.split("\n")[:-1])
+    key = lambda d: (d.name, d.line, d.kind)       # noqa: E731
+    assert {key(d) for d in s_defs} == {key(d) for d in defs}
+    assert {"A", "B", "C_2", "x", "cached", "Thing", "method"} <= {d.name for d in s_defs}
+    assert [u.start for u in s_units] == [u.start for u in units]
+    (tmp_path / ".git").mkdir()
+    f = tmp_path / "m.py"
+    f.write_text(SCAN_CASES)
+    idx = RepoIndex(tmp_path)
+    idx.build()
+    built_defs = {(d.name, d.line, d.kind) for n in ("A", "B", "C_2", "cached", "Thing", "method")
+                  for d in idx.definitions(n)}
+    chunks = [(c.start, c.end) for c in idx.chunks_of(str(f))]
+    f.write_text(SCAN_CASES + "\n")        # a save: update() parses
+    assert idx.update(f)
+    assert {(d.name, d.line, d.kind) for n in ("A", "B", "C_2", "cached", "Thing", "method")
+            for d in idx.definitions(n)} == built_defs
+    assert [(c.start, c.end) for c in idx.chunks_of(str(f))][:-1] == chunks[:-1]
+    assert idx.definitions("cached")[0].line == 7          # at its first decorator
+
+
 def test_signatures_of_imported_names_and_sources(tree):
     idx = built(tree)
     r = Retriever(idx)
@@ -430,6 +482,36 @@ def test_signatures_of_imported_names_and_sources(tree):
     assert all(s.why.startswith("shares ") for s in only_chunks)
     with pytest.raises(ValueError, match="bm25"):
         Retriever(idx, method="tfidf")
+
+
+def test_definition_headers_show_the_api_and_signatures_follow_use(tmp_path):
+    """The "definition-headers" source (the pretrained format's): a function used near the cursor by
+    its def line only, a class by its header and its __init__'s; imported names' signatures in the
+    order of their use in the file (the most used first)."""
+    root = tmp_path / "p"
+    (root / ".git").mkdir(parents=True)
+    write(root, "lib/shapes.py", "class Box:\n    \"\"\"A box.\"\"\"\n\n    kind = 'box'\n\n"
+                                 "    def __init__(self, width,\n                 height):\n        self.w = width\n\n"
+                                 "    def area(self):\n        return self.w\n\n\n"
+                                 "def scale(box, k):\n    \"\"\"Scaled.\"\"\"\n    return Box(box.w * k, 1)\n\n\n"
+                                 "def rare(x):\n    return x\n\n\ndef often(x):\n    return x\n")
+    idx = built(root.resolve())
+    r = Retriever(idx)
+    cur = str(root.resolve() / "app.py")
+    # `often` is used far above the cursor's window (so not followed as a definition there)
+    text = ("from lib.shapes import rare, often\n\n\ndef early():\n    often(1)\n    often(2)\n\n\n"
+            + "".join(f"V{i} = {i}\n" for i in range(40)) + "\n\ndef go(b):\n    s = scale(b, 2)\n"
+            "    c = Box(1, 2)\n    \n")
+    line = text.count("\n") - 1
+    got = r.retrieve(cur, text, line, budget=2000, sources=("definition-headers", "signatures"))
+    shown = [(s.start, s.end, s.why) for s in got]
+    assert (14, 14, "definition of scale (function)") in shown, shown
+    assert (1, 1, "definition of Box (class)") in shown and (6, 7, "definition of Box (class)") in shown, shown
+    assert all("return" not in s.text for s in got), [s.text for s in got]
+    sigs = [s.why for s in got if s.why.startswith("signature")]
+    assert sigs == ["signature of often (function)", "signature of rare (function)"], sigs
+    full = r.retrieve(cur, text, line, budget=2000, sources=("definitions",))
+    assert any("return Box(box.w * k, 1)" in s.text for s in full)
 
 
 def test_as_entries_one_per_file():

@@ -269,7 +269,7 @@ class PromptBuilder:
 
     def build(self, prefix: str, suffix: str, budget: int, extra: list[tuple[str, str]] = (),
               fim: bool | None = None, layout: str = "contiguous", label: str = "",
-              repo: list[tuple[str, str]] = (), repo_budget: int = 0) -> Prompt:
+              repo: list[tuple[str, str]] = (), repo_budget: int = 0, repo_name: str = "") -> Prompt:
         """The prompt within `budget` tokens. `fim` (default: the tokenizer has FIM tokens) chooses the
         budgeting with suffix and extra context; `ids` holds this tokenizer's layout of the pieces
         (prefix only when it has no FIM tokens), the pieces themselves are kept for other layouts
@@ -278,7 +278,7 @@ class PromptBuilder:
         docstring; FIM layouts with a file separator only)."""
         tok = self.tok
         if self.fim_format is not None:
-            return self.build_pretrained(prefix, suffix, budget, extra, label)
+            return self.build_pretrained(prefix, suffix, budget, extra, label, repo, repo_budget, repo_name)
         use_fim = tok.has_fim if fim is None else fim
         if layout == "window" and use_fim and tok.has_fim and tok.fim.get("file_sep") is not None:
             return self.build_window(prefix, suffix, budget, extra, label, repo, repo_budget)
@@ -309,12 +309,16 @@ class PromptBuilder:
                       prefix_ids=prefix_ids, suffix_ids=suffix_ids, entry_ids=entries + rentries,
                       stable_tokens=1 + len(ctx), repo_tokens=len(rctx), repo_files=rfiles)
 
-    def build_pretrained(self, prefix: str, suffix: str, budget: int, extra=(), label: str = "") -> Prompt:
+    def build_pretrained(self, prefix: str, suffix: str, budget: int, extra=(), label: str = "",
+                         repo: list[tuple[str, str]] = (), repo_budget: int = 0, repo_name: str = "") -> Prompt:
         """An inline prompt in the pretrained model's format (self.fim_format, fim.build_prompt): the
         prefix gets what the suffix (a quarter of the budget, for the formats that use one) and the
         other files (`repo`: up to a quarter, whole files clipped from the end) leave; text pieces are
         encoded as plain text, control tokens by id. The cursor line's trailing whitespace is left out
-        (Prompt.heal)."""
+        (Prompt.heal). Repository snippets (`repo`, within `repo_budget`; formats of
+        fim.REPO_SNIPPET_FORMATS only) put the prompt in the repository format behind them
+        (fim.in_repository, `repo_name` the workspace root's name); their budget comes out of the
+        prefix's whenever there are any, so the prefix does not move with their size."""
         tok, fmt = self.tok, self.fim_format
         count = lambda text: len(tok.encode(text))  # noqa: E731
         suffix_budget = budget // 4 if fmt in ("fim-short", "fim-full", "fim-spm", "chat") else 0
@@ -329,7 +333,8 @@ class PromptBuilder:
                 if left < MIN_ENTRY_TOKENS:
                     break
         used = sum(count(f"{n}\n{c}") + 2 for n, c in files)
-        prefix_budget = max(budget - suffix_budget - used - 64, 16)
+        snippets = self._pretrained_snippets(repo, repo_budget) if fmt in fim.REPO_SNIPPET_FORMATS else []
+        prefix_budget = max(budget - suffix_budget - used - 64 - (repo_budget if snippets else 0), 16)
         # the prefix's first line moves in CLIP_STEP-line steps (clip_prefix), not at every keystroke
         # that adds a token, so that typing in a long file keeps the prompt's start and its KV cache
         clipped = self.clip_prefix(prefix, prefix_budget)[1]
@@ -338,11 +343,34 @@ class PromptBuilder:
         pieces = fim.build_prompt(fmt, prefix, suffix, count=count, prefix_tokens=prefix_budget,
                                   suffix_tokens=suffix_budget, path=label or "file", repo_name=_repo_name(""),
                                   repo_files=files)
+        repo_tokens = 0
+        if snippets:
+            head = fim.in_repository((), label or "file", repo_name or "workspace", snippets)
+            repo_tokens = len(fim.prompt_ids(head, tok.encode, lambda s: tok.special_tokens[s]))
+            pieces = head + pieces
         ids = fim.prompt_ids(pieces, tok.encode, lambda s: tok.special_tokens[s])
         heal = fim.trailing_whitespace(prefix) if fmt != "chat" else ""
-        return Prompt(ids, prefix_tokens=len(ids) - used, context_tokens=used, prefix_clipped_lines=clipped,
+        return Prompt(ids, prefix_tokens=len(ids) - used - repo_tokens, context_tokens=used + repo_tokens,
+                      prefix_clipped_lines=clipped,
                       context_files=[n for n, _ in files], fim=fmt != "plain", stable_tokens=1,
-                      stops=("```",) if fmt == "chat" else (), format=fmt, heal=heal)
+                      stops=("```",) if fmt == "chat" else (), format=fmt, heal=heal, repo_tokens=repo_tokens,
+                      repo_files=[n for n, _ in snippets])
+
+    def _pretrained_snippets(self, repo, budget: int) -> list[tuple[str, str]]:
+        """The repository entries that fit `budget` tokens whole or cut at a line boundary (retrieval
+        sized them with this tokenizer already), each counted with its label and separator."""
+        out: list[tuple[str, str]] = []
+        left = budget
+        for label, content in repo or ():
+            room = left - len(self.tok.encode(f"{label}\n")) - 1
+            if room <= 0:
+                break
+            ids = self.clip_head(content, room)     # a header line is a few tokens: any whole line counts
+            if ids:
+                text = self.tok.decode(ids)
+                out.append((label, text))
+                left = room - len(ids)
+        return out
 
     def build_chat(self, prefix: str, suffix: str, budget: int, language: str = "", path: str = "") -> Prompt:
         """A refactor's prompt for an instruct model: prefix and suffix clipped by tokens (the suffix
