@@ -278,3 +278,12 @@ def test_real_gguf_greedy_agrees_with_llama_cpp(real):
                 break
             theirs.append(tok)
         assert ours == theirs
+
+
+def test_an_hf_ar_directory_has_no_mask_token(tmp_path):
+    """The tokenizer of an HF Qwen2/Llama directory reports no mask id (an AR checkpoint has none; the
+    NLD default 100 is a real token of such a vocabulary, which the remote backend would bias away)."""
+    from tests.tiny_pretrained import write_tiny_ar_with_tokenizer
+    from textkit.tokenizer import Tokenizer
+    assert Tokenizer(write_tiny_ar_with_tokenizer(tmp_path / "ar")).mask_id is None
+    assert Tokenizer(Path(__file__).resolve().parent.parent / "engine" / "embedded").mask_id == 1

@@ -47,7 +47,10 @@ class Tokenizer:
         eos = cfg.get("eos_token_id", 0)
         self.eos_id: int = eos[0] if isinstance(eos, list) else eos
         self.bos_id: int = cfg.get("bos_token_id", self.eos_id)
-        self.mask_id: int = cfg.get("mask_token_id", 100)
+        # an AR checkpoint (engine/config.py AR_MODEL_TYPES) has no mask token, whatever its dict says;
+        # 100 is the NLD layout's default
+        ar = cfg.get("model_type") in ("qwen2", "llama", "mistral")
+        self.mask_id: int | None = None if ar else cfg.get("mask_token_id", 100)
         self.fim = {role: self._find(names) for role, names in _FIM_NAMES.items()}
 
     def _find(self, names) -> int | None:
