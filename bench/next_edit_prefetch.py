@@ -44,11 +44,11 @@ async def one_round(c, uri: str, think_s: float) -> dict:
     lines = SRC.splitlines()
     col = lines[2].index("A, self")
     edit(c, uri, 2, 2, col, 2, col + 7, "")
-    first, first_ms = await _ask(c, uri, 2, 4, 8)
-    a = lines[4].index("A, self")
+    first, first_ms = await _ask(c, uri, 2, 5, 8)
+    a = lines[5].index("A, self")
     await asyncio.sleep(think_s)
-    edit(c, uri, 3, 4, a, 4, a + 7, "")                       # the accept
-    second, ms = await _ask(c, uri, 3, 4, a)                  # the editor asks again at once
+    edit(c, uri, 3, 5, a, 5, a + 7, "")                       # the accept
+    second, ms = await _ask(c, uri, 3, 5, a)                  # the editor asks again at once
     last = (await status(c))["lsp"]["next_edit"]["last"]
     return {"first_ms": first_ms, "follow_ms": ms, "first_edits": len(first), "follow_edits": len(second),
             "prefetched": last.get("prefetched"), "daemon_ms": last.get("total_ms")}

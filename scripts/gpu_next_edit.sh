@@ -9,9 +9,11 @@
 #      the init's tokenizer), on the CPU
 #   2. the fine-tune: `tricode train --init INIT` (all weights trainable, the drafter LoRA left out),
 #      its schedule fitted to the time left (--steps 0); the resume state is saved as it goes (--work)
-#   3. the checkpoint: $OUT/next_edit_model (fp16, in shards that come back), its held-out loss in
-#      training.json (the held-out split holds next-edit samples at the same share); a stage cut by
-#      its timeout still exports the last saved state
+#   3. the checkpoint, in files that come back (8 files of <= 16 MiB a lease): $OUT/next_edit/
+#      model-0000N-of-00003.safetensors (fp16) and meta.tar.gz (config, index, tokenizer, training.json
+#      with the held-out loss: the held-out split holds next-edit samples at the same share, the data
+#      report); a stage cut by its timeout still exports the last saved state. Put it together with
+#        mkdir m && tar xzf OUT/next_edit/meta.tar.gz -C m && cp OUT/next_edit/model-*.safetensors m/
 # Usage: scripts/gpu_next_edit.sh [--out DIR] [--init engine/embedded] [--data DIR] [--share 0.3]
 #            [--max-files 3000] [--roots DIR] [--total-s 300] [--cpu-smoke] [-- extra `tricode train` flags]
 # --roots: the corpus is the .py files under DIR (default: this python's stdlib and site-packages).
@@ -74,30 +76,37 @@ print('next-edit samples: train', rep['train']['next_edit'], 'of', rep['train'][
       'kinds', rep['train']['next_edit_kinds'])
 " "$DATA" "$INIT" "$MAX_FILES" "$SHARE" "$ROOTS" > "$LOGS/next_edit_data.log" 2>&1
     note "data: rc=$? $(tail -1 "$LOGS/next_edit_data.log")"
-    cp "$DATA/data_report.json" "$OUT_DIR/next_edit_data_report.json" 2>/dev/null
+    cp "$DATA/data_report.json" "$LOGS/next_edit_data_report.json" 2>/dev/null
 fi
 if [[ ! -f $DATA/train_1024.npy ]]; then
     note "next-edit stage: no data, nothing trained (see next_edit_data.log)"; pack_logs; exit 1
 fi
 
+MODEL=$WORK/next_edit_model
 TRAIN_S=$(( $(left) - 30 ))
 MINUTES=$(awk "BEGIN { printf \"%.2f\", ($TRAIN_S - 25) / 60 }")
 note "fine-tune: ${TRAIN_S}s (schedule fitted to $MINUTES min)"
 timeout --signal=TERM "$TRAIN_S" "$PYTHON" -m training.commands train --device "$DEVICE" --preset "$PRESET" \
-    --init "$INIT" --data-dir "$DATA" --work "$WORK/next_edit_train" --out "$OUT_DIR/next_edit_model" \
+    --init "$INIT" --data-dir "$DATA" --work "$WORK/next_edit_train" --out "$MODEL" \
     --shards 3 --minutes "$MINUTES" --fresh "${SIZE[@]}" "${EXTRA[@]}" > "$LOGS/next_edit_train.log" 2>&1
 RC=$?
 note "fine-tune: rc=$RC $(grep -E 'held-out|written|Error|error' "$LOGS/next_edit_train.log" | tail -2 | tr '\n' ' ')"
-if [[ ! -f $OUT_DIR/next_edit_model/config.json && -f $WORK/next_edit_train/train_state.pt ]]; then
+if [[ ! -f $MODEL/config.json && -f $WORK/next_edit_train/train_state.pt ]]; then
     note "export of the last saved state (the run was cut at rc=$RC)"
     "$PYTHON" -c "
 import sys; from pathlib import Path
 from training.train import export
 export(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), shards=3)" \
-        "$WORK/next_edit_train/train_state.pt" "$DATA" "$OUT_DIR/next_edit_model" >> "$LOGS/next_edit_train.log" 2>&1
+        "$WORK/next_edit_train/train_state.pt" "$DATA" "$MODEL" >> "$LOGS/next_edit_train.log" 2>&1
     note "export rc=$?"
 fi
+if [[ -f $MODEL/config.json ]]; then
+    mkdir -p "$OUT_DIR/next_edit"
+    cp "$MODEL"/model-*.safetensors "$OUT_DIR/next_edit/"
+    cp "$DATA/data_report.json" "$MODEL/next_edit_data_report.json" 2>/dev/null
+    tar -czf "$OUT_DIR/next_edit/meta.tar.gz" -C "$MODEL" --exclude 'model-*.safetensors' .
+    note "checkpoint: $(ls "$OUT_DIR/next_edit" | tr '\n' ' ')"
+fi
 pack_logs
-ls -la "$OUT_DIR/next_edit_model" 2>/dev/null
-[[ -f $OUT_DIR/next_edit_model/config.json ]] || exit 1
+[[ -f $MODEL/config.json ]] || exit 1
 exit 0

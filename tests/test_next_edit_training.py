@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -227,10 +228,18 @@ def test_the_gpu_stage_fine_tunes_on_the_cpu(tmp_path):
                        text=True, timeout=600)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
-    model = out / "next_edit_model"
+    back = sorted(p.name for p in (out / "next_edit").iterdir())   # what comes back: shards + meta
+    assert back == ["meta.tar.gz"] + [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)], back
+    assert all(p.stat().st_size <= 16 * 2**20 for p in (out / "next_edit").iterdir())
+    model = tmp_path / "model"
+    model.mkdir()
+    with tarfile.open(out / "next_edit" / "meta.tar.gz") as tar:
+        tar.extractall(model)
+    for p in (out / "next_edit").glob("model-*.safetensors"):
+        shutil.copy(p, model / p.name)
     info = json.loads((model / "training.json").read_text())
     assert info["steps"] == 2 and info["train_config"]["init"].endswith("engine/embedded"), info
-    rep = json.loads((out / "next_edit_data_report.json").read_text())
+    rep = json.loads((model / "next_edit_data_report.json").read_text())
     assert rep["next_edit_share"] == 0.3 and rep["train"]["next_edit"] > 0, rep
     from engine.checkpoint import load_checkpoint
     ck = load_checkpoint(model, device="cpu", dtype="float32")
