@@ -245,3 +245,24 @@ def test_the_gpu_stage_fine_tunes_on_the_cpu(tmp_path):
     ck = load_checkpoint(model, device="cpu", dtype="float32")
     assert ck.model.cfg.hidden_size == 384 and not ck.model.has_lora
     assert (out / "session.tar.gz").is_file()
+
+
+@pytest.mark.slow
+def test_the_second_gpu_script_runs_the_stage_instead_of_training(tmp_path):
+    """scripts/gpu_session2.sh --next-edit-s: the stage runs (CPU smoke, the whole corpus's 40 files),
+    cumulative training does not, and what comes back fits the lease's 8 files of <= 16 MiB."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    env.pop("GPU_CHECK_FAIL", None)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session2.sh"), "--cpu-smoke", "--out", str(out),
+                        "--check-s", "0", "--next-edit-s", "380", "--data", str(tmp_path / "no_pack"),
+                        "--carry-in", str(tmp_path / "none")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    assert "(e) next-edit fine-tune" in log and "(c) training until" not in log, log[-3000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in (out / "ne" / "next_edit").iterdir()) == \
+        ["meta.tar.gz"] + [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files), files
+    assert not (out / "carry").exists()
