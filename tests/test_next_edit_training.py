@@ -266,3 +266,12 @@ def test_the_second_gpu_script_runs_the_stage_instead_of_training(tmp_path):
         ["meta.tar.gz"] + [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files), files
     assert not (out / "carry").exists()
+
+
+def test_an_argument_is_added_to_the_files_own_function_not_a_builtin():
+    text = "".join(f"a{i} = len(f(x{i}))\nb{i} = len(y{i})\n" for i in range(3))
+    for seed in range(5):
+        (pair,) = [p for p in ne.edit_pairs(text, random.Random(seed)) if p.kind == "add_arg"]
+        for i in pair.sites:
+            kw = re.search(r"(\w+)=\1", pair.after[i]).group(1)
+            assert pair.after[i] == pair.before[i].replace(")", f", {kw}={kw})", 1), pair.after[i]

@@ -32,6 +32,7 @@ What this module does not know: models, the training loop. Torch-free.
 from __future__ import annotations
 
 import ast
+import builtins
 import io
 import keyword
 import random
@@ -50,6 +51,7 @@ NO_EDIT_GAP = 8               # a no-edit place is this many lines away from eve
 MAX_LINE = 200                # sites on longer lines are skipped
 HISTORY_MAX = 2               # history edits before the next place: 1 or 2
 _NAME_SUFFIXES = ("_value", "_name", "_list", "_id", "_obj", "s", "_")
+_BUILTINS = frozenset(dir(builtins))
 _NEW_KWARGS = ("timeout", "encoding", "strict", "verbose", "context", "default", "flags", "name")
 
 
@@ -152,7 +154,7 @@ def _add_arg(lines: list[str], text: str, tree, rng: random.Random) -> EditPair 
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.lineno == node.end_lineno:
             counts[node.func.id] = counts.get(node.func.id, 0) + 1
-    names = sorted(n for n, c in counts.items() if c >= 3 and n not in dir(__builtins__))
+    names = sorted(n for n, c in counts.items() if c >= 3 and n not in _BUILTINS)
     if not names:
         return None
     name = rng.choice(names)
