@@ -15,7 +15,7 @@
 #      report); a stage cut by its timeout still exports the last saved state. Put it together with
 #        mkdir m && tar xzf OUT/next_edit/meta.tar.gz -C m && cp OUT/next_edit/model-*.safetensors m/
 # Usage: scripts/gpu_next_edit.sh [--out DIR] [--init engine/embedded] [--data DIR] [--share 0.3]
-#            [--max-files 3000] [--roots DIR] [--total-s 300] [--cpu-smoke] [-- extra `tricode train` flags]
+#            [--max-files 1500] [--roots DIR] [--total-s 300] [--cpu-smoke] [-- extra `tricode train` flags]
 # --roots: the corpus is the .py files under DIR (default: this python's stdlib and site-packages).
 # --cpu-smoke: the same plumbing on the CPU at toy sizes (40 files, 2 steps of batch 1).
 set -uo pipefail
@@ -27,7 +27,7 @@ OUT_DIR=${OUT:-runs/gpu_next_edit}
 INIT=engine/embedded
 DATA=
 SHARE=0.3
-MAX_FILES=3000
+MAX_FILES=1500
 ROOTS=
 TOTAL_S=300
 SMOKE=0
