@@ -27,6 +27,7 @@ from textkit.edits import (ABOVE, BELOW, CHARS_PER_TOKEN, REGION_TOKENS, changed
 CURSOR = "<|user_cursor_is_here|>"
 START, END = "<|editable_region_start|>", "<|editable_region_end|>"
 FORMATS = ("zeta", "sweep", "chat", "sweep_draft")
+MODEL_FORMAT = "sweep_draft"   # the format the daemon's next_edit asks its model in (and training renders)
 MAX_HISTORY = 6                # edits shown in a prompt (the newest) ...
 HISTORY_CHARS = 2400           # ... as many of them as fit this many characters (~700 tokens)
 CONTEXT_LINES = 12             # lines of the file shown above and below the region (zeta, sweep)
@@ -94,6 +95,14 @@ def build(fmt: str, *, path: str, text: str, cursor: int, region_start: int, reg
         p += f"suggested:\n{draft(region, hist)}"
     p += "updated:\n"
     return Prompt(p, ("<|file_sep|>", "original:", "updated:", "suggested:", "<|endoftext|>"))
+
+
+def model_prompt(*, path: str, text: str, cursor: int, region_start: int, region_end: int,
+                 history: list[str]) -> Prompt:
+    """The prompt the daemon's `next_edit` gives its model (daemon/next_edit_run.py), in MODEL_FORMAT; the
+    next-edit training samples (training/next_edit.py) are this prompt followed by the region's rewrite."""
+    return build(MODEL_FORMAT, path=path, text=text, cursor=cursor, region_start=region_start,
+                 region_end=region_end, history=history)
 
 
 def rewrite_cut(text: str, stops: tuple[str, ...], lines: int) -> int | None:

@@ -33,7 +33,7 @@ from daemon.admission import PRIO_INLINE, Job
 from textkit.edits import draft, smallest_edit, undoes_last
 from textkit.loops import loop_cut
 
-FORMAT = "sweep_draft"
+FORMAT = nep.MODEL_FORMAT
 # a candidate is answered when its region log-probability is above the copy's + MARGIN nats. Measured
 # (docs/next_edit.md): with the embedded model on 58 cases margin 0 drops right pattern edits (exact_first
 # 22% -> 16%), -2 and -4 tie with the best gain (+0.0074; ungated +0.0070); on the 0.5B's sample -2 and -4
@@ -105,8 +105,8 @@ def _why_not(region: str, rewrite: str, msg: protocol.NextEdit) -> str | None:
 def _prompt_ids(tok, msg: protocol.NextEdit, pattern: str) -> tuple[nep.Prompt, list[int]]:
     # the pattern candidate is the prompt's `suggested:` block (sweep_draft computes it the same way,
     # over the whole region): the model reads the draft it may copy
-    p = nep.build(FORMAT, path=msg.path or msg.doc, text=msg.text, cursor=msg.cursor,
-                  region_start=msg.region_start, region_end=msg.region_end, history=list(msg.history))
+    p = nep.model_prompt(path=msg.path or msg.doc, text=msg.text, cursor=msg.cursor,
+                         region_start=msg.region_start, region_end=msg.region_end, history=list(msg.history))
     ids = tok.encode(p.text)
     if len(ids) > PROMPT_TOKENS:        # keep the end: the region, the suggestion, the newest edits
         ids = ids[-PROMPT_TOKENS:]

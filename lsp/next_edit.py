@@ -13,6 +13,16 @@ text go to a NextEditSource as a `NextEdit` message (protocol/messages.py), and 
 `NextEditResult` becomes at most one edit: inside the region, not a no-op, not a take-back of the
 user's newest edit (checked here too, whatever the source says).
 
+Prefetch of the next place: the editors apply an accepted edit (one didChange) and ask again at once,
+the cursor at the end of the applied text. So when a request is answered with an edit, the request the
+editor will make if the user accepts it is made at once, in the background, while the user looks at the
+suggestion: the document with the edit applied, the history as lsp/edit_history.py will hold it after
+that didChange (a copy of the history is given the change), the cursor at the end of the new text. The
+editor's follow-up request, when it is that request (same text, cursor, history, region; the version
+may differ), is answered by it: the daemon has usually finished. Any other change of the document cancels
+it (its daemon request is aborted: the model's time goes to what the user does instead), and a request
+it does not answer supersedes it through the scheduler.
+
 Sources: `daemon_source(backend, scheduler)` (the daemon's `next_edit`: the pattern and the model's
 rewrite, gated by the model's confidence; what the server uses) and `pattern_source` (torch-free: the
 history's generalised pattern applied to the region, textkit/edit_pattern.py), which answers only as the
@@ -20,6 +30,8 @@ fallback while the daemon is starting or unavailable. What this module does not 
 """
 from __future__ import annotations
 
+import asyncio
+import copy
 import dataclasses
 import logging
 import time
@@ -110,14 +122,46 @@ def _int(v) -> bool:
 
 
 class NextEditor:
-    def __init__(self, documents, history: EditHistory, source: NextEditSource | None = None):
+    def __init__(self, documents, history: EditHistory, source: NextEditSource | None = None,
+                 spawn: Callable | None = None):
         self.documents = documents
         self.history = history
         self.source: NextEditSource = source or pattern_source
+        self.spawn = spawn or asyncio.ensure_future     # runs a prefetch in the background (a Task)
+        self.prefetch = True
         self.counts = {"requests": 0, "edits": 0, "empty": 0, "undo_refused": 0, "shown": 0, "fallback": 0,
-                       "superseded": 0}
+                       "superseded": 0, "prefetched": 0, "prefetch_used": 0}
         self.last: dict = {}
         self._ids = 0
+        self._answered: dict[str, tuple[str, int, int, str]] = {}   # uri -> (text, start, end, new) answered
+        self._prefetched: dict[str, tuple[NextEdit, asyncio.Future]] = {}   # uri -> the follow-up, running
+
+    def changed(self, uri: str, before: str, after: str) -> None:
+        """A didChange took `uri` from `before` to `after`: unless it applies the edit last answered (the
+        user accepted it), the follow-up made for that accept is of no use: cancelled."""
+        answered = self._answered.pop(uri, None)
+        if answered is not None:
+            text, start, end, new = answered
+            if before == text and after == text[:start] + new + text[end:]:
+                return
+        pre = self._prefetched.pop(uri, None)
+        if pre is not None:
+            pre[1].cancel()
+
+    def _prefetch(self, snap: Document, start: int, end: int, new: str) -> None:
+        """Start the request the editor makes after accepting `new` over snap.text[start:end]."""
+        after = snap.text[:start] + new + snap.text[end:]
+        history = copy.deepcopy(self.history)
+        history.changed(snap.uri, snap.text, after, snap.version + 1)
+        nxt = Document(uri=snap.uri, text=after, version=snap.version + 1, language=snap.language,
+                       encoding=snap.encoding)
+        line, char = nxt.position_at(start + len(new))
+        req = self.request(nxt, line, char, history)
+        self.counts["prefetched"] += 1
+        old = self._prefetched.pop(snap.uri, None)
+        if old is not None:
+            old[1].cancel()
+        self._prefetched[snap.uri] = (req, self.spawn(self.source(req)))
 
     def parse(self, params: dict) -> tuple[Document, int, int, int]:
         """(document, version, line, character) of valid params, or the LSP error saying what is wrong."""
@@ -143,15 +187,16 @@ class NextEditor:
                                        f"of {uri} ({doc.line_count()} lines)")
         return doc, version, line, char
 
-    def request(self, doc: Document, line: int, char: int) -> NextEdit:
+    def request(self, doc: Document, line: int, char: int, history: EditHistory | None = None) -> NextEdit:
+        history = history or self.history
         cursor = doc.offset_at(line, char)
-        self.history.cursor(doc.uri, cursor)
+        history.cursor(doc.uri, cursor)
         start, end = nep.region_lines(doc.text, cursor)
-        last = self.history.last(doc.uri)
+        last = history.last(doc.uri)
         self._ids += 1
         return NextEdit(id=self._ids, doc=doc.uri, version=doc.version, path=doc.path or doc.uri,
                         language=doc.language or "", text=doc.text, cursor=cursor, region_start=start,
-                        region_end=end, history=tuple(self.history.diffs(HISTORY)),
+                        region_end=end, history=tuple(history.diffs(HISTORY)),
                         last_old=last.old if last else "", last_new=last.new if last else "")
 
     async def suggest(self, params: dict) -> dict:
@@ -160,14 +205,30 @@ class NextEditor:
         # a snapshot: the document may change while the source works; positions come from this text
         snap = Document(uri=doc.uri, text=doc.text, version=doc.version, language=doc.language,
                         encoding=doc.encoding)
+        t0 = time.perf_counter()
         req = self.request(snap, line, char)
-        res = await self.source(req)
+        pre = self._prefetched.pop(doc.uri, None)
+        used = pre is not None and dataclasses.replace(pre[0], id=req.id, version=req.version) == req \
+            and not pre[1].cancelled()
+        if used:
+            self.counts["prefetch_used"] += 1
+            res = await pre[1]
+            res = dataclasses.replace(res, id=req.id)
+        else:
+            res = await self.source(req)
         self.counts["fallback"] += res.reason.startswith("fallback")
         self.counts["superseded"] += res.reason == "superseded"
         edits = self._edits(snap, req, res)
         self.counts["edits" if edits else "empty"] += 1
+        if edits:
+            self._answered[doc.uri] = (snap.text, res.start, res.end, res.text)
+            if self.prefetch:
+                self._prefetch(snap, res.start, res.end, res.text)
+        else:
+            self._answered.pop(doc.uri, None)
         self.last = {"uri": doc.uri, "version": version, "line": line, "edits": len(edits), "reason": res.reason,
-                     "format": res.format, "total_ms": res.total_ms}
+                     "format": res.format, "total_ms": res.total_ms, "prefetched": used,
+                     "wait_ms": round((time.perf_counter() - t0) * 1e3, 2)}
         return {"edits": edits}
 
     def _edits(self, snap: Document, req: NextEdit, res: NextEditResult) -> list[dict]:

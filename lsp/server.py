@@ -129,6 +129,8 @@ class TricodeServer(LanguageServer):
         # next-edit suggestions go to the daemon, through the completions' scheduler (debounce, supersede)
         self.next_edit.source = daemon_source(self.backend, self.completer.scheduler,
                                               lambda: self.settings.debounce_ms / 1000.0)
+        self.next_edit.spawn = self.backend.spawn
+        self.next_edit.prefetch = self.settings.next_edit_prefetch
         log.info("initialized for %s: encoding %s, settings %s", self.client_name, encoding, self.settings)
 
     def report_server_error(self, error: Exception, source) -> None:
@@ -150,6 +152,7 @@ class TricodeServer(LanguageServer):
                 self.completer.configure(new)
             if self.prefetcher is not None:
                 self.prefetcher.configure(new)
+            self.next_edit.prefetch = new.next_edit_prefetch
 
     async def pull_configuration(self) -> None:
         caps = self.client_capabilities
@@ -339,6 +342,7 @@ def build(socket_path: str | None = None) -> TricodeServer:
         doc = ls.documents.change(params.text_document.uri, params.text_document.version, params.content_changes)
         if doc is not None and old_text is not None:
             ls.edit_history.changed(doc.uri, old_text, doc.text, doc.version)
+            ls.next_edit.changed(doc.uri, old_text, doc.text)     # an accepted next edit: prefetch the next
         for what, n in ls.documents.problems.items():
             if n > before[what]:
                 ls.protocol.limited.warning(f"didChange:{what}", "didChange %s (version %s): %s (%d so far)",

@@ -30,6 +30,7 @@ class Settings:
     max_file_bytes: int = 1_000_000         # no completion in larger files
     respect_gitignore: bool = True          # no completion in files the workspace's .gitignore ignores
     completion_fallback: str = "auto"       # textDocument/completion too: auto (clients without inline) | always | never
+    next_edit_prefetch: bool = True         # after answering a next edit, ask for the one after it (lsp/next_edit.py)
 
     def merged(self, values: dict | None) -> "Settings":
         """A copy with the known keys of `values` applied (after unwrapping a "tricode" section)."""

@@ -10,6 +10,9 @@
 #   (c) cumulative training               (tricode train --carry-out: continues from --carry-in, saves as it
 #                                          goes, so a kill at the limit still leaves a usable state)
 #   (d) a quick check of the result       (export; held-out loss; greedy spec == ar and TPF on held-out rows)
+#   (e) with --next-edit-s N, INSTEAD of (c) and (d): the next-edit fine-tune of the shipped checkpoint
+#       (scripts/gpu_next_edit.sh, N seconds at most): $OUT/ne/next_edit/ (3 shards + meta.tar.gz) and
+#       $OUT/ne/session.tar.gz come back instead of the carry state (7 files with the two below)
 # Everything that must come back is in $OUT, within the tool's return limit (8 files of <= 16 MiB):
 #   $OUT/carry/state-*-of-*.safetensors  (<= 5 files: the state the next lease continues from)
 #   $OUT/carry/runs.jsonl                (one line per run, every run so far)
@@ -22,7 +25,7 @@
 #
 # Usage: scripts/gpu_session2.sh [--out DIR] [--data data/pack] [--carry-in runs/carry] [--preset NAME]
 #            [--total-s 420] [--check-s 200] [--drafter-s 0] [--drafter-model qwen2.5-coder-0.5b]
-#            [--drafter-in runs/drafter] [--cpu-smoke] [-- extra `tricode train` flags]
+#            [--drafter-in runs/drafter] [--next-edit-s 0] [--cpu-smoke] [-- extra `tricode train` flags]
 # --drafter-s N > 0 runs (b2) for at most N s. The model must be on the machine (a registry name or a
 # path): the 491 MB GGUF does not travel with the 64 MiB working tree.
 # --check-s 0 skips (b): the whole script trains. --cpu-smoke: the same plumbing on a CPU at toy sizes.
@@ -41,6 +44,7 @@ CHECK_S=200
 DRAFTER_S=0
 DRAFTER_MODEL=qwen2.5-coder-0.5b
 DRAFTER_IN=runs/drafter
+NE_S=0
 SMOKE=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -54,6 +58,7 @@ while [[ $# -gt 0 ]]; do
         --drafter-s) DRAFTER_S=$2; shift 2 ;;
         --drafter-model) DRAFTER_MODEL=$2; shift 2 ;;
         --drafter-in) DRAFTER_IN=$2; shift 2 ;;
+        --next-edit-s) NE_S=$2; shift 2 ;;
         --cpu-smoke) SMOKE=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "gpu_session2.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -142,6 +147,20 @@ if [[ $DRAFTER_S -gt 0 ]]; then
         note "(b2) drafter rc=$D_RC ($( [[ $D_RC == 0 ]] && echo 'all steps done' || echo 'stopped by its budget: continue with --drafter-in' )); $(grep -E 'held-out|written|Error|error' "$LOGS/drafter.log" | tail -2 | tr '\n' ' ')"
     fi
     pack_logs
+fi
+
+# (e) the next-edit fine-tune instead of (c) and (d)
+if [[ $NE_S -gt 0 ]]; then
+    kill "$UNPACK" 2>/dev/null; wait "$UNPACK" 2>/dev/null
+    NE_BUDGET=$(( NE_S < $(left) - 10 ? NE_S : $(left) - 10 ))
+    NE_SMOKE=(); [[ $SMOKE == 1 ]] && NE_SMOKE=(--cpu-smoke)
+    note "(e) next-edit fine-tune, ${NE_BUDGET}s (cumulative training (c) and its check (d) not run)"
+    PYTHON=$PYTHON bash scripts/gpu_next_edit.sh --out "$OUT_DIR/ne" --total-s "$NE_BUDGET" "${NE_SMOKE[@]}" \
+        > "$LOGS/next_edit_stage.log" 2>&1
+    note "(e) rc=$? $(grep 'checkpoint:' "$LOGS/next_edit_stage.log" | tail -1)"
+    pack_logs
+    ls -la "$OUT_DIR" "$OUT_DIR/ne/next_edit" 2>/dev/null
+    exit 0
 fi
 
 # (c) training with what is left, minus the export and check at the end

@@ -280,7 +280,7 @@ class Engine:
     `choose`'s at the given margin (None: the daemon's default). Each case also times an inline
     completion at the same place (FIM prompt of daemon/prompt.py, spec, one line) for the latency ratio."""
 
-    def __init__(self, model: str, margin: float | None, rewrite: bool = True):
+    def __init__(self, model: str, margin: float | None, rewrite: bool = True, runner: str = "torch"):
         import torch
         torch.set_num_threads(1)
         from daemon import next_edit_run
@@ -288,13 +288,20 @@ class Engine:
         from engine.checkpoint import load_checkpoint
         from textkit.tokenizer import Tokenizer
         self.ner = next_edit_run
-        self.ck = load_checkpoint(model, device="cpu", dtype="float32")
+        if runner == "llama":       # llama.cpp's kernels at the GGUF's own width (engine/llama_runner.py)
+            from engine.checkpoint import Checkpoint
+            from engine.llama_runner import LlamaModel
+            lm = LlamaModel.load(model, threads=1, n_ctx=8192, n_seq=4)
+            self.ck = Checkpoint(path=Path(model), config=lm.cfg, model=lm, device=torch.device("cpu"),
+                                 dtype=torch.float32, format="gguf")
+        else:
+            self.ck = load_checkpoint(model, device="cpu", dtype="float32")
         self.tok = Tokenizer(Path(model))
         protect_special_tokens(self.tok)
         self.builder = PromptBuilder(self.tok)
         self.margin = next_edit_run.MARGIN if margin is None else margin
         self.rewrite = rewrite
-        self.name = f"engine:{Path(model).name}:margin{self.margin}" + ("" if rewrite else ":norewrite")
+        self.name = (f"engine:{Path(model).name}:{runner}:margin{self.margin}" + ("" if rewrite else ":norewrite"))
 
     def inline_ms(self, text: str, cursor: int) -> float:
         from daemon.finish import text_cut
@@ -500,6 +507,8 @@ def main(argv=None) -> int:
     s.add_argument("--candidates", choices=("rewrite", "draft", "both"), default="rewrite")
     s.add_argument("--margin", type=float, default=None, help="engine: the gate's margin (default: the daemon's)")
     s.add_argument("--no-rewrite", action="store_true", help="engine: the pattern candidate only, verified")
+    s.add_argument("--runner", choices=("torch", "llama"), default="torch",
+                   help="engine: the runner of a GGUF model (llama: llama.cpp's kernels, as the daemon on a CPU)")
     s.add_argument("--min-support", type=int, default=1, help="pattern: rules given by at least this many edits")
     s.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: on a shared machine, OpenMP "
                    "threads that wait for each other cost more than they gain)")
@@ -529,7 +538,7 @@ def main(argv=None) -> int:
     elif args.predictor == "engine":
         from engine.embedded_model import default_model
         model = args.model or str(default_model())
-        pred = Engine(model, args.margin, rewrite=not args.no_rewrite)
+        pred = Engine(model, args.margin, rewrite=not args.no_rewrite, runner=args.runner)
     else:
         pred = Llama(args.model or ap_default_model, args.format, args.gate, args.threads, args.candidates)
     res = score(cases, pred, args.region, args.limit, rows_out=args.rows)

@@ -42,7 +42,14 @@ def test_python_dash_m_tricode_is_the_command():
 
 
 def test_the_prompt_module_that_training_shares_imports_no_torch():
-    code = ("import sys; import daemon.prompt, daemon.finish, daemon.workspace; "
+    code = ("import sys; import daemon.prompt, daemon.finish, daemon.workspace, daemon.next_edit_prompt; "
             "print(sorted(m for m in ('torch', 'engine', 'training', 'tricode') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_next_edit_samples_of_training_import_no_torch():
+    code = ("import sys; import training.next_edit; "
+            "print(sorted(m for m in ('torch', 'engine', 'tricode') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

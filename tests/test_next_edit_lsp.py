@@ -107,3 +107,70 @@ async def test_next_edit_falls_back_to_the_pattern_while_the_daemon_starts(own_e
         st = await wait_ready(c)                 # the fallback's request started the daemon
         res = plain(await inline_edit(c, URI, 2, 5, 8))
         assert (await status(c))["lsp"]["next_edit"]["last"]["format"] == "sweep_draft"
+
+
+SRC3 = ("class A(Base):\n"
+        "    def f(self):\n"
+        "        return super(A, self).f()\n"
+        "\n"
+        "    def g(self):\n"
+        "        return super(A, self).g()\n"
+        "\n"
+        "    def h(self):\n"
+        "        return super(A, self).h()\n"
+        "\n" + "".join(f"y{i} = {i}\n" for i in range(10)))
+
+
+async def _counts(c) -> dict:
+    return (await status(c))["lsp"]["next_edit"]
+
+
+async def test_an_accepted_edit_has_the_next_place_prefetched(shared_env):
+    """The answer with an edit starts the request the editor makes after accepting it; the accept (one
+    didChange applying exactly that edit) keeps it, and the editor's follow-up request at the end of the
+    applied text is answered by it: the third place's edit. A different keystroke cancels the prefetch:
+    the request after it goes to the daemon and is still right."""
+    async with editor(shared_env) as c:
+        open_doc(c, URI, SRC3)
+        await wait_ready(c)
+        col = SRC3.splitlines()[2].index(", self)") + len(", self")
+        version = 1
+        for i in range(7):
+            version += 1
+            edit(c, URI, version, 2, col - i - 1, 2, col - i, "")
+        first = plain(await inline_edit(c, URI, version, 5, 8))["edits"]
+        a = SRC3.splitlines()[5].index("A, self")
+        assert [(e["range"]["start"], e["text"]) for e in first] == [({"line": 5, "character": a}, "")]
+        assert (await _counts(c))["prefetched"] == 1
+        # the editor applies it (one change, as nvim's buf_set_text / VS Code's editor.edit) and asks again
+        version += 1
+        edit(c, URI, version, 5, a, 5, a + 7, "")
+        second = plain(await inline_edit(c, URI, version, 5, a))["edits"]
+        b = SRC3.splitlines()[8].index("A, self")
+        assert [(e["range"], e["text"]) for e in second] == [
+            ({"start": {"line": 8, "character": b}, "end": {"line": 8, "character": b + 7}}, "")]
+        n = await _counts(c)
+        assert n["prefetch_used"] == 1 and n["last"]["prefetched"] is True, n
+        assert n["prefetched"] == 2          # the answer with an edit started the one after it
+
+        # a keystroke that is not the accept: the prefetch made for line 8's accept is cancelled
+        version += 1
+        edit(c, URI, version, 12, 0, 12, 0, "#")
+        third = plain(await inline_edit(c, URI, version, 8, b))["edits"]
+        assert [e["range"]["start"] for e in third] == [{"line": 8, "character": b}]
+        n = await _counts(c)
+        assert n["prefetch_used"] == 1 and n["last"]["prefetched"] is False, n
+
+
+async def test_prefetch_can_be_turned_off(shared_env):
+    async with editor(shared_env, options={"next_edit_prefetch": False}) as c:
+        open_doc(c, URI, SRC3)
+        await wait_ready(c)
+        col = SRC3.splitlines()[2].index(", self)") + len(", self")
+        edit(c, URI, 2, 2, col - 7, 2, col, "")
+        assert len(plain(await inline_edit(c, URI, 2, 5, 8))["edits"]) == 1
+        a = SRC3.splitlines()[5].index("A, self")
+        edit(c, URI, 3, 5, a, 5, a + 7, "")
+        assert len(plain(await inline_edit(c, URI, 3, 5, a))["edits"]) == 1
+        n = await _counts(c)
+        assert n["prefetched"] == 0 and n["prefetch_used"] == 0 and n["last"]["prefetched"] is False, n

@@ -36,7 +36,8 @@ def cmd_train(args) -> int:
     if not (data_dir / "tokenizer.json").is_file() or not (data_dir / f"train_{cfg.seq_len}.npy").is_file():
         print(f"preparing data in {data_dir} (corpus, split, tokenizer, packing)...", file=sys.stderr)
         prepare_data(data_dir, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, seed=cfg.seed,
-                     log=lambda m: print(m, file=sys.stderr))
+                     log=lambda m: print(m, file=sys.stderr), next_edit_share=args.next_edit_share,
+                     max_files=args.max_files, tokenizer=args.tokenizer)
     state = train(cfg, data_dir, args.work, device=args.device, minutes=args.minutes, resume=not args.fresh)
     if state is None:
         return 3  # stage budget reached; run again to continue
@@ -47,7 +48,8 @@ def cmd_train(args) -> int:
     model = build_model(cfg, device)
     model.load_state_dict(st["model"], strict=not cfg.drafter_rank)
     held = data_dir / f"heldout_{cfg.seq_len}.npy"
-    losses = evaluate_loss(model, np.load(held), cfg, device) if held.is_file() else None
+    held_rows = np.load(held) if held.is_file() else None
+    losses = evaluate_loss(model, held_rows, cfg, device) if held_rows is not None and len(held_rows) else None
     if losses:
         print(f"held-out loss: AR {losses['ar']:.3f}, masked {losses['dlm_ce']:.3f}", file=sys.stderr)
     out = export(state, data_dir, args.out, heldout_loss=losses, shards=args.shards)
@@ -171,7 +173,13 @@ def add_commands(sub) -> None:
     p.add_argument("--w-ar", type=float, dest="w_ar")
     p.add_argument("--drafter-rank", type=int, dest="drafter_rank",
                    help="train only an o_proj LoRA drafter of this rank on top of --init")
-    p.add_argument("--init", type=Path, help="checkpoint to start from (drafter training)")
+    p.add_argument("--init", type=Path, help="checkpoint to start from: a fine-tune of all of it, or with "
+                   "--drafter-rank the drafter LoRA on it frozen")
+    d = p.add_argument_group("data preparation (when --data-dir has no packed rows yet)")
+    d.add_argument("--next-edit-share", type=float, default=0.0, dest="next_edit_share",
+                   help="share of the samples that are next-edit samples (training/next_edit.py), e.g. 0.3")
+    d.add_argument("--max-files", type=int, default=0, dest="max_files", help="only this many corpus files")
+    d.add_argument("--tokenizer", type=Path, help="reuse this tokenizer.json (a fine-tune keeps the init's)")
     p.add_argument("--vocab-size", type=int, dest="vocab_size")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto")

@@ -267,6 +267,10 @@ class PackStats:
     fim_with_context: int = 0
     fim_too_long: int = 0
     fim_modes: dict = field(default_factory=lambda: {m: 0 for m in FIM_MODES})
+    next_edit: int = 0              # next-edit samples (training/next_edit.py), no-edit places included
+    next_edit_none: int = 0
+    next_edit_too_long: int = 0     # dropped: longer than a row
+    next_edit_kinds: dict = field(default_factory=dict)
     sample_tokens: int = 0
     rows: int = 0
     pad_tokens: int = 0
@@ -296,13 +300,19 @@ def _folder(key: str) -> str:
 
 
 def build_samples(files, tokenizer, seq_len: int, fim_rate: float = 0.5, seed: int = 0, *,
-                  context_rate: float = 0.1, batch_files: int = 256,
+                  context_rate: float = 0.1, batch_files: int = 256, next_edit_share: float = 0.0,
                   stats: PackStats | None = None) -> list[tuple[np.ndarray, bool]]:
     """The samples of ``files`` in file order: ``[(ids as uint16 array, is_plain)]``.
 
     ``files``: SourceFile-like objects (``.key``, ``.text``), ``(key, text)`` pairs or strings.
     Every FIM sample is at most ``seq_len - 1`` ids long (a row also holds the leading EOS).
+    ``next_edit_share`` (0 <= share < 1): about that share of all samples are next-edit samples
+    (training/next_edit.py), made from the same files after each file's chunks (their own random stream:
+    the FIM and plain samples are the same with or without them).
     """
+    if not 0.0 <= next_edit_share < 1.0:
+        raise ValueError(f"next_edit_share must be in [0, 1), got {next_edit_share}")
+    from training import next_edit as ne
     st = stats if stats is not None else PackStats()
     tokenizer.encode_special_tokens = True   # special-token strings in source files stay text
     items = _as_items(files)
@@ -360,8 +370,26 @@ def build_samples(files, tokenizer, seq_len: int, fim_rate: float = 0.5, seed: i
                 else:
                     plans.append(("plain", len(pieces), None, None, chunk))
                     pieces.append(chunk)
+            if next_edit_share:
+                # per chunk share/(1-share) next-edit samples on average: `share` of all samples
+                ne_rng = random.Random(f"{seed}/next_edit/{key}")
+                x = len(bounds) * next_edit_share / (1.0 - next_edit_share)
+                n = int(x) + (ne_rng.random() < x - int(x))
+                for smp in ne.file_samples(key, text, n, ne_rng):
+                    plans.append(("next_edit", len(pieces), smp.kind, None, None))
+                    pieces.extend(ne.sample_pieces(smp))
         ids = encode_batch(tokenizer, pieces) if pieces else []
         for kind, i, mode, ctx, chunk in plans:
+            if kind == "next_edit":
+                sample = ids[i] + ids[i + 1] + [EOS_ID]
+                if len(sample) > max_sample:
+                    st.next_edit_too_long += 1
+                    continue
+                st.next_edit += 1
+                st.next_edit_none += mode.startswith("none:")
+                st.next_edit_kinds[mode] = st.next_edit_kinds.get(mode, 0) + 1
+                out.append((np.asarray(sample, dtype=np.uint16), False))
+                continue
             if kind == "plain":
                 sample = plain_ids(ids[i])
                 st.plain += 1
@@ -447,7 +475,8 @@ def pack_samples(samples: Sequence[tuple[np.ndarray, bool]], seq_len: int, seed:
 
 
 def pack_corpus(files, tokenizer, seq_len: int, fim_rate: float = 0.5, seed: int = 0, *,
-                context_rate: float = 0.1, stats: PackStats | None = None) -> np.ndarray:
+                context_rate: float = 0.1, next_edit_share: float = 0.0,
+                stats: PackStats | None = None) -> np.ndarray:
     """Training rows ``[N, seq_len]`` (uint16) from ``files``: :func:`build_samples` then
     :func:`pack_samples`. Deterministic given ``seed`` (and the files and tokenizer)."""
     if tokenizer.get_vocab_size() > 65536:
@@ -455,7 +484,7 @@ def pack_corpus(files, tokenizer, seq_len: int, fim_rate: float = 0.5, seed: int
     st = stats if stats is not None else PackStats()
     t0 = time.perf_counter()
     samples = build_samples(files, tokenizer, seq_len, fim_rate, seed, context_rate=context_rate,
-                            stats=st)
+                            next_edit_share=next_edit_share, stats=st)
     arr = pack_samples(samples, seq_len, seed, stats=st)
     st.seconds += time.perf_counter() - t0
     return arr
@@ -497,7 +526,8 @@ def load_packed(data_dir: str | os.PathLike, split: str, seq_len: int,
 def prepare_data(data_dir: str | os.PathLike = "data", seq_len: int = 1024,
                  vocab_size: int = 8192, seed: int = 0, fim_rate: float = 0.5,
                  max_tokenizer_bytes: int = 40_000_000, roots=None,
-                 log=print, tokenizer: str | os.PathLike | None = None, train_seeds: int = 1) -> dict:
+                 log=print, tokenizer: str | os.PathLike | None = None, train_seeds: int = 1,
+                 next_edit_share: float = 0.0, max_files: int = 0) -> dict:
     """The whole data pipeline: collect the corpus, split it, write the manifests, train the
     tokenizer on the train split (``tokenizer.json``), pack ``train_<seq_len>.npy`` and
     ``heldout_<seq_len>.npy``. Returns a report dict (also saved as ``data_report.json``).
@@ -505,15 +535,21 @@ def prepare_data(data_dir: str | os.PathLike = "data", seq_len: int = 1024,
     ``tokenizer``: reuse this ``tokenizer.json`` instead of training one (a new model that keeps the
     shipped vocabulary). ``train_seeds`` > 1: the train split is packed that many times with seeds
     ``seed, seed+1, ...`` (each a different FIM arrangement and order of the same files) and the rows
-    concatenated: more distinct rows than repeating one packing for several epochs."""
+    concatenated: more distinct rows than repeating one packing for several epochs.
+    ``next_edit_share``: that share of the samples are next-edit samples (training/next_edit.py; the
+    held-out split gets the same share, so its loss measures them too). ``max_files`` > 0: only that
+    many files of the corpus, spread evenly over it (a quick or tiny run)."""
     from training import corpus, tokenizer as tkz
 
     out = Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rep: dict = {"seq_len": seq_len, "vocab_size": vocab_size, "seed": seed, "fim_rate": fim_rate}
+    rep: dict = {"seq_len": seq_len, "vocab_size": vocab_size, "seed": seed, "fim_rate": fim_rate,
+                 "next_edit_share": next_edit_share}
     t0 = time.perf_counter()
     cst = corpus.CorpusStats()
     files = corpus.collect_sources(roots, stats=cst)
+    if max_files and len(files) > max_files:
+        files = files[::-(-len(files) // max_files)]
     train, held = corpus.split_files(files)
     corpus.write_manifest(files, out)
     rep["corpus"] = dict(vars(cst))
@@ -546,14 +582,18 @@ def prepare_data(data_dir: str | os.PathLike = "data", seq_len: int = 1024,
     for split, group in (("train", train), ("heldout", held)):
         pst = PackStats()
         seeds = [seed + i for i in range(train_seeds if split == "train" else 1)]
-        arr = np.concatenate([pack_corpus(group, tok, seq_len, fim_rate, s, stats=pst) for s in seeds])
-        meta = {"seed": seed, "seeds": seeds, "fim_rate": fim_rate, "files": len(group),
+        arr = np.concatenate([pack_corpus(group, tok, seq_len, fim_rate, s, next_edit_share=next_edit_share,
+                                          stats=pst) for s in seeds])
+        meta = {"seed": seed, "seeds": seeds, "fim_rate": fim_rate, "next_edit_share": next_edit_share,
+                "files": len(group),
                 "stats": {k: v for k, v in vars(pst).items()}}
         save_packed(arr, out, split, meta)
         rep[split] = {"rows": int(arr.shape[0]), "tokens": int(arr.size),
                       "sample_tokens": pst.sample_tokens, "pad_tokens": pst.pad_tokens,
                       "fim": pst.fim, "plain": pst.plain, "fim_with_context": pst.fim_with_context,
-                      "fim_modes": pst.fim_modes, "seconds": round(pst.seconds, 1)}
+                      "fim_modes": pst.fim_modes, "seconds": round(pst.seconds, 1),
+                      "next_edit": pst.next_edit, "next_edit_none": pst.next_edit_none,
+                      "next_edit_too_long": pst.next_edit_too_long, "next_edit_kinds": pst.next_edit_kinds}
         log(f"{split}: {arr.shape[0]} rows x {seq_len} = {arr.size} tokens "
             f"({pst.fim} FIM / {pst.plain} plain samples, {pst.pad_tokens} pad) in {pst.seconds:.1f} s")
     (out / "data_report.json").write_text(json.dumps(rep, indent=2, sort_keys=True) + "\n")

@@ -61,12 +61,24 @@ class TrainConfig:
 
 
 def build_model(cfg: TrainConfig, device) -> NLDModel:
-    """A fresh model, or (drafter training) the frozen `init` checkpoint plus a trainable LoRA: an NLD
-    checkpoint's own drafter when it has one of rank `drafter_rank` (training continues from it), else
-    a new one (always for a pretrained AR checkpoint: a run continues from its resume state instead)."""
+    """A fresh model; the `init` checkpoint, all of it trainable (a fine-tune, e.g. the next-edit stage:
+    its drafter LoRA is left out, it would be stale); or (drafter training) the frozen `init` checkpoint
+    plus a trainable LoRA: an NLD checkpoint's own drafter when it has one of rank `drafter_rank`
+    (training continues from it), else a new one (always for a pretrained AR checkpoint: a run continues
+    from its resume state instead)."""
+    from engine.checkpoint import load_checkpoint
+    if not cfg.drafter_rank and cfg.init:
+        model = load_checkpoint(cfg.init, device=device, dtype=torch.float32, lora=False).model
+        got = {k: getattr(model.cfg, k) for k in PRESETS[cfg.preset]}
+        if got != PRESETS[cfg.preset] or model.cfg.vocab_size != cfg.vocab_size:
+            raise SystemExit(f"--init {cfg.init} has shape {got} (vocab {model.cfg.vocab_size}), not the preset "
+                             f"{cfg.preset!r} (vocab {cfg.vocab_size}); pass the preset it was trained with")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
+        return model
     if not cfg.drafter_rank:
         return NLDModel(cfg.model_config()).to(device)
-    from engine.checkpoint import load_checkpoint
     from engine.pretrained import hf_architecture
     init = Path(cfg.init).expanduser()
     ar = init.is_file() or hf_architecture(init) is not None
