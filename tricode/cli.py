@@ -48,15 +48,17 @@ def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
 PRETRAINED_PROMPT_TOKENS = 8000   # a pretrained model's prompt budget here (load_llama's context is >= 8192)
 
 
-def _prompt(tok, prefix: str, suffix: str | None, max_new_tokens: int):
-    """(ids, heal, format): a pretrained code model's prompt in the daemon's inline format
-    (daemon.prompt.pretrained_format, with the whitespace it leaves out of the prompt), else tricode's
-    own unclipped layout."""
+def _prompt(tok, prefix: str, suffix: str | None, max_new_tokens: int, inline_format: str = "auto"):
+    """(ids, heal, format): a pretrained code model's prompt in the daemon's inline format (the
+    config's `inline_format`, daemon.prompt.pretrained_format; the prefix clipped from the left at line
+    boundaries beyond PRETRAINED_PROMPT_TOKENS, with the whitespace it leaves out of the prompt), else
+    tricode's own unclipped layout."""
     from daemon.prompt import PromptBuilder, pretrained_format
-    fmt = pretrained_format(tok)
+    fmt = pretrained_format(tok, inline_format)
     if fmt is None:
         return prompt_ids(tok, prefix, suffix), "", None
-    p = PromptBuilder(tok, fmt).build_pretrained(prefix, suffix or "", PRETRAINED_PROMPT_TOKENS - max_new_tokens)
+    budget = max(PRETRAINED_PROMPT_TOKENS - max_new_tokens, 256)
+    p = PromptBuilder(tok, fmt).build_pretrained(prefix, suffix or "", budget)
     return p.ids, p.heal, fmt
 
 
@@ -84,6 +86,7 @@ def cmd_generate(args) -> int:
     from textkit.tokenizer import Tokenizer, TokenizerError
     from engine.checkpoint import CheckpointError
     from engine.generate import DecodeParams, ModeError, generate
+    from engine.kv_cache import CacheFullError
 
     cfg, problems = load_config()
     for problem in problems:
@@ -117,7 +120,7 @@ def cmd_generate(args) -> int:
         print(f"tricode: {e}", file=sys.stderr)
         return 2
     protect_special_tokens(tok)
-    ids, heal, fmt = _prompt(tok, prompt, args.suffix, args.max_new_tokens)
+    ids, heal, fmt = _prompt(tok, prompt, args.suffix, args.max_new_tokens, cfg.inline_format)
     params = DecodeParams(mode=args.mode, max_new_tokens=args.max_new_tokens, block_size=args.block_size,
                           threshold=args.threshold, temperature=args.temperature, seed=args.seed,
                           spec_variant=args.spec_variant, lookup=args.lookup, stop_token_ids=stop_token_ids(tok))
@@ -125,6 +128,9 @@ def cmd_generate(args) -> int:
         res = generate(ckpt.model, ids, params)
     except (ModeError, ValueError) as e:     # e.g. diffusion for a checkpoint without a drafter
         print(f"tricode: {e}", file=sys.stderr)
+        return 2
+    except CacheFullError as e:              # prompt + --max-new-tokens beyond the model's context
+        print(f"tricode: {e}; use a smaller --max-new-tokens or a shorter prompt", file=sys.stderr)
         return 2
     text = tok.decode(res.tokens)
     text = fim.heal(text, heal) if heal else text
