@@ -29,6 +29,36 @@ def runner_choice(cfg: Config) -> str:
     return env if env in ("auto", "llama", "torch") else cfg.runner
 
 
+def cpu_threads(cfg: Config) -> int:
+    """The daemon's CPU thread count (torch's and llama.cpp's): `cpu_threads` when set, else one
+    thread on a machine of 2 cores or fewer, else 0 (torch's own default: every core). Measured on
+    2 cores (docs/benchmarks.md): LSP cache-miss p50 73 ms with 1 thread vs 84 ms with 2 idle, 127 vs
+    960 ms when other work shares the cores; decode steps are too small to gain from a second thread."""
+    return cfg.cpu_threads or (1 if (os.cpu_count() or 1) <= 2 else 0)
+
+
+def thread_count(text: str) -> int:
+    """argparse `type=` for --threads: a whole number of CPU threads, 1 or more."""
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count: give a whole number >= 1 "
+                                         f"(this machine has {os.cpu_count() or 1} cores)")
+    return n
+
+
+def use_threads(threads: int) -> int:
+    """Set torch's thread count to `threads` (0: leave torch's default); the count now in use, which
+    is also what load_llama hands llama.cpp."""
+    import torch
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def stop_token_ids(tok) -> tuple[int, ...]:
     """The ids that end any completion: the tokenizer's end-of-turn ids (a GGUF's eos,
     <|endoftext|>, <|im_end|>) and its FIM / repository control ids (a model that writes
@@ -85,13 +115,14 @@ class CachePool:
         return sum(c.k.numel() * c.k.element_size() * 2 for c in self.entries.values() if hasattr(c, "k"))
 
 
-def load_llama(path: Path, cfg: Config, fallback, progress):
+def load_llama(path: Path, cfg: Config, fallback, progress, runner: str | None = None):
     """The model on llama.cpp's kernels (a Checkpoint holding an engine.llama_runner.LlamaModel),
     or None for the torch path: not a GGUF file, not a CPU device, `runner = "torch"`, or the
     llama.cpp runner already failed on this path (`fallback`: an engine.runner.EagerFallback keyed by
     the path). With `runner = "auto"` a load failure falls back to torch (logged, kept in `fallback`);
-    with `runner = "llama"` it is the load's error. `progress(stage, fraction, message)` is told."""
-    want = runner_choice(cfg)
+    with `runner = "llama"` it is the load's error. `runner` (a caller's own flag) overrides
+    runner_choice(cfg). `progress(stage, fraction, message)` is told."""
+    want = runner or runner_choice(cfg)
     if want == "torch" or not path.is_file() or str(path) in fallback:
         return None
     if want == "auto" and has_drafter(path) and needs_diffusion(cfg):

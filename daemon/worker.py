@@ -48,7 +48,8 @@ import protocol
 from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
-from daemon.model_load import CachePool, drafter_note, load_llama, load_torch, memory, runner_choice, stop_token_ids
+from daemon.model_load import (CachePool, cpu_threads, drafter_note, load_llama, load_torch, memory, runner_choice,
+                               stop_token_ids, use_threads)
 from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
 from daemon.prompt_sizing import PromptSizer, pool_key, window_key
 from daemon.repo_context import prompt_repo, reported, root_name
@@ -338,16 +339,12 @@ class LocalWorker(threading.Thread):
                                      f"(prompts budgeted with the tokenizer of {path.name})")
 
     def _threads(self, cfg: Config) -> None:
-        # Default (0): one thread on a machine of 2 cores or fewer. Measured there (docs/benchmarks.md):
-        # LSP cache-miss p50 73 ms with 1 thread vs 84 ms with 2 on an idle machine, 127 vs 960 ms when
-        # other work shares the cores; decode steps are too small to gain from a second thread.
-        import os
-        threads = cfg.cpu_threads or (1 if (os.cpu_count() or 1) <= 2 else 0)
-        if threads:
-            import torch
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-                log.info("torch uses %d CPU thread(s)", threads)
+        # the daemon's rule (daemon.model_load.cpu_threads): 1 thread on <= 2 cores unless configured
+        import torch
+        threads = cpu_threads(cfg)
+        if threads and torch.get_num_threads() != threads:
+            use_threads(threads)
+            log.info("torch uses %d CPU thread(s)", threads)
 
     def _fail(self, message: str) -> None:
         self.state, self.error = "error", message

@@ -2,10 +2,13 @@
 
 N prompts are cut from the held-out code files (engine/embedded/heldout_files.txt: a random line start
 in each file, the `--chars` characters before it, prefix only); both engines get the same token ids
-(llama.cpp's tokenizer) and greedy-decode `--tokens` tokens: tricode in `ar` mode, float32, with no
-bf16 prefill twin; llama-cpp-python with temperature 0 / top_k 1. Reports how many prompts agree on
+(llama.cpp's tokenizer) and greedy-decode `--tokens` tokens: tricode in `ar` mode, with `--runner
+torch` the GGUF dequantized into tricode's own float32 model (no bf16 prefill twin), with `--runner
+llama` on tricode's llama.cpp runner (engine/llama_runner.py, what the daemon runs a GGUF with on a
+CPU: the same kernels, tricode's batching, KV cache and decoder); llama-cpp-python with temperature
+0 / top_k 1. Reports how many prompts agree on
 every token, the mean agreeing prefix, and for each disagreement tricode's top-2 logit margin where
-the two first differ (a small margin means a near-tie that rounding decides: llama.cpp multiplies
+the two first differ (torch runner only; a small margin means a near-tie that rounding decides: llama.cpp multiplies
 quantized weights by 8-bit-quantized activations, tricode dequantized weights by float32 ones).
 Also: tricode's load time, RSS after loading, and AR decode ms per token at `--threads`.
 
@@ -64,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--chars", type=int, default=1200, help="characters of prefix before the cut")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runner", choices=("torch", "llama"), default="torch",
+                    help="tricode's side: the dequantized float32 model (torch) or the llama.cpp runner")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the per-prompt results here")
     args = ap.parse_args(argv)
@@ -77,7 +82,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    ck = load_checkpoint(args.model, device="cpu", dtype="float32")
+    if args.runner == "llama":
+        from training.evaluate import load_for_eval
+        ck, _ = load_for_eval(Path(args.model), "cpu", "llama")
+    else:
+        ck = load_checkpoint(args.model, device="cpu", dtype="float32")
     load_s = time.perf_counter() - t0
     rss = rss_mib()
     llm = plain_llama(args.model, n_ctx=2048, logits_all=False, verbose=False,
@@ -100,7 +109,7 @@ def main(argv=None) -> int:
         while prefix < min(len(ours), len(theirs)) and ours[prefix] == theirs[prefix]:
             prefix += 1
         margin = None
-        if ours != theirs:
+        if ours != theirs and args.runner == "torch":
             with torch.inference_mode():
                 x = torch.tensor([ids + ours[:prefix]])
                 logits = ck.model(x, ck.model.new_cache(x.shape[1] + 1), last_only=True)[0, -1]
@@ -112,7 +121,8 @@ def main(argv=None) -> int:
               + (f", tricode top-2 margin there {margin:.3f}" if margin is not None else ""), flush=True)
     agree = sum(r["all_agree"] for r in rows)
     summary = {
-        "model": args.model, "prompts": len(rows), "tokens": args.tokens, "threads": args.threads,
+        "model": args.model, "runner": args.runner, "prompts": len(rows), "tokens": args.tokens,
+        "threads": args.threads,
         "all_tokens_agree": agree, "mean_agreeing_prefix": statistics.mean(r["agree_prefix"] for r in rows),
         "divergence_margins": sorted(r["margin_at_divergence"] for r in rows if r["margin_at_divergence"] is not None),
         "tricode_load_s": round(load_s, 2), "tricode_rss_after_load_mib": round(rss),

@@ -658,6 +658,20 @@ def test_demo(daemon):
     out = daemon.cli("demo")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "one keystroke later" in out.stdout and "tricode lsp" in out.stdout and "Neovim" in out.stdout
+    # the completion block: the cursor's line and what the model wrote, no blank lines or trailing
+    # whitespace after it (whatever a random tiny model writes)
+    block = out.stdout.split("--- completion ---\n", 1)[1].split("------------------\n", 1)[0]
+    lines = block.split("\n")[:-1]
+    assert 1 <= len(lines) <= 3 and all(ln == ln.rstrip() for ln in lines), block
+    assert len(lines) == 1 or lines[-1].strip(), block
+
+
+def test_demo_completed_lines():
+    from tricode.commands import completed_lines
+    prefix = "def f(items):\n    \"\"\"Doc.\"\"\"\n    "
+    assert completed_lines(prefix, "return sum(items)\n\n") == "    return sum(items)"
+    assert completed_lines(prefix, "x = 1\n    return x\n\n") == "    x = 1\n    return x"
+    assert completed_lines(prefix, "return 1  \n") == "    return 1"
 
 
 def test_demo_without_a_model_says_so(tmp_path):

@@ -149,9 +149,21 @@ def test_eval_command_end_to_end(tiny_ckpt, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-m", "tricode", "eval", "--model", str(model), "--fim-tasks", "3",
                         "--humaneval-limit", "2", "--loss-rows", "2", "--data-dir", str(tmp_path / "nodata"),
+                        "--threads", "1", "--records", str(tmp_path / "records.jsonl"),
                         "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
+    assert rep["threads"] == 1
+    # --records: one line per completion as it is made, then the tests' verdicts: the same figures
+    recs = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert recs[0]["section"] == "start" and recs[0]["threads"] == 1 and recs[-1]["section"] == "end"
+    for mode in ("ar", "spec", "spec-quad", "diffusion"):
+        fim = [x for x in recs if x["section"] == "fim" and x["mode"] == mode]
+        assert len(fim) == 3
+        assert sum(x["exact"] for x in fim) / 3 == rep["fim"]["modes"][mode]["exact_match"]
+        assert abs(sum(x["edit_sim"] for x in fim) / 3 - rep["fim"]["modes"][mode]["edit_similarity"]) < 1e-9
+        tests = [x for x in recs if x["section"] == "humaneval-tests" and x["mode"] == mode]
+        assert len(tests) == 2 and sum(x["passed"] for x in tests) == rep["humaneval"]["modes"][mode]["passed"]
     assert rep["spec_vs_ar_mismatches"] == 0
     L = rep["losses"]
     assert L["ar_loss"] > 0 and L["masked_loss"] > 0 and "rebuilt" in L["source"]

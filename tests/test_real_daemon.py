@@ -98,6 +98,22 @@ def test_demo_completion_is_the_expected_line(real):
     assert a["type"] == "result" and a["text"] == r["text"], (a, r)
 
 
+def test_tricode_demo_output_shape(real):
+    """`tricode demo` on the real model (the daemon already running): the completion block is exactly
+    the cursor's line completed, with no blank lines after it (the daemon's max_lines counts the
+    blank lines before the next function; they are not shown)."""
+    out = real.cli("demo", timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    head, rest = out.stdout.split("--- completion ---\n", 1)
+    block, tail = rest.split("------------------\n", 1)
+    first = next(ln for ln in tail.splitlines() if ln.startswith("first request"))
+    # the whole line: the demo's deadline leaves a cold prefill on a shared CPU time to finish
+    assert block == "    " + EXPECTED + "\n", (block, first)
+    assert "stop deadline" not in first, first
+    assert "daemon already running" in head and "\n    # demo: complete here" not in head
+    assert tail.startswith("first request") and "one keystroke later" in tail
+
+
 def test_diffusion_gets_a_clear_error_and_the_daemon_goes_on(real):
     r = call(demo_request(mode="diffusion"), socket_path=real.sock, timeout=120)[0]
     assert r["type"] == "error" and r["code"] == "bad_request", r

@@ -349,10 +349,11 @@ class _Progress:
 def run_completions(model, tok, tasks: Sequence[FimTask], mode: str, *, block_size: int | None,
                     threshold: float | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     prompt_tokens: int = DEFAULT_PROMPT_TOKENS, label: str = "",
-                    quiet: bool = False) -> list[dict]:
+                    quiet: bool = False, on_record: Callable[[FimTask, dict], None] | None = None) -> list[dict]:
     """Greedy single-line completions of ``tasks`` in one mode: per task a dict with ``line`` (the
     generated line), ``tokens``, ``nfe``, ``accept_lengths``, ``denoise_steps``, ``ms``,
-    ``prefill_ms``, ``stop_reason``, ``block_size``."""
+    ``prefill_ms``, ``stop_reason``, ``block_size``. ``on_record(task, record)`` is told each one as
+    it completes (``--records``: a long run cut short still leaves its figures)."""
     from daemon.prompt import fim
     from daemon.model_load import stop_token_ids
     from engine.generate import DecodeParams, generate
@@ -374,6 +375,8 @@ def run_completions(model, tok, tasks: Sequence[FimTask], mode: str, *, block_si
                     "lookup_steps": res.lookup_steps,
                     "ms": res.elapsed_ms, "prefill_ms": res.prefill_ms, "stop_reason": res.stop_reason,
                     "block_size": res.block_size, "prompt_tokens": len(ids)})
+        if on_record is not None:
+            on_record(t, out[-1])
         prog.update(i + 1)
     return out
 
@@ -521,6 +524,11 @@ def _modes(text: str) -> list[str]:
     return [m for m in MODE_ORDER if m in want]
 
 
+def _threads_in_use() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def load_for_eval(model_dir: Path, device="auto", runner: str = "auto"):
     """(Checkpoint, runner name): a GGUF file on a CPU through llama.cpp's kernels
     (engine/llama_runner.py, as the daemon runs it) unless `runner` is "torch"; else torch's
@@ -545,8 +553,11 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
              threshold: float | None = None, data_dir: Path | None = REPO / "data", device="auto",
              seed: int = 0, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, loss_rows: int = DEFAULT_LOSS_ROWS,
-             workers: int = 2, timeout: float = 5.0, quiet: bool = False, runner: str = "auto") -> dict:
-    """The whole evaluation; returns the report dict (what ``--json`` prints)."""
+             workers: int = 2, timeout: float = 5.0, quiet: bool = False, runner: str = "auto",
+             records: Path | None = None, threads: int | None = None) -> dict:
+    """The whole evaluation; returns the report dict (what ``--json`` prints). ``records``: a JSON-lines
+    file that gets one line per completion as it is made (FIM: exact / edit similarity; HumanEval: the
+    line, then a ``passed`` line per task once the tests ran), so a run stopped early keeps its figures."""
     from textkit.tokenizer import Tokenizer
     from engine.generate import DEFAULT_THRESHOLD, default_block_size
 
@@ -556,6 +567,12 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
 
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
+    if threads is None:         # the daemon's rule (1 thread on <= 2 cores), so the speed is a user's
+        from daemon.config import Config
+        from daemon.model_load import cpu_threads
+        threads = cpu_threads(Config())
+    from daemon.model_load import use_threads
+    use_threads(threads)
     ckpt, runner_name = load_for_eval(model_dir, device, runner)
     tok = Tokenizer(model_dir)
     model = ckpt.model
@@ -600,6 +617,27 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
 
     gen_kw = dict(block_size=block_size, threshold=threshold, max_new_tokens=max_new_tokens,
                   prompt_tokens=prompt_tokens, quiet=quiet)
+    rec_file = open(records, "a", buffering=1) if records is not None else None
+
+    def write_record(**rec) -> None:
+        if rec_file is not None:
+            rec_file.write(json.dumps(rec) + "\n")
+
+    def recorder(section: str, mode: str):
+        if rec_file is None:
+            return None
+
+        def on_record(t: FimTask, g: dict) -> None:
+            write_record(section=section, mode=mode, task=t.task_id, reference=t.middle, line=g["line"],
+                         exact=exact_match(g["line"], t.middle), edit_sim=edit_similarity(g["line"], t.middle),
+                         ms=round(g["ms"], 1), prefill_ms=round(g["prefill_ms"], 1),
+                         prompt_tokens=g["prompt_tokens"], stop_reason=g["stop_reason"])
+        return on_record
+
+    write_record(section="start", model=str(model_dir), runner=runner_name, threads=_threads_in_use(),
+                 modes=list(modes), fim_tasks=fim_tasks, humaneval_limit=humaneval_limit, seed=seed,
+                 prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
+                 time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     # 2. single-line FIM on held-out files
     if fim_tasks <= 0:
@@ -614,7 +652,8 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
         gens, summ = {}, {}
         for mode in modes:
             t0 = time.perf_counter()
-            gens[mode] = run_completions(model, tok, tasks, mode, label=f"fim {mode}", **gen_kw)
+            gens[mode] = run_completions(model, tok, tasks, mode, label=f"fim {mode}",
+                                         on_record=recorder("fim", mode), **gen_kw)
             summ[mode] = summarize(gens[mode], tasks, mode)
             timings[f"fim_{mode}_s"] = time.perf_counter() - t0
             log(f"  fim {mode}: exact {summ[mode]['exact_match']:.3f}, edit sim "
@@ -649,10 +688,13 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
             gens, summ = {}, {}
             for mode in modes:
                 t0 = time.perf_counter()
-                gens[mode] = run_completions(model, tok, ftasks, mode, label=f"humaneval {mode}", **gen_kw)
+                gens[mode] = run_completions(model, tok, ftasks, mode, label=f"humaneval {mode}",
+                                             on_record=recorder("humaneval", mode), **gen_kw)
                 t1 = time.perf_counter()
                 passed = check_humaneval(he, [g["line"] for g in gens[mode]], timeout=timeout, workers=workers)
                 t2 = time.perf_counter()
+                for ft, ok in zip(ftasks, passed):
+                    write_record(section="humaneval-tests", mode=mode, task=ft.task_id, passed=bool(ok))
                 summ[mode] = summarize(gens[mode], ftasks, mode)
                 summ[mode]["pass_at_1"] = sum(passed) / len(passed) if passed else 0.0
                 summ[mode]["passed"] = sum(passed)
@@ -667,6 +709,10 @@ def run_eval(model_dir: Path, *, modes: Sequence[str] = MODE_ORDER, fim_tasks: i
     report["spec_vs_ar_mismatches"] = sum(mism) if mism else None
     timings["total_s"] = time.perf_counter() - t_start
     report["timings"] = timings
+    report["threads"] = _threads_in_use()
+    if rec_file is not None:
+        write_record(section="end", total_s=round(timings["total_s"], 1))
+        rec_file.close()
     return report
 
 
@@ -832,7 +878,8 @@ def cmd_eval(args) -> int:
                           threshold=args.threshold, data_dir=args.data_dir, device=args.device,
                           seed=args.seed, prompt_tokens=args.prompt_tokens,
                           max_new_tokens=args.max_new_tokens, loss_rows=args.loss_rows,
-                          workers=args.workers, timeout=args.timeout, runner=args.runner)
+                          workers=args.workers, timeout=args.timeout, runner=args.runner,
+                          records=args.records, threads=args.threads)
     except (CheckpointError, TokenizerError, ValueError) as e:
         print(f"tricode eval: {e}", file=sys.stderr)
         return 2
@@ -846,6 +893,7 @@ def cmd_eval(args) -> int:
 
 
 def add_eval_command(sub) -> None:
+    from daemon.model_load import thread_count
     p = sub.add_parser("eval", help="evaluate a model: held-out losses, single-line FIM, HumanEval infilling")
     p.add_argument("--model", help="checkpoint directory, GGUF file or model name (tricode model list; "
                                    "default: the embedded model)")
@@ -869,6 +917,12 @@ def add_eval_command(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--runner", default="auto", choices=("auto", "llama", "torch"),
                    help="a GGUF model on a CPU: llama.cpp's kernels (auto, llama) or torch's fp32 reference")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="CPU threads for torch and llama.cpp (default: the daemon's cpu_threads rule: "
+                        "1 on a machine of 2 cores or fewer, else every core)")
+    p.add_argument("--records", type=Path, default=None,
+                   help="append one JSON line per completion to this file as it is made "
+                        "(a run stopped early keeps its figures)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the report as one JSON object")
     out.add_argument("--markdown", action="store_true", help="print the model-card section (markdown)")

@@ -8,12 +8,15 @@ import json
 import sys
 from pathlib import Path
 
-from engine.embedded_model import default_model
 from registry.models import model_arg
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=model_arg, help="checkpoint directory, GGUF file or model name (default: the embedded model)")
+    from daemon.model_load import thread_count
+    p.add_argument("--model", type=model_arg,
+                   help="checkpoint directory, GGUF file or model name (tricode model list); default: the "
+                        "daemon's (TRICODE_MODEL, else `model` in the config, else the pulled "
+                        "qwen2.5-coder-0.5b when it is there, else the embedded model)")
     p.add_argument("--mode", choices=("ar", "diffusion", "spec"), default="spec")
     p.add_argument("--spec-variant", choices=("auto", "linear", "quadratic"), default="auto",
                    help="auto: quadratic on a GPU, linear on a CPU")
@@ -24,8 +27,14 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: the config's `device`)")
+    p.add_argument("--dtype", default=None, help="auto, float32, float16, bfloat16 (default: the config's `dtype`)")
+    p.add_argument("--runner", choices=("auto", "llama", "torch"), default=None,
+                   help="a GGUF model on a CPU: llama.cpp's kernels (auto falls back to torch if they cannot "
+                        "load it; llama never does) or torch (default: TRICODE_RUNNER, else the config's `runner`)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="CPU threads for torch and llama.cpp (default: the daemon's `cpu_threads` rule: "
+                        "1 on a machine of 2 cores or fewer, else every core)")
 
 
 def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
@@ -36,16 +45,60 @@ def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
     return unbudgeted_prompt(tok, prefix, suffix)
 
 
+PRETRAINED_PROMPT_TOKENS = 8000   # a pretrained model's prompt budget here (load_llama's context is >= 8192)
+
+
+def _prompt(tok, prefix: str, suffix: str | None, max_new_tokens: int, inline_format: str = "auto"):
+    """(ids, heal, format): a pretrained code model's prompt in the daemon's inline format (the
+    config's `inline_format`, daemon.prompt.pretrained_format; the prefix clipped from the left at line
+    boundaries beyond PRETRAINED_PROMPT_TOKENS, with the whitespace it leaves out of the prompt), else
+    tricode's own unclipped layout."""
+    from daemon.prompt import PromptBuilder, pretrained_format
+    fmt = pretrained_format(tok, inline_format)
+    if fmt is None:
+        return prompt_ids(tok, prefix, suffix), "", None
+    budget = max(PRETRAINED_PROMPT_TOKENS - max_new_tokens, 256)
+    p = PromptBuilder(tok, fmt).build_pretrained(prefix, suffix or "", budget)
+    return p.ids, p.heal, fmt
+
+
+def load_model(model_path, cfg, device: str, dtype: str, runner: str | None):
+    """(Checkpoint, runner name) the daemon's way (daemon.model_load.load_llama): a GGUF file on a CPU
+    runs on llama.cpp's kernels unless the runner is torch; with "auto" a llama.cpp that cannot load
+    it falls back to torch with one warning."""
+    from daemon.model_load import load_llama
+    from engine.checkpoint import load_checkpoint
+    from engine.runner import EagerFallback
+    ck = load_llama(model_path, cfg.replace(device=device), EagerFallback("the llama.cpp runner"),
+                    lambda *a: None, runner=runner)
+    if ck is not None:
+        return ck, "llama.cpp"
+    return load_checkpoint(model_path, device=device, dtype=dtype), "torch"
+
+
 def cmd_generate(args) -> int:
     import time
 
+    from daemon.config import load as load_config, resolve_model
+    from registry.models import ModelError
+    from daemon.model_load import cpu_threads, runner_choice, stop_token_ids, use_threads
+    from daemon.prompt import fim, protect_special_tokens
     from textkit.tokenizer import Tokenizer, TokenizerError
-    from engine.checkpoint import CheckpointError, load_checkpoint
-    from engine.generate import DecodeParams, generate
+    from engine.checkpoint import CheckpointError
+    from engine.generate import DecodeParams, ModeError, generate
+    from engine.kv_cache import CacheFullError
 
-    model_dir = args.model or default_model()
-    if model_dir is None:
-        print("tricode: no model: pass --model DIR (an NLD checkpoint directory)", file=sys.stderr)
+    cfg, problems = load_config()
+    for problem in problems:
+        print(f"tricode: config: {problem}", file=sys.stderr)
+    try:
+        model_path = resolve_model(cfg, args.model, strict=True)
+    except ModelError as e:
+        print(f"tricode: {e}", file=sys.stderr)
+        return 2
+    if model_path is None:
+        print("tricode: no model: pass --model NAME|PATH (tricode model list), or `tricode model pull "
+              "qwen2.5-coder-0.5b`", file=sys.stderr)
         return 2
     if args.prompt_file is not None:
         try:
@@ -55,20 +108,32 @@ def cmd_generate(args) -> int:
             return 2
     else:
         prompt = args.prompt
+    device, dtype = args.device or cfg.device, args.dtype or cfg.dtype
+    runner = args.runner or runner_choice(cfg)
+    threads = use_threads(args.threads or cpu_threads(cfg))
     try:
-        params = DecodeParams(mode=args.mode, max_new_tokens=args.max_new_tokens, block_size=args.block_size,
-                              threshold=args.threshold, temperature=args.temperature, seed=args.seed,
-                              spec_variant=args.spec_variant, lookup=args.lookup)
         t0 = time.perf_counter()
-        ckpt = load_checkpoint(model_dir, device=args.device, dtype=args.dtype)
-        tok = Tokenizer(model_dir)
+        ckpt, runner_name = load_model(model_path, cfg, device, dtype, runner)
+        tok = Tokenizer(model_path)
         load_ms = (time.perf_counter() - t0) * 1e3
-    except (CheckpointError, TokenizerError, ValueError) as e:
+    except (CheckpointError, TokenizerError, ValueError, RuntimeError, OSError) as e:
         print(f"tricode: {e}", file=sys.stderr)
         return 2
-    ids = prompt_ids(tok, prompt, args.suffix)
-    res = generate(ckpt.model, ids, params)
+    protect_special_tokens(tok)
+    ids, heal, fmt = _prompt(tok, prompt, args.suffix, args.max_new_tokens, cfg.inline_format)
+    params = DecodeParams(mode=args.mode, max_new_tokens=args.max_new_tokens, block_size=args.block_size,
+                          threshold=args.threshold, temperature=args.temperature, seed=args.seed,
+                          spec_variant=args.spec_variant, lookup=args.lookup, stop_token_ids=stop_token_ids(tok))
+    try:
+        res = generate(ckpt.model, ids, params)
+    except (ModeError, ValueError) as e:     # e.g. diffusion for a checkpoint without a drafter
+        print(f"tricode: {e}", file=sys.stderr)
+        return 2
+    except CacheFullError as e:              # prompt + --max-new-tokens beyond the model's context
+        print(f"tricode: {e}; use a smaller --max-new-tokens or a shorter prompt", file=sys.stderr)
+        return 2
     text = tok.decode(res.tokens)
+    text = fim.heal(text, heal) if heal else text
     if args.json:
         print(json.dumps({
             "text": text, "token_ids": res.tokens, "mode": res.mode, "spec_variant": args.spec_variant,
@@ -77,7 +142,9 @@ def cmd_generate(args) -> int:
             "block_size": res.block_size, "stop_reason": res.stop_reason,
             "prompt_tokens": len(ids), "prefill_ms": round(res.prefill_ms, 2),
             "elapsed_ms": round(res.elapsed_ms, 2), "load_ms": round(load_ms, 1),
-            "model": str(model_dir), "device": str(ckpt.device), "dtype": str(ckpt.dtype).removeprefix("torch."),
+            "model": str(model_path), "device": str(ckpt.device), "runner": runner_name, "threads": threads,
+            "dtype": ("gguf" if runner_name == "llama.cpp" else str(ckpt.dtype).removeprefix("torch.")),
+            "prompt_format": fmt or "tricode",
         }))
     else:
         print(prompt + text)
