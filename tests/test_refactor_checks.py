@@ -95,3 +95,18 @@ def test_embedded_model_end_to_end(tmp_path):
     for r in s["records"]:
         assert r["model"] == "embedded" and isinstance(r["success"], bool)
         assert r["generated"] is not None, r          # the daemon answered the refactor
+
+
+def test_docstring_with_wrong_examples_or_invented_parameters_fails():
+    t = T["docstring_clamp"]
+    good = ('def clamp(value, low, high):\n    """Limit value to low..high.\n\n    Args:\n        value: the number.\n'
+            '        low (int): the least.\n        high: the most.\n\n    >>> clamp(9, 0, 3)\n    3\n    """\n'
+            '    return max(low, min(value, high))\n')
+    assert check(t, good)["success"], check(t, good)
+    wrong_example = good.replace("    3\n    \"\"\"", "    9\n    \"\"\"")
+    r = check(t, wrong_example)
+    assert not r["success"] and not r["behaviour"] and "examples" in r["detail"], r
+    invented = ('def clamp(value, low, high):\n    """Clamp.\n\n    Parameters\n    ==========\n\n    n : Number\n'
+                '        The number.\n    """\n    return max(low, min(value, high))\n')
+    r = check(t, invented)
+    assert not r["success"] and r["behaviour"] and "n" in r["detail"], r

@@ -26,6 +26,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,8 +53,51 @@ def _names(node: ast.AST) -> set[str]:
     return out
 
 
+_SPHINX_PARAM = re.compile(r"^\s*:param\s+(?:[\w\[\], ]+\s+)?\*{0,2}(\w+)\s*:", re.M)
+_SECTION = re.compile(r"^(args|arguments|parameters|params)\s*:?\s*$", re.I)
+_ENTRY = re.compile(r"^\*{0,2}(\w+)\s*(?:\(.*\))?\s*:")
+
+
+def documented_params(doc: str) -> list[str]:
+    """The parameter names a docstring documents: `:param x:` (Sphinx) and the entries of an
+    Args/Parameters section (Google `x (int): ...`, NumPy `x : int`)."""
+    names = _SPHINX_PARAM.findall(doc)
+    lines = doc.split("\n")
+    for i, ln in enumerate(lines):
+        if not _SECTION.match(ln.strip()):
+            continue
+        body = [x for x in lines[i + 1:]]
+        while body and set(body[0].strip()) <= set("-="):      # a NumPy underline (or blank)
+            if not body[0].strip():
+                break
+            body.pop(0)
+        indent = None
+        for x in body:
+            if not x.strip():
+                if indent is not None:
+                    break
+                continue
+            w = len(x) - len(x.lstrip())
+            if indent is None:
+                indent = w
+            if w < indent:
+                break
+            m = _ENTRY.match(x.strip())
+            if w == indent and m:
+                names.append(m.group(1))
+    return names
+
+
 def has_docstring(tree, f) -> str | None:
-    return None if ast.get_docstring(f) else "no docstring"
+    """A docstring, and none that documents a parameter the function does not have (its examples,
+    if any, are run with the behaviour tests: see `check`)."""
+    doc = ast.get_docstring(f)
+    if not doc:
+        return "no docstring"
+    params = {a.arg for a in f.args.posonlyargs + f.args.args + f.args.kwonlyargs}
+    params |= {a.arg for a in (f.args.vararg, f.args.kwarg) if a is not None}
+    invented = [n for n in documented_params(doc) if n not in params]
+    return f"the docstring documents parameters it does not have: {', '.join(invented)}" if invented else None
 
 
 def fully_annotated(tree, f) -> str | None:
@@ -197,6 +241,17 @@ TASKS: tuple[RefactorTask, ...] = (
 
 # -- the checker ------------------------------------------------------------------------------------
 
+# the function's docstring examples, if it has any, must hold too (a docstring that shows a wrong call
+# is not a right refactor)
+_DOCTESTS = """
+import doctest as _doctest
+_runner = _doctest.DocTestRunner(verbose=False)
+for _t in _doctest.DocTestFinder().find({f}, "{f}", globs=dict(globals())):
+    _runner.run(_t, out=lambda s: None)
+assert _runner.failures == 0, "the docstring's examples fail"
+"""
+
+
 def check(task: RefactorTask, new_source: str | None, timeout: float = 10.0) -> dict:
     """{"success", "behaviour", "change", "detail"} for the refactored module `new_source` (None: the
     answer was unusable, nothing applied)."""
@@ -208,7 +263,7 @@ def check(task: RefactorTask, new_source: str | None, timeout: float = 10.0) -> 
         return {"success": False, "behaviour": False, "change": False, "detail": f"syntax error: {e.msg} (line {e.lineno})"}
     f = _func(tree, task.function)
     missing = "function gone" if f is None else task.change(tree, f)
-    passed, detail = run_python(new_source + "\n\n" + task.tests, timeout)
+    passed, detail = run_python(new_source + "\n\n" + task.tests + _DOCTESTS.format(f=task.function), timeout)
     return {"success": passed and missing is None, "behaviour": passed, "change": missing is None,
             "detail": "; ".join(x for x in ((None if passed else detail[-300:]), missing) if x) or "ok"}
 
