@@ -110,3 +110,14 @@ def test_docstring_with_wrong_examples_or_invented_parameters_fails():
                 '        The number.\n    """\n    return max(low, min(value, high))\n')
     r = check(t, invented)
     assert not r["success"] and r["behaviour"] and "n" in r["detail"], r
+
+
+def test_scaffold_or_commented_original_left_in_the_file_fails():
+    # what the rewrite path on an instruct model gave: right code under the echoed prompt scaffold
+    t = T["validate_sqrt"]
+    echoed = ("# def int_sqrt(n):\n#     r = 0\n# Rewritten version (raise ValueError if n is negative):\n" + RIGHT["validate_sqrt"])
+    r = check(t, echoed)
+    assert not r["success"] and r["behaviour"] and not r["change"] and "scaffold" in r["detail"], r
+    commented = "# def int_sqrt(n):\n#     r = 0\n" + RIGHT["validate_sqrt"]
+    r = check(t, commented)
+    assert not r["success"] and "commented out" in r["detail"], r

@@ -11,7 +11,8 @@ to the module. The result counts as a success only when both hold:
 * behaviour: the refactored module plus the task's assertions exit 0 in training/sandbox.py (a separate
   restricted process, with a timeout);
 * change: the requested change is in the code (checked on its ast: a docstring, annotations on every
-  parameter and the return, the new name and not the old one, no `for` loop and a comprehension, ...).
+  parameter and the return, the new name and not the old one, no `for` loop and a comprehension, ...),
+  and nothing of the prompt is left in the file (its comment scaffold, the original commented out).
 
 An unusable answer (`finish` gives None: nothing would be applied in the editor) is a failure. The
 checker is deterministic; it knows nothing of models. `run_checks` starts a daemon (own XDG folders,
@@ -241,6 +242,19 @@ TASKS: tuple[RefactorTask, ...] = (
 
 # -- the checker ------------------------------------------------------------------------------------
 
+def leftovers(source: str, new_source: str) -> str | None:
+    """What a refactor must not leave in the file: the prompt's scaffold (`Original version:` /
+    `Rewritten version`) or the original code commented out (a comment line, new in the file, that is
+    one of the original's code lines)."""
+    old_lines = {ln.strip() for ln in source.split("\n") if ln.strip()}
+    new_comments = [ln.strip() for ln in new_source.split("\n") if ln.strip().startswith("#")
+                    and ln.strip() not in old_lines]
+    if any("Original version" in c or "Rewritten version" in c for c in new_comments):
+        return "the refactor's scaffold is left in the file"
+    commented = [c for c in new_comments if c.lstrip("#").strip() in old_lines]
+    return f"the original is left commented out ({len(commented)} lines)" if commented else None
+
+
 # the function's docstring examples, if it has any, must hold too (a docstring that shows a wrong call
 # is not a right refactor)
 _DOCTESTS = """
@@ -263,6 +277,9 @@ def check(task: RefactorTask, new_source: str | None, timeout: float = 10.0) -> 
         return {"success": False, "behaviour": False, "change": False, "detail": f"syntax error: {e.msg} (line {e.lineno})"}
     f = _func(tree, task.function)
     missing = "function gone" if f is None else task.change(tree, f)
+    left = leftovers(task.source, new_source)
+    if left:
+        missing = "; ".join(x for x in (missing, left) if x)
     passed, detail = run_python(new_source + "\n\n" + task.tests + _DOCTESTS.format(f=task.function), timeout)
     return {"success": passed and missing is None, "behaviour": passed, "change": missing is None,
             "detail": "; ".join(x for x in ((None if passed else detail[-300:]), missing) if x) or "ok"}
