@@ -121,3 +121,14 @@ def test_scaffold_or_commented_original_left_in_the_file_fails():
     commented = "# def int_sqrt(n):\n#     r = 0\n" + RIGHT["validate_sqrt"]
     r = check(t, commented)
     assert not r["success"] and "commented out" in r["detail"], r
+
+
+@pytest.mark.slow
+def test_tricode_eval_refactor_checks_cli(tmp_path):
+    import subprocess, sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    # an unknown model: a clear error, no daemon started
+    bad = subprocess.run([sys.executable, "-m", "tricode", "eval", "--refactor-checks", "--model", "no-such-model"],
+                         cwd=repo, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no-such-model" in bad.stderr, bad.stderr

@@ -859,7 +859,26 @@ def format_model_card_section(report: dict) -> str:
     return "\n".join(md)
 
 
+def cmd_refactor_checks(args) -> int:
+    """`tricode eval --refactor-checks`: training/refactor_checks.py through a daemon serving the model."""
+    from registry.models import ModelError
+    from training.refactor_checks import run_checks
+    try:
+        s = run_checks(args.model or "embedded", out=args.records, threads=args.threads or 1,
+                       log=(lambda m: None) if args.json else print)
+    except (ModelError, RuntimeError) as e:
+        print(f"tricode eval --refactor-checks: {e}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in s.items() if k != "records"}
+    print(json.dumps(summary) if args.json else
+          f"refactor success {s['success']}/{s['total']} ({s['model']}, runner {s.get('runner')}): "
+          + ", ".join(f"{k} {v}" for k, v in s["by_kind"].items()))
+    return 0
+
+
 def cmd_eval(args) -> int:
+    if args.refactor_checks:
+        return cmd_refactor_checks(args)
     from engine.embedded_model import default_model
     from textkit.tokenizer import TokenizerError
     from engine.checkpoint import CheckpointError
@@ -923,6 +942,9 @@ def add_eval_command(sub) -> None:
     p.add_argument("--records", type=Path, default=None,
                    help="append one JSON line per completion to this file as it is made "
                         "(a run stopped early keeps its figures)")
+    p.add_argument("--refactor-checks", action="store_true", dest="refactor_checks",
+                   help="run only the refactor checks (training/refactor_checks.py) through a daemon serving "
+                        "the model (greedy, --threads or 1 thread; --records gets one JSON line per task)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the report as one JSON object")
     out.add_argument("--markdown", action="store_true", help="print the model-card section (markdown)")

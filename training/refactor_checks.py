@@ -20,6 +20,7 @@ one CPU thread, under the caller's nice) and writes one JSON record per task.
 
     python -m training.refactor_checks --model qwen2.5-coder-0.5b --out refactor.jsonl
     python -m training.refactor_checks --model embedded
+    tricode eval --refactor-checks --model qwen2.5-coder-0.5b --threads 1 --records refactor.jsonl
 """
 from __future__ import annotations
 
@@ -376,7 +377,7 @@ def run_checks(model: str, tasks=TASKS, out: Path | None = None, threads: int = 
     d = Daemon(path, threads)
     records = []
     try:
-        d.wait_ready()
+        runner = d.wait_ready().get("runner")
         for t in tasks:
             job, msg = request(t)
             t0 = time.perf_counter()
@@ -389,7 +390,7 @@ def run_checks(model: str, tasks=TASKS, out: Path | None = None, threads: int = 
                 new = apply(t, job, reply["text"])
                 rec = {"task": t.name, "kind": t.kind, **check(t, new), "generated": reply["text"],
                        "refactored": new, "tokens": reply.get("tokens")}
-            rec.update(model=model, seconds=round(secs, 2))
+            rec.update(model=model, runner=runner, seconds=round(secs, 2))
             records.append(rec)
             log(f"{t.name:18s} {'PASS' if rec['success'] else 'fail'}  {rec['detail'][:100]}  ({secs:.1f} s)")
             if out is not None:
@@ -397,7 +398,7 @@ def run_checks(model: str, tasks=TASKS, out: Path | None = None, threads: int = 
                     fh.write(json.dumps(rec) + "\n")
     finally:
         d.close()
-    return {"model": model, "records": records, **summarize(records)}
+    return {"model": model, "runner": runner, "records": records, **summarize(records)}
 
 
 def summarize(records) -> dict:
