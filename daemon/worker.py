@@ -503,7 +503,9 @@ class LocalWorker(threading.Thread):
                 log.exception("extra context for %s", msg.path)
         if job.kind == "generate" and chatml_template(getattr(self.tok, "chat_template", None)):
             # an instruct model: refactors through its chat template (the file's own text only)
-            return self.builder.build_chat(msg.prefix, msg.suffix, budget, msg.language, msg.path)
+            rewrite = ((msg.original, msg.instruction, msg.scaffold)
+                       if getattr(msg, "action", "") == "rewrite" and msg.original.strip() else None)
+            return self.builder.build_chat(msg.prefix, msg.suffix, budget, msg.language, msg.path, rewrite)
         layout = self._layout(job)
         repo, repo_budget, snippets = prompt_repo(self.workspace, self.tok, cfg, msg, budget, extra,
                                                   layout.get("layout", "contiguous"), self.builder.fim_format)

@@ -171,7 +171,8 @@ class Actions:
                 raise JsonRpcException(f"tricode daemon unavailable: {e}", code=REQUEST_FAILED) from None
             msg = Generate(doc=doc.uri, prefix=job.prefix, suffix=job.suffix, path=doc.path,
                            language=doc.language or "", mode=settings.refactor_mode, max_tokens=job.max_tokens,
-                           max_lines=job.max_lines, stop=job.stop)
+                           max_lines=job.max_lines, stop=job.stop, action=job.action, original=job.original,
+                           instruction=job.instruction, scaffold=job.scaffold)
             try:
                 rid, fut = backend.submit(msg)
             except DaemonUnavailable as e:

@@ -9,7 +9,10 @@ generated middle into the replacement text (or None when the output is unusable:
     type_hints     prefix = code through `def name(`; suffix = the header's ':' and the body; the middle
                    is the annotated parameter list and return type; the parameter names must not change
     rewrite        prefix = code before the selection + a comment holding the original (commented out)
-                   and the instruction; suffix = code after the selection; the middle replaces it
+                   and the instruction; suffix = code after the selection; the middle replaces it.
+                   The job also carries the original, the instruction and the scaffold's length: a
+                   daemon serving a chat model asks it directly (daemon/prompt/chat.py rewrite_messages)
+                   and gets the whole code back, which finish() re-indents
     complete_body  prefix = code through the header (and docstring) + body indentation; suffix = code
                    after the function; the middle is the body (placeholders such as `pass` replaced)
 """
@@ -52,6 +55,9 @@ class RefactorEdit:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     finisher: Callable[[str], str | None] = field(default=lambda g: g, repr=False)
+    original: str = ""          # rewrite: the replaced code, the instruction, and how many characters
+    instruction: str = ""       # at the end of `prefix` are the FIM scaffold (protocol Generate)
+    scaffold: int = 0
 
     def finish(self, generated: str) -> str | None:
         generated = generated.replace("\r\n", "\n").replace("\r", "\n")
@@ -385,13 +391,15 @@ def _rewrite(text: str, language: str, start: int, end: int, instruction: str, m
     ind = leading_ws(lines[0])
     c = line_comment(language)
     hint = "".join(f"{ind}{c} {ln[len(ind):] if ln.startswith(ind) else ln.lstrip()}\n" for ln in lines)
-    prefix = (text[:s] + f"{ind}{c} Original version:\n" + hint
-              + f"{ind}{c} Rewritten version ({instruction}):\n")
+    scaffold = f"{ind}{c} Original version:\n" + hint + f"{ind}{c} Rewritten version ({instruction}):\n"
+    prefix = text[:s] + scaffold
     suffix = text[e:]
     below = next((ln for ln in split_lines(suffix)[1:] if ln.strip()), None)
 
     def finish(g: str) -> str | None:
         out = g.split("\n")
+        # an instruct model replies with the whole code, which may not keep the original's indentation
+        out = _shift(out, ind)
         # the model may echo the comment scaffold: drop leading comment lines
         while out and out[0].strip().startswith(c) and ("version" in out[0].lower() or not out[0].strip()[len(c):].strip()):
             out.pop(0)
@@ -410,7 +418,20 @@ def _rewrite(text: str, language: str, start: int, end: int, instruction: str, m
         return result
     n = len(lines)
     return RefactorEdit("rewrite", ACTIONS["rewrite"], prefix, suffix, s, e, max_lines=2 * n + 8,
-               max_tokens=max_tokens, finisher=finish)
+               max_tokens=max_tokens, finisher=finish, original=original, instruction=instruction,
+               scaffold=len(scaffold))
+
+
+def _shift(lines: list[str], ind: str) -> list[str]:
+    """`lines` moved so that the first non-blank one starts with `ind` (the others keep their place
+    relative to it); unchanged when it does already, or when a line would lose non-blank text."""
+    first = next((ln for ln in lines if ln.strip()), None)
+    if first is None or leading_ws(first) == ind:
+        return lines
+    have = leading_ws(first)
+    if any(ln.strip() and not ln.startswith(have) for ln in lines):
+        return lines
+    return [ind + ln[len(have):] if ln.strip() else ln for ln in lines]
 
 
 def _complete_body(text: str, language: str, f: Func, max_tokens: int) -> RefactorEdit:

@@ -97,6 +97,13 @@ class Generate(Complete):
     """A refactor: like Complete but AR by default, refactor priority, longer outputs."""
     max_tokens: int = 256
     max_lines: int = 0          # 0 = no line limit
+    # what the refactor is, for a daemon that asks an instruct model directly (daemon/prompt/chat.py
+    # rewrite_messages) rather than through prefix/suffix; older clients leave them empty
+    action: str = ""           # "rewrite" | "docstring" | "type_hints" | "complete_body" | ""
+    original: str = ""         # rewrite: the selected code (whole lines), which the result replaces
+    instruction: str = ""      # rewrite: what to do to it
+    scaffold: int = 0          # characters at the end of `prefix` that are the FIM prompt's scaffold
+                               # (the original commented out), not the document
     type: str = "generate"
 
 

@@ -473,6 +473,23 @@ def test_rewrite_prompt_has_instruction_and_original_as_hint():
         refactor.build("rewrite", PY, "python", i, j, instruction="")
 
 
+def test_rewrite_accepts_a_whole_code_reply_and_keeps_the_indentation():
+    """An instruct model asked directly answers with the whole code, dedented: finish() puts it back
+    at the original's indentation; an unchanged or unusable answer is still declined."""
+    src = "class A:\n    def f(self, xs):\n        out = []\n        for x in xs:\n            out.append(x)\n        return out\n"
+    at = src.index("def f")
+    job = refactor.build("rewrite", src, "python", at, at, instruction="use a comprehension")
+    assert job.original == src[src.index("    def f"):].rstrip("\n") and job.instruction == "use a comprehension"
+    assert job.prefix[len(job.prefix) - job.scaffold:].startswith("    # Original version:")
+    assert job.prefix[:len(job.prefix) - job.scaffold] == "class A:\n"
+    out = _apply_job(src, job, "def f(self, xs):\n    return [x for x in xs]\n")
+    assert out == "class A:\n    def f(self, xs):\n        return [x for x in xs]\n"
+    assert job.finish("def f(self, xs):\n    out = []\n    for x in xs:\n        out.append(x)\n    return out\n") is None
+    assert job.finish("# nothing to change\n") is None and job.finish("\n") is None
+    # a reply already at the original's indentation (the FIM path's answer) is taken as it is
+    assert job.finish("    def f(self, xs):\n        return list(xs)") == "    def f(self, xs):\n        return list(xs)"
+
+
 def test_complete_body_replaces_placeholder():
     i = PY.index("pass")
     job = refactor.build("complete_body", PY, "python", i, i)

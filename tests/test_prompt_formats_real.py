@@ -70,3 +70,33 @@ def test_the_embedded_tokenizer_keeps_tricodes_layout():
     if default_model() is None:
         pytest.skip("the embedded model is not installed")
     assert P.pretrained_format(Tokenizer(default_model())) is None
+
+
+def test_chat_rewrite_asks_directly_with_the_original_and_the_instruction(tok):
+    """A rewrite on an instruct model: the original (dedented) in a fenced block with its language and
+    file, the instruction, the code around it as context; none of the FIM prompt's comment scaffold."""
+    from lsp import refactor
+    src = ("import math\n\n\nclass Shape:\n    def area(self, w, h):\n        total = 0\n"
+           "        for i in range(w):\n            total += h\n        return total\n\n\ndef after():\n    pass\n")
+    at = src.index("def area")
+    job = refactor.build("rewrite", src, "python", at, at, instruction="use a multiplication")
+    prompt = P.PromptBuilder(tok).build_chat(job.prefix, job.suffix, 2048, "python", "/w/shapes.py",
+                                             (job.original, job.instruction, job.scaffold))
+    text = tok._tok.decode(prompt.ids, skip_special_tokens=False)
+    assert prompt.format == "chat" and prompt.stops == ("```",)
+    assert text.endswith("<|im_start|>assistant\n```python\n")
+    user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+    assert ("```python\ndef area(self, w, h):\n    total = 0\n    for i in range(w):\n        total += h\n"
+            "    return total\n```") in user
+    assert "Instruction: use a multiplication" in user and "shapes.py" in user
+    assert "complete rewritten code only, in one code block" in user
+    assert "class Shape:\n<the code to rewrite>\n" in user and "def after():" in user   # the context
+    assert "Original version" not in text and "Rewritten version" not in text and "#     total" not in text
+    # without `rewrite` (an older client, or another action) the fill prompt is unchanged
+    plain = P.PromptBuilder(tok).build_chat(job.prefix, job.suffix, 2048, "python", "/w/shapes.py")
+    assert plain.ids == P.chat_ids(tok, *P.fill_messages(job.prefix, job.suffix, "python", "/w/shapes.py"))
+    # a tight budget drops the context, never the code
+    small = tok._tok.decode(P.PromptBuilder(tok).build_chat(
+        job.prefix, job.suffix, 100, "python", "/w/shapes.py", (job.original, job.instruction, job.scaffold)).ids,
+        skip_special_tokens=False)
+    assert "for i in range(w):" in small and "def after" not in small

@@ -296,7 +296,8 @@ def request(task: RefactorTask, max_tokens: int = 512):
     path = f"/tmp/refactor_checks/{task.name}.py"
     msg = Generate(doc=Path(path).as_uri(), prefix=job.prefix, suffix=job.suffix, path=path, language="python",
                    mode="ar", max_tokens=job.max_tokens, max_lines=job.max_lines, stop=job.stop,
-                   deadline_ms=600000, temperature=0.0)
+                   deadline_ms=600000, temperature=0.0, action=job.action, original=job.original,
+                   instruction=job.instruction, scaffold=job.scaffold)
     return job, msg
 
 

@@ -76,7 +76,7 @@ from daemon.prompt import fim
 from daemon.prompt.remote import (FIM_LAYOUTS, REMOTE_LAYOUTS, _repo_name, detect, needs_suffix,  # noqa: F401
                                   render, resolve)
 from daemon.prompt.chat import (CHAT_SYSTEM, FILL, ChatTemplateError, chat_ids, chat_text,  # noqa: F401
-                                chatml_template, fill_messages)
+                                chatml_template, fill_messages, rewrite_messages)
 
 log = logging.getLogger(__name__)
 
@@ -372,11 +372,26 @@ class PromptBuilder:
                 left = room - len(ids)
         return out
 
-    def build_chat(self, prefix: str, suffix: str, budget: int, language: str = "", path: str = "") -> Prompt:
+    def build_chat(self, prefix: str, suffix: str, budget: int, language: str = "", path: str = "",
+                   rewrite: tuple[str, str, int] | None = None) -> Prompt:
         """A refactor's prompt for an instruct model: prefix and suffix clipped by tokens (the suffix
         up to a quarter of the budget), asked for through the chat template (`fill_messages`); the
-        reply stops at its closing code fence."""
+        reply stops at its closing code fence. `rewrite` = (original, instruction, scaffold): a rewrite,
+        asked for directly (`rewrite_messages`), with up to an eighth of the budget of the code before
+        (the prefix less its `scaffold` characters) and after the selection as context."""
         tok = self.tok
+        if rewrite is not None:
+            original, instruction, scaffold = rewrite
+            before = prefix[:len(prefix) - scaffold] if 0 < scaffold <= len(prefix) else prefix
+            overhead = len(chat_ids(tok, *rewrite_messages(original, instruction, language, path)))
+            room = budget - overhead - len(tok.encode(original))
+            suffix_ids = self.clip_head(suffix, max(min(budget // 8, room // 3), 0))
+            prefix_ids, clipped = self.clip_prefix(before, max(min(budget // 8, room // 3), 0))
+            messages, seed = rewrite_messages(original, instruction, language, path,
+                                              tok.decode(prefix_ids), tok.decode(suffix_ids))
+            return Prompt(chat_ids(tok, messages, seed), prefix_tokens=len(prefix_ids), suffix_tokens=len(suffix_ids),
+                          prefix_clipped_lines=clipped, fim=False, prefix_ids=prefix_ids, suffix_ids=suffix_ids,
+                          stops=("```",), format="chat")
         overhead = len(chat_ids(tok, *fill_messages("", "", language, path)))
         suffix_ids = self.clip_head(suffix, budget // 4)
         prefix_ids, clipped = self.clip_prefix(prefix, max(budget - overhead - len(suffix_ids), 16))

@@ -13,6 +13,7 @@ It knows nothing of models or budgets (PromptBuilder.build_chat clips the pieces
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import PurePath
 from typing import Mapping, Sequence
 
@@ -66,3 +67,21 @@ def fill_messages(prefix: str, suffix: str, language: str = "", path: str = "") 
             f"missing part ends.\n\n```{lang}\n{prefix}{FILL}{suffix}\n```")
     line = prefix[prefix.rfind("\n") + 1:]
     return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": user}], f"```{lang}\n{line}"
+
+
+def rewrite_messages(original: str, instruction: str, language: str = "", path: str = "",
+                     before: str = "", after: str = "") -> tuple[list[dict], str]:
+    """(messages, assistant_prefix) asking an instruct model to rewrite `original` as instructed: the
+    code (dedented) in a fenced block with its language and file, the instruction, and the code around
+    it (`before`, `after`; may be empty) for context. The reply is seeded with the opening fence, so
+    what the model writes is the rewritten code, up to the closing fence (the caller re-indents it)."""
+    lang = (language or "").lower()
+    where = f" from {PurePath(path).name}" if path else ""
+    context = ""
+    if before.strip() or after.strip():
+        context = (f"For context, the code around it in the file:\n\n```{lang}\n{before}"
+                   f"<the code to rewrite>\n{after.strip(chr(10))}\n```\n\n")
+    user = (f"{context}Rewrite this {lang or 'source'} code{where}:\n\n```{lang}\n"
+            f"{textwrap.dedent(original).strip(chr(10))}\n```\n\nInstruction: {instruction}\n\n"
+            f"Reply with the complete rewritten code only, in one code block.")
+    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": user}], f"```{lang}\n"
