@@ -65,7 +65,7 @@ class Job:
     decode: object = None             # engine.generate.Decode of the slice running now
     queued_at: float = field(default_factory=time.monotonic)   # entered the queue (submit or requeue)
     aged: int = 0                     # times it went ahead of inline completions by ageing
-    stages: list = field(default_factory=list)   # a prefetch's prefills still to run: (pool key, ids)
+    stages: list = field(default_factory=list)   # a prefetch's prefills still to run: (pool key, ids, prompt length)
     follow_up: bool = False           # a prefetch the worker queued itself (a sized prompt's full form)
 
     @property

@@ -532,12 +532,12 @@ class LocalWorker(threading.Thread):
         self._threads(cfg)
         job.started = time.perf_counter()
         full = job.prompt = self._prompt(job, cfg.context_tokens)
-        job.stages = [(job.cache_key, full.ids if job.msg.cursor else full.ids[:full.stable_tokens])]
+        job.stages = [(job.cache_key, full.ids if job.msg.cursor else full.ids[:full.stable_tokens], len(full.ids))]
         if job.msg.cursor:
             sized = self.sizer.choose(self.builder, job.cache_key, full, self.pool, job.msg, cfg.prefill_budget_ms,
                                       cfg.context_tokens, request=False)
             if sized is not full:
-                job.stages.insert(0, (window_key(job.cache_key), sized.ids))
+                job.stages.insert(0, (window_key(job.cache_key), sized.ids, len(sized.ids)))
         return self._next_stage(job)
 
     def _next_stage(self, job: Job) -> bool:
@@ -548,8 +548,8 @@ class LocalWorker(threading.Thread):
         params = for_device(self.ck.model, DecodeParams(mode=cfg.inline_mode, block_size=cfg.block_size or None,
                                                         spec_variant=cfg.spec_variant))
         while job.stages:
-            key, ids = job.stages.pop(0)
-            need = len(ids) + cfg.max_tokens + scratch_slots(params, params.block_size) + 2
+            key, ids, prompt_len = job.stages.pop(0)    # sized for the whole prompt, as the completion asks
+            need = prompt_len + cfg.max_tokens + scratch_slots(params, params.block_size) + 2
             cache = self.pool.get(key, need, self.queue.pinned_keys())
             work = len(ids) - cache.common_prefix(ids)
             if len(ids) < 2 or work <= 0:

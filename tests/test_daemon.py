@@ -500,6 +500,31 @@ def test_prefetch_prepares_the_completions_cache(daemon):
     assert st["requests_served"] >= 1 and st["errors_by_code"].get(protocol.INTERNAL, 0) == 0
 
 
+def test_prefetch_without_a_cursor_is_reused_by_a_completion_anywhere(daemon):
+    """A prefetch without a cursor prefills only the cursor-independent part of the prompt, but into a
+    cache sized for the whole prompt: the completion that follows reuses every token it prefilled
+    (a cache sized for that part alone would be too small for the completion and be replaced)."""
+    body = "".join(f"def handler_{i}(request, value={i}):\n    return request.process(value) + {i}\n\n"
+                   for i in range(60))
+    cut = body.index("def handler_45")
+    # the completion may write up to the config's cap (max_tokens 4000 here): its cache is sized for that
+
+    async def go():
+        c = await daemon.client("prefetch-open")
+        st0 = await c.request(Status())
+        await c.request(protocol.Prefetch(doc="file:///open.py", prefix=body, suffix="", cursor=False))
+        st1 = await asyncio.to_thread(wait_prefetched, daemon, st0["prefetch"]["run"] + 1)
+        after = await c.request(Complete(doc="file:///open.py", prefix=body[:cut] + "def main(argv):\n    ",
+                                         suffix=body[cut:], max_tokens=4000, max_lines=1, deadline_ms=30000))
+        await c.close()
+        return st1["prefetch"]["tokens"] - st0["prefetch"]["tokens"], after
+
+    prefetched, after = arun(go())
+    assert after["type"] == "result", after
+    assert prefetched > 100 and after["prompt_tokens"] > prefetched + 100, (prefetched, after)
+    assert after["reused_tokens"] >= prefetched - 2, (prefetched, after)
+
+
 def test_prefetch_is_dropped_for_a_newer_one_and_for_a_completion(daemon):
     """A newer prefetch of the same document drops the older one; a completion for the document
     drops its prefetch and is answered as usual, with the same text as without any prefetch."""
