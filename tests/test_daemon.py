@@ -3,6 +3,7 @@ real sockets, no mocks. One daemon serves the module; the lifecycle test starts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -88,24 +89,35 @@ class D:
         return c
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    base = Path(tempfile.mkdtemp(prefix="tcd", dir="/tmp"))   # short: a socket path has a 107-byte limit
-    d = D(base, write_tiny_checkpoint(base / "ck"))
-    d.config.parent.mkdir(parents=True)
-    d.config.write_text(BASE_CONFIG)
-    err = open(base / "daemon.err", "wb")
-    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(d.ckpt)],
+@contextlib.contextmanager
+def running(d: D, *args: str, timeout: float = 90.0):
+    """`tricode daemon run ARGS` in d's environment, ready (its stderr's tail in the failure when it
+    is not); killed and d.base removed afterwards."""
+    err = open(d.base / "daemon.err", "wb")
+    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", *args],
                               env=d.env, cwd=REPO, stdout=err, stderr=err)
     try:
-        wait_ready(d.sock, proc=d.proc)
+        try:
+            wait_ready(d.sock, timeout=timeout, proc=d.proc)
+        except AssertionError:
+            raise AssertionError((d.base / "daemon.err").read_text()[-4000:]) from None
         yield d
     finally:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(10)
         err.close()
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(d.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    base = Path(tempfile.mkdtemp(prefix="tcd", dir="/tmp"))   # short: a socket path has a 107-byte limit
+    d = D(base, write_tiny_checkpoint(base / "ck"))
+    d.config.parent.mkdir(parents=True)
+    d.config.write_text(BASE_CONFIG)
+    with running(d, "--model", str(d.ckpt)):
+        yield d
 
 
 def raw_connect(sock: Path, hello: bool = True) -> socket.socket:
@@ -585,12 +597,9 @@ def test_context_from_documents_imports_and_saves(daemon, tmp_path):
     assert r3["context_files"] == ["pkg/util.py", "saved.py"], r3
 
 
-def test_repo_context_end_to_end(daemon):
-    """Through the real daemon: a helper defined two files away is listed by `tricode complete --json`
-    as a snippet of the prompt; `tricode daemon status` shows the root's index; a file saved is
-    searchable within a second; broken files (binary, not UTF-8, too large, unreadable, a symlink
-    loop, a dangling link, one deleted meanwhile) never fail a completion."""
-    root = daemon.base / "repo"
+def helper_two_files_away(root: Path) -> Path:
+    """A repository whose app/main.py calls scale_vector, defined in pkg/geometry.py and reached
+    through pkg/shapes.py (the line at 7:4 is blank: the cursor's place); returns main.py."""
     (root / ".git").mkdir(parents=True)
     (root / "pkg").mkdir()
     (root / "pkg" / "__init__.py").write_text("")
@@ -601,6 +610,16 @@ def test_repo_context_end_to_end(daemon):
     main = root / "app" / "main.py"
     main.write_text("from pkg import shapes\n\n\ndef grow(points, k):\n    out = []\n    for p in points:\n"
                     "        out.append(scale_vector(p, k))\n    \n    return out\n")
+    return main
+
+
+def test_repo_context_end_to_end(daemon):
+    """Through the real daemon: a helper defined two files away is listed by `tricode complete --json`
+    as a snippet of the prompt; `tricode daemon status` shows the root's index; a file saved is
+    searchable within a second; broken files (binary, not UTF-8, too large, unreadable, a symlink
+    loop, a dangling link, one deleted meanwhile) never fail a completion."""
+    root = daemon.base / "repo"
+    main = helper_two_files_away(root)
     (root / "blob.py").write_bytes(b"\x00\x01binary" * 100)
     (root / "latin.py").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
     (root / "huge.py").write_text("x = 1\n" * 120_000)          # 720 kB > max_file_kb (512)

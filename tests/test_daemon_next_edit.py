@@ -4,9 +4,6 @@ document, malformed requests answered with errors, and the pattern-only gate."""
 from __future__ import annotations
 
 import difflib
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +13,7 @@ import pytest
 import protocol
 from protocol import NextEdit, NextEditResult, Status
 from textkit.edits import changed_lines, region_lines
-from tests.test_daemon import BASE_CONFIG, REPO, D, arun, wait_ready
+from tests.test_daemon import BASE_CONFIG, D, arun, running
 
 OLD = ("class A(Base):\n"
        "    def f(self):\n"
@@ -56,18 +53,8 @@ def embedded_daemon():
     d = D(base, model)
     d.config.parent.mkdir(parents=True)
     d.config.write_text(BASE_CONFIG)
-    err = open(base / "daemon.err", "wb")
-    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", "--model", str(model)],
-                              env=d.env, cwd=REPO, stdout=err, stderr=err)
-    try:
-        wait_ready(d.sock, proc=d.proc)
+    with running(d, "--model", str(model)):
         yield d
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(10)
-        err.close()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_next_edit_proposes_the_third_place(embedded_daemon):

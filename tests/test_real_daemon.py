@@ -7,9 +7,6 @@ Slow (the model loads once for the module; each request decodes a few dozen toke
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import json
@@ -19,7 +16,7 @@ import pytest
 
 from protocol import Complete, Generate, Status
 from protocol.client import call
-from tests.test_daemon import REPO, D, arun, wait_ready
+from tests.test_daemon import REPO, D, arun, helper_two_files_away, running
 
 pytestmark = pytest.mark.slow
 
@@ -42,21 +39,8 @@ def real(real_gguf):
     d.config.parent.mkdir(parents=True)
     d.config.write_text('device = "cpu"\nlog_level = "debug"\ndeadline_ms = 120000\n'
                         'refactor_deadline_ms = 300000\n')
-    err = open(base / "daemon.err", "wb")
-    d.proc = subprocess.Popen([sys.executable, "-m", "tricode", "daemon", "run", *args],
-                              env=d.env, cwd=REPO, stdout=err, stderr=err)
-    try:
-        try:
-            wait_ready(d.sock, timeout=600, proc=d.proc)
-        except AssertionError:
-            raise AssertionError((base / "daemon.err").read_text()[-4000:]) from None
+    with running(d, *args, timeout=600):
         yield d
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(10)
-        err.close()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def demo_request(**kw) -> Complete:
@@ -190,16 +174,7 @@ def test_repo_context_with_the_real_model(real):
     (path and line range)."""
     import time
     root = real.base / "repo"
-    (root / ".git").mkdir(parents=True)
-    (root / "pkg").mkdir()
-    (root / "pkg" / "__init__.py").write_text("")
-    (root / "pkg" / "geometry.py").write_text(
-        '"""Vectors."""\n\n\ndef scale_vector(vec, factor):\n    return [v * factor for v in vec]\n')
-    (root / "pkg" / "shapes.py").write_text("from pkg.geometry import scale_vector\n\nUNIT = scale_vector([1], 1)\n")
-    (root / "app").mkdir()
-    main = root / "app" / "main.py"
-    main.write_text("from pkg import shapes\n\n\ndef grow(points, k):\n    out = []\n    for p in points:\n"
-                    "        out.append(scale_vector(p, k))\n    \n    return out\n")
+    main = helper_two_files_away(root)
     base_config = real.config.read_text()
     real.config.write_text(base_config + "repo_context_pretrained = true\n")   # whatever the default is
     end = time.monotonic() + 30
