@@ -141,6 +141,10 @@ class LlamaModel:
         cp.kv_unified = True              # the sequences share n_ctx cells: a long prompt may use most of them
         cp.n_outputs_max = n_outputs
         cp.no_perf = True
+        # no flash attention: its CPU kernel sums in another order, and on 2 threads that flipped a
+        # near-tie (0.04 logits apart) between a 1-token AR step and a k-token verify, so greedy spec
+        # differed from ar (tests/test_llama_runner.py); measured no faster here at these lengths
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = L.llama_init_from_model(self._model, cp)
         if not self._ctx:
             L.llama_model_free(self._model)
@@ -254,6 +258,14 @@ class LlamaModel:
                 for c, pos, _, _ in part:
                     c.synced = max(c.synced, pos + 1)
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+    def set_threads(self, threads: int) -> None:
+        """Run the next steps on `threads` CPU threads (daemon/cpu_share.py picks them per step)."""
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, not {threads}")
+        with self._lock:
+            self._L.llama_set_n_threads(self._ctx, threads, threads)
+            self.threads = threads
 
     @property
     def runner(self) -> "LlamaRunner":

@@ -197,3 +197,26 @@ def test_patterns_it_cannot_run_are_refused(lm, vocab):
     from engine.generate import ModeError
     with pytest.raises(ModeError, match="no drafter.*supports modes ar, spec"):
         generate(lm, vocab("x = 1"), DecodeParams(mode="diffusion", max_new_tokens=4))
+
+
+@pytest.mark.slow
+def test_spec_equals_ar_with_two_threads_on_a_near_tie(real_gguf):
+    """The 4th of bench.llamacpp's held-out tasks (seed 0, 400-token prompts) has two candidates 0.04
+    logits apart at its 10th new token; with llama.cpp's flash attention on 2 threads a k-token verify
+    and a 1-token AR step summed them in another order and picked differently (spec != ar). The
+    runner turns flash attention off; this fails with it on."""
+    from bench.llamacpp import Vocab, fim_prompt
+    from engine.llama_runner import LlamaModel
+    from training import evaluate as ev
+    files, _ = ev.read_heldout_files(Path(__file__).resolve().parent.parent / "engine" / "embedded", None)
+    vocab = Vocab(real_gguf)
+    tasks = ev.make_fim_tasks(files, 6, 0, count_tokens=lambda s: len(vocab.encode(s)), max_line_tokens=22)
+    lm = LlamaModel.load(real_gguf, threads=2, n_ctx=1024, n_seq=2)
+    try:
+        for t in tasks:
+            ids = fim_prompt(vocab, t.prefix, t.suffix, 400)
+            ar = generate(lm, ids, DecodeParams(mode="ar", max_new_tokens=24))
+            sp = generate(lm, ids, DecodeParams(mode="spec", max_new_tokens=24))
+            assert sp.tokens == ar.tokens, t.prefix[-80:]
+    finally:
+        lm.close()
