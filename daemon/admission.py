@@ -19,7 +19,8 @@ daemon/worker.py, which pops them from this queue; or the remote backend, daemon
   once (a new `next_edit` likewise the older `next_edit` of its document: `supersede_key`) and sets its cancel flag (the decode stops before its next forward). `abort` does the same
   with ABORTED. A job whose connection closed is cancelled silently.
 - Deadline: per job (deadline_ms, else the configured default for its kind); when it passes the
-  decode stops and the reply holds what is finished, cut at the last complete line.
+  decode stops and the reply holds what is finished, cut at the last complete line. An inline
+  completion's decode gets at least deadline_ms after its prompt's prefill (DecodeParams.decode_s).
 
 Replies are produced exactly once, on the event loop thread (`RequestQueue.reply`), whatever races
 between the worker finishing, an abort, a supersede and a closed connection.

@@ -59,7 +59,7 @@ class Config:
     dtype: str = "auto"
     runner: str = "auto"               # auto: a GGUF model on a CPU runs on llama.cpp's kernels (engine/
                                        # llama_runner.py), else torch | llama | torch (env TRICODE_RUNNER wins)
-    cpu_threads: int = 0               # torch threads on a CPU device; 0 = 1 on <= 2 cores, else torch's default
+    cpu_threads: int = 0               # CPU threads; 0 = llama.cpp: the idle cores, torch: 1 on <= 2 cores, else its default
     # decoding, per request kind (a request may override the mode)
     inline_mode: str = "spec"
     refactor_mode: str = "ar"

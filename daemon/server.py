@@ -561,7 +561,7 @@ class Daemon:
             "capabilities": dict(e.capabilities),
             "runner": e.runner, "runner_failures": dict(e.fallback.failed),
             "device": e.device, "dtype": e.dtype, "prefill_dtype": e.prefill_dtype, "lora": e.lora, "load_ms": round(e.load_ms, 1),
-            "memory": e.memory(),
+            "memory": e.memory(), "threads": e.thread_rule.status(cfg, e.ck.model if e.ck is not None else None),
             "modes": {"inline": cfg.inline_mode, "refactor": cfg.refactor_mode, "spec_variant": e.spec_variant(cfg)},
             "deadline_ms": cfg.deadline_ms,
             "queue_length": self.queue.queue_length(),

@@ -48,8 +48,8 @@ import protocol
 from daemon.admission import PRIO_PREFETCH, Job, RequestQueue, Stats, TokenBucket
 from daemon.config import Config, resolve_model
 from daemon.finish import loop_context, result_frame, text_cut
-from daemon.model_load import (CachePool, cpu_threads, drafter_note, load_llama, load_torch, memory, runner_choice,
-                               stop_token_ids, use_threads)
+from daemon.cpu_share import ThreadRule
+from daemon.model_load import CachePool, drafter_note, load_llama, load_torch, memory, runner_choice, stop_token_ids
 from daemon.prompt import PromptBuilder, chatml_template, fim, pretrained_format, protect_special_tokens
 from daemon.prompt_sizing import PromptSizer, pool_key, window_key
 from daemon.repo_context import prompt_repo, reported, root_name
@@ -106,6 +106,7 @@ class LocalWorker(threading.Thread):
         self._reload.set()
         self.prefetch_bucket = TokenBucket()
         self.sizer = PromptSizer()       # the inline prompt's form from the cache and the measured prefill rate
+        self.thread_rule = ThreadRule()
 
     # -- the backend interface (loop thread) ------------------------------------------------------
 
@@ -183,6 +184,7 @@ class LocalWorker(threading.Thread):
             return
         try:
             if self.runner == "llama.cpp":
+                self._threads(self.cfg)
                 if self.fallback.attempt(str(self.model_path), lambda: step(self.ck.model, [j.decode for j in active])
                                          or True) is None:
                     raise RuntimeError(f"the llama.cpp runner failed ({self.fallback.failed[str(self.model_path)]}); "
@@ -293,6 +295,7 @@ class LocalWorker(threading.Thread):
         self._progress("loading", 0.85, "warming up")
         caps = dict(ck.capabilities, **({"drafter_note": note} if note else {}))
         try:
+            self._threads(cfg, ck.model)        # the calibration below runs as the requests will
             prompt = [tok.bos_id] + tok.encode("".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(8)))
             # the modes it serves (another gets the ModeError reply); a short and a long prefill fit the rate
             for mode in dict.fromkeys(m for m in (cfg.inline_mode, cfg.refactor_mode) if m in caps["modes"]):
@@ -338,13 +341,10 @@ class LocalWorker(threading.Thread):
         self._progress("ready", 1.0, f"ready: completions from {self.cfg.remote_url} "
                                      f"(prompts budgeted with the tokenizer of {path.name})")
 
-    def _threads(self, cfg: Config) -> None:
-        # the daemon's rule (daemon.model_load.cpu_threads): 1 thread on <= 2 cores unless configured
-        import torch
-        threads = cpu_threads(cfg)
-        if threads and torch.get_num_threads() != threads:
-            use_threads(threads)
-            log.info("torch uses %d CPU thread(s)", threads)
+    def _threads(self, cfg: Config, model=None) -> None:
+        """Threads for the next forwards (daemon/cpu_share.py): torch's fixed rule (1 thread on <= 2
+        cores unless `cpu_threads`), llama.cpp's idle cores, re-checked before each of its steps."""
+        self.thread_rule.apply(cfg, model if model is not None else self.ck.model if self.ck is not None else None)
 
     def _fail(self, message: str) -> None:
         self.state, self.error = "error", message
@@ -402,6 +402,7 @@ class LocalWorker(threading.Thread):
         params = DecodeParams(mode=job.mode, max_new_tokens=n, block_size=block,
                               threshold=msg.threshold or cfg.threshold or None,
                               temperature=max(msg.temperature, 0.0), deadline=job.deadline,
+                              decode_s=(msg.deadline_ms or cfg.deadline_ms) / 1e3 if job.kind == "complete" else None,
                               spec_variant=cfg.spec_variant, lookup=cfg.lookup, stop_token_ids=self.stop_ids)
         params = for_device(model, params)
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2

@@ -60,6 +60,7 @@ class DecodeParams:
     temperature: float = 0.0
     seed: int | None = None
     deadline: float | None = None      # time.monotonic() after which no forward starts
+    decode_s: float | None = None      # with a deadline: the decode gets at least this long after its prefill
     spec_variant: str = "auto"         # auto: the device's (default_spec_variant)
     stop_token_ids: tuple[int, ...] = ()
     lookup: bool = True                # spec: draft from the context when its tail occurred before (lookup.py)
@@ -77,6 +78,8 @@ class DecodeParams:
             raise ValueError("threshold must be within [0, 1]")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
+        if self.decode_s is not None and self.decode_s < 0:
+            raise ValueError("decode_s must be >= 0")
 
 
 @dataclass
@@ -201,12 +204,13 @@ class _Run:
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         self.result = DecodeResult(tokens=[], stop_reason="length", mode=params.mode)
         self.done = params.max_new_tokens == 0
+        self.deadline = params.deadline          # moved by _prefill when params.decode_s asks
 
     def interrupted(self) -> bool:
         """Checked before every forward."""
         if self.cancel is not None and self.cancel.is_set():
             self.result.stop_reason, self.done = "cancelled", True
-        elif self.params.deadline is not None and time.monotonic() >= self.params.deadline:
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
             self.result.stop_reason, self.done = "deadline", True
         return self.done
 
@@ -422,6 +426,9 @@ def _prefill(run: _Run, cache: KVCache, prompt_ids: list[int]) -> Generator[Forw
     run.result.reused_tokens, run.result.prefill_tokens = keep, len(prompt_ids) - keep
     seed = run.pick(logits[-1])
     run.result.prefill_ms = (time.perf_counter() - t0) * 1e3
+    if run.deadline is not None and run.params.decode_s is not None:
+        # a cold place's long prefill must not leave its decode no time: an answer of one token is none
+        run.deadline = max(run.deadline, time.monotonic() + run.params.decode_s)
     return seed
 
 

@@ -299,6 +299,27 @@ def test_deadline_stops_within_one_forward(model64, mode):
     assert time.monotonic() - t0 < 0.15 + 0.2
 
 
+@pytest.mark.parametrize("mode", ["ar", "spec"])
+def test_a_slow_prefill_leaves_the_decode_its_time(model64, mode):
+    """An inline deadline that passes during the prompt's prefill (a cold place on a slow CPU) leaves
+    only the prefill's token; with decode_s the decode gets that long after the prefill."""
+    from engine.generate import run_forwards
+    got = {}
+    for decode_s in (None, 30.0):
+        d = Decode(model64, [0, 9, 10, 11], DecodeParams(mode=mode, max_new_tokens=6, deadline=time.monotonic() + 0.2,
+                                                         decode_s=decode_s))
+        logits = run_forwards(model64, [d.pending])[0]      # the prefill ...
+        time.sleep(0.25)                                     # ... ends after the deadline
+        d.feed(logits)
+        while not d.done:
+            d.feed(run_forwards(model64, [d.pending])[0])
+        got[decode_s] = d.result
+    assert got[None].stop_reason == "deadline" and len(got[None].tokens) == 1
+    assert got[30.0].stop_reason == "length" and len(got[30.0].tokens) == 6
+    with pytest.raises(ValueError, match="decode_s"):
+        DecodeParams(decode_s=-1)
+
+
 def test_prefix_reuse(model64):
     rng = random.Random(3)
     prompt = random_prompt(rng, model64.cfg.vocab_size, 60)

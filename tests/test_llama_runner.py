@@ -220,3 +220,29 @@ def test_spec_equals_ar_with_two_threads_on_a_near_tie(real_gguf):
             assert sp.tokens == ar.tokens, t.prefix[-80:]
     finally:
         lm.close()
+
+
+@pytest.mark.slow
+def test_thread_count_changes_between_steps_and_keeps_the_output(lm, vocab):
+    """The daemon sets llama.cpp's threads before each step (daemon/cpu_share.py); the greedy output
+    is that of one thread throughout, and the rule follows the config."""
+    from daemon.config import Config
+    from daemon.cpu_share import ThreadRule
+    ids = vocab(PROMPTS[1])
+    one = generate(lm, ids, DecodeParams(mode="ar", max_new_tokens=12)).tokens
+    d, n = Decode(lm, ids, DecodeParams(mode="ar", max_new_tokens=12)), 0
+    while not d.done:
+        lm.set_threads(1 + n % 2)            # 1, 2, 1, 2 ... threads
+        step(lm, [d])
+        n += 1
+    assert d.result.tokens == one
+    rule = ThreadRule()
+    assert rule.apply(Config(cpu_threads=1), lm) == 1 and lm.threads == 1
+    assert rule.status(Config(cpu_threads=1), lm) == {"rule": "fixed 1", "llama_threads": 1}
+    import os
+    n = rule.apply(Config(), lm)
+    assert lm.threads == n and 1 <= n <= (os.cpu_count() or 1)
+    assert rule.status(Config(), lm)["rule"] == "idle cores"
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        lm.set_threads(0)
+    lm.set_threads(1)

@@ -64,6 +64,9 @@ def test_default_model_status_shows_what_it_can_do(real, real_gguf):
     import os
     want = {"torch": "torch"}.get(os.environ.get("TRICODE_RUNNER", ""), "llama.cpp")
     assert st["runner"] == want and not st["runner_failures"], (st["runner"], st["runner_failures"])
+    if want == "llama.cpp":     # no cpu_threads in the config: llama.cpp runs on the idle cores
+        assert st["threads"]["rule"] == "idle cores", st["threads"]
+        assert 1 <= st["threads"]["llama_threads"] <= (os.cpu_count() or 1), st["threads"]
     out = real.cli("daemon", "status")
     assert out.returncode == 0, out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("checkpoint"))

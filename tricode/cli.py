@@ -33,8 +33,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="a GGUF model on a CPU: llama.cpp's kernels (auto falls back to torch if they cannot "
                         "load it; llama never does) or torch (default: TRICODE_RUNNER, else the config's `runner`)")
     p.add_argument("--threads", type=thread_count, default=None,
-                   help="CPU threads for torch and llama.cpp (default: the daemon's `cpu_threads` rule: "
-                        "1 on a machine of 2 cores or fewer, else every core)")
+                   help="CPU threads for torch and llama.cpp (default: the daemon's rule: `cpu_threads` when "
+                        "set; else llama.cpp takes the cores other processes leave idle, torch 1 thread on a "
+                        "machine of 2 cores or fewer, else every core)")
 
 
 def prompt_ids(tok, prefix: str, suffix: str | None) -> list[int]:
@@ -116,6 +117,9 @@ def cmd_generate(args) -> int:
         ckpt, runner_name = load_model(model_path, cfg, device, dtype, runner)
         tok = Tokenizer(model_path)
         load_ms = (time.perf_counter() - t0) * 1e3
+        if not args.threads and hasattr(ckpt.model, "set_threads"):    # llama.cpp: the idle cores now
+            from daemon.cpu_share import ThreadRule
+            threads = ThreadRule().apply(cfg, ckpt.model)
     except (CheckpointError, TokenizerError, ValueError, RuntimeError, OSError) as e:
         print(f"tricode: {e}", file=sys.stderr)
         return 2
