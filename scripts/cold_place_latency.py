@@ -27,7 +27,7 @@ PARTS = ("newplace-sized", "newplace-full", "typing-sized", "typing-full")
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gguf", type=Path, default=Path("/tmp/models/qwen2.5-coder-0.5b.gguf"))
+    p.add_argument("--gguf", type=Path, required=True, help="the GGUF model file (tricode model list)")
     p.add_argument("--sites", type=int, default=4, help="typing replay: editing sites")
     p.add_argument("--place-files", type=int, default=6, dest="place_files", help="new-place replay: files")
     p.add_argument("--place-pause", type=float, default=1.0, dest="place_pause",
@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-ms", type=int, default=300, dest="budget_ms", help="prefill_budget_ms of the sized runs")
     p.add_argument("--parts", default=",".join(PARTS[:3]), help="comma list of " + ",".join(PARTS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu-threads", type=int, default=0, dest="cpu_threads",
+                   help="the daemons' cpu_threads (0: the daemon's rule, llama.cpp on the idle cores)")
     p.add_argument("--json", type=Path, required=True, help="JSON lines, one per finished part")
     args = p.parse_args(argv)
     from bench import newplace
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
             print(f"unknown part {part!r}: choose from {', '.join(PARTS)}", file=sys.stderr)
             return 2
         kind, form = part.split("-")
-        dcfg = {"prefill_budget_ms": args.budget_ms if form == "sized" else 0}
+        dcfg = {"prefill_budget_ms": args.budget_ms if form == "sized" else 0,
+                **({"cpu_threads": args.cpu_threads} if args.cpu_threads else {})}
         t0, load0 = time.time(), os.getloadavg()
         if kind == "newplace":
             res = newplace.run_new_place(args.gguf, files, n=args.place_files, seed=args.seed,
