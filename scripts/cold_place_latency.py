@@ -8,7 +8,7 @@ Sites and places come from the embedded model's held-out files (the GGUF has no 
 own). Each part's figures are appended to --json as it completes (a long run under load keeps what it
 finished); one daemon at a time.
 
-    nice python scripts/cold_place_latency.py --gguf /tmp/models/qwen2.5-coder-0.5b.gguf \\
+    python scripts/cold_place_latency.py --gguf qwen2.5-coder-0.5b \\
         --sites 4 --place-files 6 --parts newplace-sized,newplace-full,typing-sized --json /tmp/cold.jsonl
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ PARTS = ("newplace-sized", "newplace-full", "typing-sized", "typing-full")
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gguf", type=Path, required=True, help="the GGUF model file (tricode model list)")
+    p.add_argument("--gguf", default="qwen2.5-coder-0.5b", help="a pulled model's name (tricode model list) or a .gguf file")
     p.add_argument("--sites", type=int, default=4, help="typing replay: editing sites")
     p.add_argument("--place-files", type=int, default=6, dest="place_files", help="new-place replay: files")
     p.add_argument("--place-pause", type=float, default=1.0, dest="place_pause",
@@ -39,6 +39,11 @@ def main(argv=None) -> int:
                    help="the daemons' cpu_threads (0: the daemon's rule, llama.cpp on the idle cores)")
     p.add_argument("--json", type=Path, required=True, help="JSON lines, one per finished part")
     args = p.parse_args(argv)
+    from registry.models import ModelError, resolve
+    try:
+        args.gguf = resolve(args.gguf)
+    except ModelError as e:
+        p.error(str(e))
     from bench import newplace
     from bench.latency import run_latency
     from engine.embedded_model import default_model
