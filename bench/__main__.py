@@ -404,10 +404,15 @@ def main(argv=None) -> int:
                     r["llamacpp"].append(llamacpp.run_section(
                         resolve(args.gguf), files, threads=th, tasks=2 if args.smoke else args.gguf_tasks, seed=args.seed,
                         prompt_tokens=200 if args.smoke else 1000, max_new_tokens=8 if args.smoke else 32,
-                        log=log))
+                        multi_tasks=1 if args.smoke else 6, log=log))
                 except Exception as e:  # noqa: BLE001 - reported in the doc, the rest of the bench goes on
                     r["llamacpp"].append({"skipped": f"{type(e).__name__}: {e}"})
                     log(f"  llama.cpp section failed: {e}")
+            try:
+                from registry.models import resolve
+                r["llamacpp_memory"] = llamacpp.daemon_memory(resolve(args.gguf))
+            except Exception as e:  # noqa: BLE001
+                r["llamacpp_memory"] = {"skipped": f"{type(e).__name__}: {e}"}
 
     r["seconds"] = round(time.perf_counter() - t_start, 1)
     r["appendix"] = [json.loads(Path(p).read_text()) for p in args.appendix]

@@ -1,12 +1,15 @@
 """Section 7 (`--sections llamacpp`): tricode through llama.cpp's kernels vs llama.cpp's own decoding,
 on the same GGUF, the same prompts and the same thread count, in one run (issue 22).
 
-    python -m bench.llamacpp --gguf /tmp/models/qwen2.5-coder-0.5b.gguf --threads 1 --tasks 12
+    python -m bench.llamacpp --gguf qwen2.5-coder-0.5b --threads 1,2 --tasks 12 --multi-tasks 6
 
 The prompts are fill-in-the-middle prompts of held-out code (the embedded model's heldout_files.txt,
 `training.evaluate.make_fim_tasks`) in Qwen2.5-Coder's format (<|fim_prefix|> prefix <|fim_suffix|>
 suffix <|fim_middle|>), tokenized by the GGUF's own vocabulary, within `--prompt-tokens`. Each task
-is a whole single-line completion from a cold cache: prefill, then decoding until the line ends.
+is a whole single-line completion from a cold cache: prefill, then decoding until the line ends;
+`--multi-tasks` adds completions of 2 to 4 lines (bench/decoding.py's multi-line tasks, stopped after
+that many lines). `--memory` (on by default) then starts a private `tricode daemon run` on the GGUF
+and reports its RSS after one completion and its peak.
 
   llama.cpp      llama-cpp-python's high-level `Llama`: `eval(prompt)`, then the plain greedy loop
                  over `eval([token])` with the logits of the last position (what its server does)
@@ -160,25 +163,14 @@ def _summary(rows: list[dict], prompt_lens: list[int]) -> dict:
     return out
 
 
-def run_section(gguf: Path, files, *, threads: int, tasks: int = 12, prompt_tokens: int = 1000,
-                max_new_tokens: int = 32, accept_tokens: int = 0, seed: int = 0, log=print) -> dict:
-    """The side-by-side run (see the module docstring) -> a JSON-able dict."""
-    from engine.llama_runner import LlamaModel
-    from training import evaluate as ev
-    vocab = Vocab(gguf)
-    count = lambda s: len(vocab.encode(s))  # noqa: E731
-    fim = ev.make_fim_tasks(files, tasks, seed, count_tokens=count, max_line_tokens=max_new_tokens - 2)
-    prompts = [fim_prompt(vocab, t.prefix, t.suffix, prompt_tokens) for t in fim]
-    stop = line_stop(vocab)
-    n_ctx = prompt_tokens + max(2 * max_new_tokens, accept_tokens) + 64
-    lm = LlamaModel.load(gguf, threads=threads, n_ctx=n_ctx, n_seq=2)
-    peer = LlamaCppGreedy(gguf, threads, n_ctx)
-    curve = lm.measure_step_costs(context=prompts[0][:500] if prompts else None)
-    lm.runner.step_costs = curve["relative"]
-    log(f"  step costs at {threads} thread(s): {curve['ms']} ms -> relative {curve['relative']}")
+def compare(lm, peer, prompts: list[list[int]], stops: list, max_new_tokens: int, log=print, label: str = "") -> dict:
+    """The three engines on each prompt in turn (the module docstring): tricode `ar` decides the
+    number of tokens (its stop, or max_new_tokens), the others generate as many -> rows per engine,
+    outputs differing from `ar`, and the prompts' lengths."""
     rows: dict[str, list[dict]] = {"llama.cpp": [], "tricode ar": [], "tricode spec": []}
     mismatches = {"llama.cpp": 0, "tricode spec": 0}
-    for i, ids in enumerate(prompts):
+    lens = []
+    for i, (ids, stop) in enumerate(zip(prompts, stops)):
         ar = tricode_run(lm, ids, "ar", max_new_tokens, stop)
         n = len(ar["tokens"])
         if n == 0:
@@ -188,29 +180,86 @@ def run_section(gguf: Path, files, *, threads: int, tasks: int = 12, prompt_toke
         rows["llama.cpp"].append(ll)
         sp = tricode_run(lm, ids, "spec", n)
         rows["tricode spec"].append(sp)
+        lens.append(len(ids))
         mismatches["llama.cpp"] += ll["tokens"] != ar["tokens"]
         mismatches["tricode spec"] += sp["tokens"] != ar["tokens"]
-        log(f"  task {i + 1}/{len(prompts)}: {len(ids)} prompt tokens, {n} new; total ms llama.cpp "
+        log(f"  {label}task {i + 1}/{len(prompts)}: {len(ids)} prompt tokens, {n} new; total ms llama.cpp "
             f"{ll['total_ms']:.0f}, ar {ar['total_ms']:.0f}, spec {sp['total_ms']:.0f} "
             f"(accept {sp['accept_lengths']})")
-    lens = [len(p) for p, _ in zip(prompts, rows["tricode ar"])]
+    return {"rows": rows, "mismatches": mismatches, "lens": lens}
+
+
+def _ratios(engines: dict) -> dict:
+    ll, ar, sp = engines["llama.cpp"], engines["tricode ar"], engines["tricode spec"]
+    return {"prefill_vs_llama.cpp": round(ar["prefill_tokens_per_s"] / ll["prefill_tokens_per_s"], 2),
+            "spec_decode_vs_llama.cpp": round(sp["decode_tokens_per_s"] / ll["decode_tokens_per_s"], 2),
+            "ar_decode_vs_llama.cpp": round(ar["decode_tokens_per_s"] / ll["decode_tokens_per_s"], 2),
+            "spec_total_vs_llama.cpp": round(sp["total_ms_median"] / ll["total_ms_median"], 2)}
+
+
+def run_section(gguf: Path, files, *, threads: int, tasks: int = 12, prompt_tokens: int = 1000,
+                max_new_tokens: int = 32, accept_tokens: int = 0, seed: int = 0, multi_tasks: int = 0,
+                log=print) -> dict:
+    """The side-by-side run (see the module docstring) -> a JSON-able dict: `tasks` single-line
+    completions, and `multi_tasks` completions of 2 to 4 lines (stopped after that many, up to
+    3 x max_new_tokens tokens)."""
+    from bench.decoding import lines_stop, multiline_tasks
+    from engine.llama_runner import LlamaModel
+    from training import evaluate as ev
+    vocab = Vocab(gguf)
+    count = lambda s: len(vocab.encode(s))  # noqa: E731
+    fim = ev.make_fim_tasks(files, tasks, seed, count_tokens=count, max_line_tokens=max_new_tokens - 2)
+    prompts = [fim_prompt(vocab, t.prefix, t.suffix, prompt_tokens) for t in fim]
+    multi = multiline_tasks(files, multi_tasks, seed, count_tokens=count) if multi_tasks else []
+    multi_new = 3 * max_new_tokens
+    n_ctx = prompt_tokens + max(2 * multi_new, accept_tokens) + 64
+    lm = LlamaModel.load(gguf, threads=threads, n_ctx=n_ctx, n_seq=2)
+    peer = LlamaCppGreedy(gguf, threads, n_ctx)
+    curve = lm.measure_step_costs(context=prompts[0][:500] if prompts else None)
+    lm.runner.step_costs = curve["relative"]
+    log(f"  step costs at {threads} thread(s): {curve['ms']} ms -> relative {curve['relative']}")
+    single = compare(lm, peer, prompts, [line_stop(vocab)] * len(prompts), max_new_tokens, log)
+    lens = single["lens"]
     # the acceptance model of the draft sizing, from longer greedy runs of the same prompts
     longer = [tricode_run(lm, ids, "ar", accept_tokens)["tokens"] for ids in prompts] if accept_tokens else []
-    res = {"gguf": str(gguf), "threads": threads, "tasks": len(rows["tricode ar"]),
+    res = {"gguf": str(gguf), "threads": threads, "tasks": len(lens),
            "prompt_tokens": {"min": min(lens), "median": statistics.median(lens), "max": max(lens)},
-           "new_tokens_median": statistics.median(len(r["tokens"]) for r in rows["tricode ar"]),
-           "step_costs": curve, "engines": {k: _summary(v, lens) for k, v in rows.items()},
-           "mismatches_vs_ar": mismatches, "cpu": cpu_model(), "load": loadavg(),
+           "new_tokens_median": statistics.median(len(r["tokens"]) for r in single["rows"]["tricode ar"]),
+           "step_costs": curve, "engines": {k: _summary(v, lens) for k, v in single["rows"].items()},
+           "mismatches_vs_ar": single["mismatches"], "cpu": cpu_model(), "load": loadavg(),
            "acceptance_by_match": acceptance_by_match(prompts, longer) if longer else None}
-    ll, sp = res["engines"]["llama.cpp"], res["engines"]["tricode spec"]
-    res["ratios"] = {
-        "prefill_vs_llama.cpp": round(res["engines"]["tricode ar"]["prefill_tokens_per_s"] / ll["prefill_tokens_per_s"], 2),
-        "spec_decode_vs_llama.cpp": round(sp["decode_tokens_per_s"] / ll["decode_tokens_per_s"], 2),
-        "ar_decode_vs_llama.cpp": round(res["engines"]["tricode ar"]["decode_tokens_per_s"] / ll["decode_tokens_per_s"], 2),
-        "spec_total_vs_llama.cpp": round(sp["total_ms_median"] / ll["total_ms_median"], 2),
-        "k4_vs_k1": curve["relative"].get(4)}
+    res["ratios"] = dict(_ratios(res["engines"]), k4_vs_k1=curve["relative"].get(4))
+    if multi:
+        mp = [fim_prompt(vocab, t.prefix, t.suffix, prompt_tokens) for t in multi]
+        m = compare(lm, peer, mp, [lines_stop(vocab.decode, t.lines) for t in multi], multi_new, log, "multi-line ")
+        engines = {k: _summary(v, m["lens"]) for k, v in m["rows"].items()}
+        res["multi"] = {"tasks": len(m["lens"]), "lines": [t.lines for t in multi],
+                        "new_tokens_median": statistics.median(len(r["tokens"]) for r in m["rows"]["tricode ar"]),
+                        "engines": engines, "mismatches_vs_ar": m["mismatches"], "ratios": _ratios(engines)}
     lm.close()
     return res
+
+
+def daemon_memory(gguf: Path, threads: int = 0) -> dict:
+    """The daemon's memory with `gguf` loaded (`tricode daemon run`, a private socket): its RSS once
+    ready and after one inline completion, and its peak (VmHWM), in MiB."""
+    from bench.latency import private_daemon
+    from protocol import Complete
+    from protocol.client import call
+
+    def mib(pid: str) -> dict:
+        with open(f"/proc/{pid}/status") as f:
+            kv = dict(ln.split(":", 1) for ln in f if ln.startswith(("VmRSS", "VmHWM")))
+        return {k: round(int(v.split()[0]) / 1024, 1) for k, v in kv.items()}
+
+    with private_daemon(gguf, {"cpu_threads": threads} if threads else None) as env:
+        pid = env["_BENCH_DAEMON_PID"]
+        ready = mib(pid)
+        r = call(Complete(doc="file:///bench/m.py", prefix="def add(a, b):\n    ", suffix="\n", path="/bench/m.py",
+                          max_tokens=16, max_lines=1, deadline_ms=60000), socket_path=env["TRICODE_SOCKET"], timeout=120)[0]
+        after = mib(pid)
+    return {"ready_rss_mib": ready["VmRSS"], "rss_mib": after["VmRSS"], "peak_rss_mib": after["VmHWM"],
+            "completion": r.get("type")}
 
 
 def accept_only(gguf: Path, files, *, threads: int, tasks: int, prompt_tokens: int, accept_tokens: int,
@@ -243,6 +292,15 @@ def markdown(res: dict) -> list[str]:
     md += ["", "Step cost (a k-token verify after the prompt, relative to one token): "
            + ", ".join(f"k={k}: {v}x" for k, v in c["relative"].items()),
            "", f"Outputs differing from tricode `ar`: {res['mismatches_vs_ar']}; ratios {res['ratios']}.", ""]
+    if res.get("multi"):
+        mu = res["multi"]
+        md += [f"Multi-line ({mu['tasks']} tasks of {min(mu['lines'])}-{max(mu['lines'])} lines, median "
+               f"{mu['new_tokens_median']:.0f} new tokens):", "",
+               "| engine | whole completion ms (median) | prefill tok/s | decode tok/s | accept | tokens/forward |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {name} | {s['total_ms_median']:.0f} | {s['prefill_tokens_per_s']:.0f} | {s['decode_tokens_per_s']:.1f} | "
+               f"{s.get('mean_accept_length', '-')} | {s.get('tokens_per_forward', '-')} |" for name, s in mu["engines"].items()]
+        md += ["", f"Outputs differing from tricode `ar`: {mu['mismatches_vs_ar']}; ratios {mu['ratios']}.", ""]
     if res.get("acceptance_by_match"):
         md += ["Context-draft acceptance per token by match length m: " + ", ".join(
             f"m={m}: {v['rate']} (n={v['n']})" for m, v in res["acceptance_by_match"].items()), ""]
@@ -260,6 +318,9 @@ def main(argv=None) -> int:
                    help="also decode this many tokens per prompt (ar) to measure the lookup acceptance by match length")
     p.add_argument("--accept-only", action="store_true", dest="accept_only",
                    help="only measure the lookup acceptance by match length (greedy ar, --accept-tokens per prompt)")
+    p.add_argument("--multi-tasks", type=int, default=6, dest="multi_tasks", help="multi-line (2-4 line) tasks")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the daemon's RSS with the model loaded (a private `tricode daemon run`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="JSON report")
     a = p.parse_args(argv)
@@ -283,8 +344,13 @@ def main(argv=None) -> int:
     out = []
     for th in [int(x) for x in a.threads.split(",")]:
         out.append(run_section(a.gguf, files, threads=th, tasks=a.tasks, prompt_tokens=a.prompt_tokens,
-                               max_new_tokens=a.max_new_tokens, accept_tokens=a.accept_tokens, seed=a.seed))
+                               max_new_tokens=a.max_new_tokens, accept_tokens=a.accept_tokens, seed=a.seed,
+                               multi_tasks=a.multi_tasks))
         print("\n".join(markdown(out[-1])), flush=True)
+    if a.memory:
+        mem = daemon_memory(a.gguf)
+        out.append({"daemon_memory": mem})
+        print(f"daemon memory with {a.gguf.name}: RSS {mem['rss_mib']} MiB after a completion, peak {mem['peak_rss_mib']} MiB")
     if a.out:
         a.out.write_text(json.dumps(out, indent=1))
     return 0

@@ -399,6 +399,10 @@ def markdown(r: dict) -> str:
         md += ["## 7. A GGUF model through llama.cpp's kernels: tricode vs llama.cpp", ""]
         for run in r["llamacpp"]:
             md += [f"Skipped: {run['skipped']}", ""] if "skipped" in run else llamacpp_markdown(run)
+        mem = r.get("llamacpp_memory") or {}
+        md += ([f"Daemon memory: skipped ({mem['skipped']})", ""] if "skipped" in mem else
+               [f"Daemon memory with the model loaded (`tricode daemon run`, llama.cpp runner): RSS "
+                f"{mem['rss_mib']} MiB after a completion, peak {mem['peak_rss_mib']} MiB.", ""] if mem else [])
     changes = Path(__file__).with_name("changes.md")
     if changes.is_file() and not r.get("smoke"):
         md += ["## Engine changes, before and after", "",

@@ -246,3 +246,26 @@ def test_thread_count_changes_between_steps_and_keeps_the_output(lm, vocab):
     with pytest.raises(ValueError, match="threads must be >= 1"):
         lm.set_threads(0)
     lm.set_threads(1)
+
+
+@pytest.mark.slow
+def test_bench_section_side_by_side_with_memory(real_gguf, tmp_path):
+    """`python -m bench.llamacpp` (make bench's section 7) on the real GGUF, tiny: both engines on
+    single- and multi-line tasks, tricode's spec equal to its ar, and the daemon's memory."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "ll.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.llamacpp", "--gguf", str(real_gguf), "--tasks", "2",
+                           "--multi-tasks", "1", "--prompt-tokens", "200", "--max-new-tokens", "8", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run, mem = json.loads(out.read_text())
+    for part in (run, run["multi"]):
+        assert set(part["engines"]) == {"llama.cpp", "tricode ar", "tricode spec"}
+        assert part["mismatches_vs_ar"]["tricode spec"] == 0
+        assert all(e["prefill_tokens_per_s"] > 0 and e["decode_tokens_per_s"] > 0 for e in part["engines"].values())
+    assert run["multi"]["tasks"] == 1 and run["step_costs"]["relative"]["1"] == 1.0
+    m = mem["daemon_memory"]
+    assert m["completion"] == "result" and 200 < m["rss_mib"] <= m["peak_rss_mib"] < 1536, m
+    assert "Multi-line" in proc.stdout and "daemon memory" in proc.stdout
