@@ -71,6 +71,8 @@ def test_default_model_status_shows_what_it_can_do(real, real_gguf):
     assert out.returncode == 0, out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("checkpoint"))
     assert "qwen2" in line and "gguf" in line and "no drafter" in line and "modes ar, spec" in line, line
+    if want == "llama.cpp":
+        assert any(ln.startswith("threads      llama.cpp ") and "idle cores" in ln for ln in out.stdout.splitlines()), out.stdout
     js = json.loads(real.cli("daemon", "status", "--json").stdout)
     assert js["capabilities"]["modes"] == ["ar", "spec"] and js["capabilities"]["drafter"] is False
 

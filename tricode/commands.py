@@ -299,6 +299,7 @@ def cmd_status(args) -> int:
         *_capability_lines(st),
         f"device       {st['device'] or '-'} {st['dtype']}" + (f", runner {st['runner']}" if st.get("runner") else "")
         + (f" (prompts prefilled in {st['prefill_dtype']})" if st.get("prefill_dtype", st["dtype"]) != st["dtype"] else ""),
+        *_thread_lines(st.get("threads") or {}),
         f"memory       rss {_fmt_bytes(mem.get('rss_bytes'))}, weights {_fmt_bytes(mem.get('model_bytes'))}, "
         f"kv caches {_fmt_bytes(mem.get('kv_cache_bytes'))}"
         + (f", cuda {_fmt_bytes(mem.get('cuda_allocated_bytes'))}" if "cuda_allocated_bytes" in mem else ""),
@@ -325,6 +326,17 @@ def cmd_status(args) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _thread_lines(th: dict) -> list[str]:
+    """The CPU threads line: llama.cpp's count now and why (daemon/cpu_share.py), or torch's rule."""
+    if not th:
+        return []
+    if "llama_threads" not in th:
+        return [f"threads      torch: {th['rule']}"]
+    others = th.get("others_busy_cores")
+    return [f"threads      llama.cpp {th['llama_threads']} ({th['rule']}"
+            + (f"; other processes keep {others:g} cores busy" if others is not None else "") + ")"]
 
 
 def _capability_lines(st: dict) -> list[str]:
