@@ -30,6 +30,8 @@ def add_model_commands(sub) -> None:
 
     p = msub.add_parser("remove", help="delete a pulled model, or forget an imported one (its file stays)")
     p.add_argument("name")
+    p.add_argument("--with-drafter", action="store_true", dest="with_drafter",
+                   help="also delete a drafter trained beside the model (refused without it)")
     p.set_defaults(func=cmd_remove)
 
 
@@ -83,7 +85,7 @@ def cmd_import(args) -> int:
 
 def cmd_remove(args) -> int:
     try:
-        remove(args.name)
+        remove(args.name, with_drafter=args.with_drafter)
     except ModelError as e:
         return _err(str(e))
     print(f"removed {args.name}")

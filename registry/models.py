@@ -136,14 +136,35 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
                      "or `tricode model import PATH` for your own GGUF file or HF directory.")
 
 
+DRAFTER_SUFFIX = ".drafter"      # engine.drafter.drafter_dir: a trained drafter beside its model's file
+
+
+def drafters(folder: Path) -> list[Path]:
+    """The drafter folders a model folder holds (`tricode train --drafter-for` writes them there)."""
+    return sorted(p for p in folder.glob("*" + DRAFTER_SUFFIX) if p.is_dir()) if folder.is_dir() else []
+
+
 def _publish(tmp: Path, name: str) -> Path:
-    """Rename the finished folder `tmp` to its name; whatever was there before is replaced."""
+    """Rename the finished folder `tmp` to its name; what was there before is replaced, except the
+    drafters trained beside it (hours of work that no registry holds), which move into the new folder.
+    A drafter trained for other weights is refused at load with a message that says so."""
     final = models_dir() / name
-    old = None
+    old, moved = None, []
     if final.exists():
+        for d in drafters(final):
+            if not (tmp / d.name).exists():
+                os.rename(d, tmp / d.name)
+                moved.append(d.name)
         old = final.with_name(f".old-{name}-{os.getpid()}")
         os.rename(final, old)
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except OSError:                  # the previous folder goes back as it was, drafters included
+        if old is not None:
+            os.rename(old, final)
+        for d in moved:
+            os.rename(tmp / d, final / d)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -220,11 +241,17 @@ def import_model(path: str | os.PathLike, name: str | None = None) -> Installed:
     return rec
 
 
-def remove(name: str) -> Path:
-    """Delete a pulled model's folder (file included) or forget an imported one (its file stays)."""
+def remove(name: str, with_drafter: bool = False) -> Path:
+    """Delete a pulled model's folder (file included) or forget an imported one (its file stays).
+    A folder holding a trained drafter is only deleted `with_drafter`."""
     folder = models_dir() / _check_name(name)
     if not (folder / MANIFEST).is_file():
         raise ModelError(f"no model {name!r} on this machine (tricode model list shows them)")
+    kept = drafters(folder)
+    if kept and not with_drafter:
+        raise ModelError(f"{name} holds a trained drafter ({', '.join(d.name for d in kept)}), which would be "
+                         "deleted with it: copy it elsewhere first, or run `tricode model remove "
+                         f"{name} --with-drafter`")
     gone = folder.with_name(f".rm-{name}-{os.getpid()}")
     os.rename(folder, gone)      # unlisted at once, then deleted
     shutil.rmtree(gone, ignore_errors=True)

@@ -257,3 +257,43 @@ def test_pull_real_qwen_05b(tmp_path, monkeypatch):
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
     assert resolve(entry.name) == path
+
+
+def test_a_trained_drafter_survives_a_re_pull_and_is_not_removed_by_accident(index, monkeypatch):
+    """A drafter trained beside a pulled model (`tricode train --drafter-for`) is hours of work no
+    registry holds: a forced re-pull keeps it (also when publishing fails), `model remove` refuses
+    to delete it unless told --with-drafter."""
+    from engine.drafter import drafter_dir
+    from registry import models as M
+    index.serve(1, 2, 3)
+    path = pull("blob", catalogue=index.catalogue, pip_args=index.pip_args, stream=io.StringIO())
+    d = drafter_dir(path)
+    assert d.parent == path.parent and M.DRAFTER_SUFFIX == d.name[len(path.name):]
+    (d / "adapter").mkdir(parents=True)
+    (d / "adapter" / "w.bin").write_bytes(b"trained")
+    assert pull("blob", catalogue=index.catalogue, pip_args=index.pip_args, stream=io.StringIO(), force=True) == path
+    assert (d / "adapter" / "w.bin").read_bytes() == b"trained"
+    assert path.read_bytes() == index.joined
+
+    real_rename = os.rename
+
+    def failing(src, dst):
+        if Path(dst) == path.parent and Path(src).name.startswith(".tmp-"):
+            raise OSError("disk trouble")
+        return real_rename(src, dst)
+    monkeypatch.setattr(M.os, "rename", failing)
+    with pytest.raises((OSError, ModelError)):
+        pull("blob", catalogue=index.catalogue, pip_args=index.pip_args, stream=io.StringIO(), force=True)
+    monkeypatch.setattr(M.os, "rename", real_rename)
+    assert (d / "adapter" / "w.bin").read_bytes() == b"trained" and find("blob") == path
+
+    with pytest.raises(ModelError, match="trained drafter.*--with-drafter"):
+        remove("blob")
+    assert find("blob") == path
+    out = subprocess.run([sys.executable, "-m", "tricode", "model", "remove", "blob"], capture_output=True,
+                         text=True, env=dict(os.environ))
+    assert out.returncode != 0 and "--with-drafter" in out.stderr and d.is_dir()
+    out = subprocess.run([sys.executable, "-m", "tricode", "model", "remove", "blob", "--with-drafter"],
+                         capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert find("blob") is None and not d.exists()
