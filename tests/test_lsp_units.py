@@ -578,3 +578,23 @@ def test_wire_within_the_daemons_budget_gives_the_whole_texts_prompt():
                     whole = builder.build(ctx.prefix, ctx.suffix, budget, layout=layout).ids
                     assert builder.build(p, s, budget, layout=layout).ids == whole, (frac, typed, budget, layout)
         assert len(starts) == 1                 # typing on the line changes nothing before it
+
+
+def test_every_server_setting_is_a_vscode_setting():
+    """Each key `tricode lsp` understands (lsp/settings.py) can be set in VS Code: contributed in the
+    extension's package.json with the server's default, and sent by settings.ts."""
+    import dataclasses
+    import json
+    import re
+    from pathlib import Path
+    from lsp.settings import Settings
+    root = Path(__file__).resolve().parent.parent / "editor_clients" / "vscode"
+    props = json.loads((root / "package.json").read_text())["contributes"]["configuration"]["properties"]
+    sent = set(re.findall(r'^\s+"(\w+)",$', (root / "src" / "settings.ts").read_text().split("SERVER_KEYS = [")[1]
+                          .split("] as const")[0], re.M))
+    for f in dataclasses.fields(Settings):
+        assert f.name in sent, f"settings.ts SERVER_KEYS lacks {f.name}"
+        prop = props.get(f"tricode.{f.name}")
+        assert prop is not None, f"package.json contributes no tricode.{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert prop["default"] == (list(default) if isinstance(default, tuple) else default), f.name

@@ -22,6 +22,7 @@ export const SERVER_KEYS = [
   "max_file_bytes",
   "respect_gitignore",
   "completion_fallback",
+  "next_edit_prefetch",
 ] as const;
 
 /** Keys of the extension itself; changing one of them restarts the server. */
