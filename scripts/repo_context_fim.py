@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/w23_fim_work")
     ap.add_argument("--cases", type=int, default=60)
     ap.add_argument("--half", choices=("tune", "report", "all"), default="tune")
-    ap.add_argument("--gguf", default="/tmp/models/qwen2.5-coder-0.5b.gguf")
+    ap.add_argument("--gguf", default="qwen2.5-coder-0.5b", help="a pulled model's name or a .gguf file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=["repo:definitions,signatures:160"],
                     help="STYLE:SOURCES:BUDGET each (style repo|comment)")
@@ -95,7 +95,8 @@ def main(argv=None) -> int:
         shutil.copytree(root, wroots[name])
     cases = make_cases(roots, a.cases, 0)
     cases = round_robin(half(cases, a.half))
-    model = Model(a.gguf, a.threads)
+    from registry.models import resolve
+    model = Model(str(resolve(a.gguf)), a.threads)
     from daemon.retrieval import as_entries
     variants = [(v.split(":")[0], tuple(v.split(":")[1].split(",")), int(v.split(":")[2])) for v in a.variants]
     indexes: dict[str, RepoIndex] = {}
