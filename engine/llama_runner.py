@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 # A k-token verify after ~500 tokens vs a one-token step, Qwen2.5-Coder 0.5B Q4_K_M on the 2-core
-# AVX512 Xeon (docs/cpu_speed.md); replaced by a measurement where the daemon takes one.
-DEFAULT_STEP_COSTS = {1: 1.0, 2: 1.3, 4: 1.91, 8: 3.05, 16: 5.5}
+# AVX512 Xeon, flash attention off, 1 and 2 threads alike (docs/cpu_speed.md section 7; with flash
+# attention on it was 1.3 / 1.85 / 3.2 / 5.3); replaced by a measurement where one is taken.
+DEFAULT_STEP_COSTS = {1: 1.0, 2: 1.12, 4: 1.45, 8: 2.25, 16: 3.4}
 
 
 class LlamaModelError(ValueError):
@@ -141,9 +142,9 @@ class LlamaModel:
         cp.kv_unified = True              # the sequences share n_ctx cells: a long prompt may use most of them
         cp.n_outputs_max = n_outputs
         cp.no_perf = True
-        # no flash attention: its CPU kernel sums in another order, and on 2 threads that flipped a
-        # near-tie (0.04 logits apart) between a 1-token AR step and a k-token verify, so greedy spec
-        # differed from ar (tests/test_llama_runner.py); measured no faster here at these lengths
+        # no flash attention: its CPU kernel makes a k-token verify dear (4 tokens 1.85x a one-token
+        # step with it, 1.45x without; 16 tokens 5.3x vs 3.4x), and on 2 threads it flipped a near
+        # tie (0.04 logits apart) between a verify and an AR step (tests/test_llama_runner.py)
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = L.llama_init_from_model(self._model, cp)
         if not self._ctx:
