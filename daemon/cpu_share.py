@@ -2,15 +2,17 @@
 
 llama.cpp splits every matmul of a step over its threads and waits for the last one. On the 2-core
 Xeon this was measured on (docs/cpu_speed.md, section 7), a 0.5B step takes ~44 ms on 2 threads
-and ~80 ms on 1 when the machine is idle, but 184 ms on 2 threads (80 on 1) when one other process
-keeps a core busy, and 1,256 ms on 2 threads (82 on 1) while two nice-19 jobs run: a thread that
-waits for a taken core holds up the whole step, and niceness does not give the core back in time.
-So the llama.cpp runner uses as many threads as there are idle cores, re-checked before each forward.
+and ~80 ms on 1 when the machine is idle, but 316 ms on 2 threads (80 on 1) when one other process
+keeps a core busy: a thread that waits for a taken core holds up the whole step. Niced work does
+not: with two nice-19 busy processes, or a nice-19 llama.cpp loop on 2 threads, beside it, the step
+took 43-45 ms on 2 threads (the scheduler gives a nice-0 thread the core at once). So the llama.cpp
+runner uses as many threads as there are cores that processes of normal priority leave idle,
+re-checked before each forward.
 
-  CpuShare   samples /proc/stat (the machine's busy time, nice time included) and /proc/self/stat
-             (this process's own) 4 times a second in a daemon thread; `others_busy()` is how many
-             cores other processes kept busy over the last second. Linux only: without /proc it is
-             None and the fixed rule applies.
+  CpuShare   samples /proc/stat (the machine's busy time, niced processes' user time apart) and
+             /proc/self/stat (this process's own) 4 times a second in a daemon thread;
+             `others_busy()` is how many cores other processes of normal priority kept busy over
+             the last second. Linux only: without /proc it is None and the fixed rule applies.
   ThreadRule the daemon's thread counts: torch keeps the fixed rule (daemon.model_load.cpu_threads:
              `cpu_threads`, else 1 on <= 2 cores); llama.cpp takes `cpu_threads` when set, else the
              idle cores (`threads_for`), applied through the model's `set_threads`.
@@ -39,18 +41,21 @@ def threads_for(others_busy: float, cores: int) -> int:
 
 
 def _machine_busy_s() -> float:
-    """Seconds of CPU time the whole machine has spent busy since boot (all cores, nice included)."""
+    """Seconds of CPU time the whole machine has spent busy since boot (all cores), without the
+    user time of niced processes (/proc/stat's `nice` column), which yields the core to us at once."""
     with open("/proc/stat") as f:
         fields = f.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    user, _nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_busy_s() -> float:
-    """Seconds of CPU time this process (all its threads) has used."""
+    """Seconds of CPU time this process (all its threads) has used where _machine_busy_s counts it
+    (a niced daemon's user time is in the `nice` column: only its system time then)."""
     with open("/proc/self/stat") as f:
         after_name = f.read().rsplit(")", 1)[1].split()
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+    utime, stime = int(after_name[11]), int(after_name[12])
+    return ((utime if os.getpriority(os.PRIO_PROCESS, 0) <= 0 else 0) + stime) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuShare:
@@ -95,7 +100,8 @@ class CpuShare:
         return self
 
     def others_busy(self) -> float | None:
-        """Cores other processes kept busy over the last ~second (0 .. cores), None without /proc.
+        """Cores other processes of normal priority kept busy over the last ~second (0 .. cores), None
+        without /proc.
         Starts the sampler on first use; until it has a second sample, a reading taken now over a
         short span (a sleep of one sample) answers."""
         if not self.available:

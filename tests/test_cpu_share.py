@@ -50,9 +50,16 @@ def test_another_process_counts_and_our_own_threads_do_not():
     finally:
         child.kill()
         child.wait()
+    niced = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", SPIN])
+    try:
+        with_niced = busy_over(share)
+    finally:
+        niced.kill()
+        niced.wait()
     assert with_child >= 0.7, with_child                 # one core kept busy by another process
     assert with_child - with_own >= 0.5, (with_own, with_child)
     assert threads_for(with_child, 2) == 1
+    assert with_child - with_niced >= 0.5, (with_niced, with_child)     # niced work yields the core
 
 
 def test_without_proc_there_is_no_figure(monkeypatch):
