@@ -51,7 +51,8 @@ def test_default_is_the_pulled_model_on_llamacpp_with_the_daemons_threads(tmp_pa
     assert Path(r["model"]).resolve() == real_gguf.resolve()
     assert r["runner"] == "llama.cpp" and r["dtype"] == "gguf"
     assert r["prompt_format"] == "fim-prefix"
-    assert r["threads"] == (1 if (os.cpu_count() or 1) <= 2 else r["threads"])
+    # the daemon's rule for llama.cpp: the cores other processes of normal priority leave idle
+    assert 1 <= r["threads"] <= (os.cpu_count() or 1), r["threads"]
     # the daemon's prompt with whitespace healing: the indentation is not written twice
     assert r["text"].startswith("return a + b"), r
 
