@@ -308,8 +308,9 @@ def markdown(res: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
+    from registry.models import model_arg
     p = argparse.ArgumentParser(prog="python -m bench.llamacpp", description=__doc__.split("\n")[0])
-    p.add_argument("--gguf", default=DEFAULT_GGUF, help="a pulled model's name or a .gguf file")
+    p.add_argument("--gguf", type=model_arg, default=DEFAULT_GGUF, help="a pulled model's name or a .gguf file")
     p.add_argument("--threads", default="1", help="comma list of thread counts, each run in turn")
     p.add_argument("--tasks", type=int, default=12)
     p.add_argument("--prompt-tokens", type=int, default=1000, dest="prompt_tokens")
@@ -324,11 +325,6 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="JSON report")
     a = p.parse_args(argv)
-    from registry.models import ModelError, resolve
-    try:
-        a.gguf = resolve(a.gguf)
-    except ModelError as e:
-        p.error(str(e))
     from training import evaluate as ev
     files, _ = ev.read_heldout_files(REPO / "engine" / "embedded", None, print)
     if not files:

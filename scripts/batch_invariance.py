@@ -18,13 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
+    from registry.models import model_arg
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="qwen2.5-coder-0.5b", help="a pulled model's name or a .gguf file")
+    p.add_argument("--model", type=model_arg, default="qwen2.5-coder-0.5b", help="a pulled model's name or a .gguf file")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     from engine.llama_runner import LlamaModel
-    from registry.models import resolve
-    lm = LlamaModel.load(resolve(a.model), threads=a.threads, n_ctx=2048, n_seq=4)
+    lm = LlamaModel.load(a.model, threads=a.threads, n_ctx=2048, n_seq=4)
     context = [1000 + (i * 37) % 5000 for i in range(300)]
     toks = [17, 2345, 999, 4242, 77, 88, 99, 1234, 555, 666, 7777, 12, 13, 14, 15, 16]
 

@@ -26,8 +26,9 @@ PARTS = ("newplace-sized", "newplace-full", "typing-sized", "typing-full")
 
 
 def main(argv=None) -> int:
+    from registry.models import model_arg
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gguf", default="qwen2.5-coder-0.5b", help="a pulled model's name (tricode model list) or a .gguf file")
+    p.add_argument("--gguf", type=model_arg, default="qwen2.5-coder-0.5b", help="a pulled model's name (tricode model list) or a .gguf file")
     p.add_argument("--sites", type=int, default=4, help="typing replay: editing sites")
     p.add_argument("--place-files", type=int, default=6, dest="place_files", help="new-place replay: files")
     p.add_argument("--place-pause", type=float, default=1.0, dest="place_pause",
@@ -39,11 +40,6 @@ def main(argv=None) -> int:
                    help="the daemons' cpu_threads (0: the daemon's rule, llama.cpp on the idle cores)")
     p.add_argument("--json", type=Path, required=True, help="JSON lines, one per finished part")
     args = p.parse_args(argv)
-    from registry.models import ModelError, resolve
-    try:
-        args.gguf = resolve(args.gguf)
-    except ModelError as e:
-        p.error(str(e))
     from bench import newplace
     from bench.latency import run_latency
     from engine.embedded_model import default_model

@@ -46,8 +46,9 @@ def conditions(gguf: Path) -> list[tuple[str, list[list[str]], float]]:
 
 
 def main(argv=None) -> int:
+    from registry.models import model_arg
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="qwen2.5-coder-0.5b", help="a pulled model's name or a .gguf file")
+    p.add_argument("--model", type=model_arg, default="qwen2.5-coder-0.5b", help="a pulled model's name or a .gguf file")
     p.add_argument("--steps", type=int, default=15, help="steps per thread count (median reported)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
@@ -55,8 +56,7 @@ def main(argv=None) -> int:
     from daemon.config import Config
     from daemon.cpu_share import ThreadRule
     from engine.llama_runner import LlamaModel
-    from registry.models import resolve
-    gguf = resolve(a.model)
+    gguf = a.model
     lm = LlamaModel.load(gguf, threads=2, n_ctx=1024, n_seq=2)
     ctx = [1000 + i % 5000 for i in range(400)]
     cache = lm.new_cache(600)

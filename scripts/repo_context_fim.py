@@ -74,12 +74,13 @@ def render(style: str, entries, prefix: str, path: str, root_name: str):
 
 
 def main(argv=None) -> int:
+    from registry.models import model_arg
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/repo-eval")
     ap.add_argument("--work", default="/tmp/w23_fim_work")
     ap.add_argument("--cases", type=int, default=60)
     ap.add_argument("--half", choices=("tune", "report", "all"), default="tune")
-    ap.add_argument("--gguf", default="qwen2.5-coder-0.5b", help="a pulled model's name or a .gguf file")
+    ap.add_argument("--gguf", type=model_arg, default="qwen2.5-coder-0.5b", help="a pulled model's name or a .gguf file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=["repo:definitions,signatures:160"],
                     help="STYLE:SOURCES:BUDGET each (style repo|comment)")
@@ -95,8 +96,7 @@ def main(argv=None) -> int:
         shutil.copytree(root, wroots[name])
     cases = make_cases(roots, a.cases, 0)
     cases = round_robin(half(cases, a.half))
-    from registry.models import resolve
-    model = Model(str(resolve(a.gguf)), a.threads)
+    model = Model(str(a.gguf), a.threads)
     from daemon.retrieval import as_entries
     variants = [(v.split(":")[0], tuple(v.split(":")[1].split(",")), int(v.split(":")[2])) for v in a.variants]
     indexes: dict[str, RepoIndex] = {}
