@@ -100,24 +100,22 @@ class CpuShare:
         return self
 
     def others_busy(self) -> float | None:
-        """Cores other processes of normal priority kept busy over the last ~second (0 .. cores), None
-        without /proc.
-        Starts the sampler on first use; until it has a second sample, a reading taken now over a
-        short span (a sleep of one sample) answers."""
+        """Cores other processes of normal priority kept busy over the last ~second (0 .. cores), from
+        the sampler's readings (no /proc read here: it runs before every forward). None without /proc
+        or a running sampler. The first call starts the sampler and waits for its second reading."""
         if not self.available:
             return None
         self.start()
-        with self._lock:
-            first = self._samples[0] if self._samples else None
-        if first is None or time.monotonic() - first[0] < self.sample_s / 2:
-            first = self._read()
-            time.sleep(self.sample_s)
-        try:
-            now = self._read()
-        except (OSError, ValueError, IndexError):
+        give_up = time.monotonic() + 3 * self.sample_s
+        while True:
+            with self._lock:
+                first, last = (self._samples[0], self._samples[-1]) if self._samples else (None, None)
+            if (first is not None and last[0] > first[0]) or time.monotonic() > give_up:
+                break
+            time.sleep(self.sample_s / 5)
+        if first is None or last[0] <= first[0] or time.monotonic() - last[0] > 4 * self.sample_s:
             return None
-        span = now[0] - first[0]
-        others = ((now[1] - first[1]) - (now[2] - first[2])) / span if span > 0 else 0.0
+        others = ((last[1] - first[1]) - (last[2] - first[2])) / (last[0] - first[0])
         return min(float(self.cores), max(0.0, others))
 
 
