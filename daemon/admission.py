@@ -68,6 +68,7 @@ class Job:
     aged: int = 0                     # times it went ahead of inline completions by ageing
     stages: list = field(default_factory=list)   # a prefetch's prefills still to run: (pool key, ids, prompt length)
     follow_up: bool = False           # a prefetch the worker queued itself (a sized prompt's full form)
+    decode_s: float | None = None     # an inline job's decode gets this long after its prefill (DecodeParams)
 
     @property
     def id(self) -> int:

@@ -522,7 +522,7 @@ class Daemon:
         job = Job(conn=conn, msg=msg, kind=msg.type, priority=PRIO_INLINE if inline else PRIO_REFACTOR,
                   mode=msg.mode or (cfg.inline_mode if inline else cfg.refactor_mode), max_tokens=max_tokens,
                   deadline=time.monotonic() + deadline_ms / 1e3 if deadline_ms > 0 else None, arrived=now,
-                  cancel=CancelSignal())
+                  cancel=CancelSignal(), decode_s=deadline_ms / 1e3 if inline else None)
         self.queue.register(job)      # the bookkeeping (supersede, abort, the one reply) stays the queue's
         (self.remote if remote else self.worker).submit(job)
 

@@ -402,7 +402,7 @@ class LocalWorker(threading.Thread):
         params = DecodeParams(mode=job.mode, max_new_tokens=n, block_size=block,
                               threshold=msg.threshold or cfg.threshold or None,
                               temperature=max(msg.temperature, 0.0), deadline=job.deadline,
-                              decode_s=(msg.deadline_ms or cfg.deadline_ms) / 1e3 if job.kind == "complete" else None,
+                              decode_s=job.decode_s,
                               spec_variant=cfg.spec_variant, lookup=cfg.lookup, stop_token_ids=self.stop_ids)
         params = for_device(model, params)
         need = len(job.prompt.ids) + job.max_tokens + scratch_slots(params, params.block_size) + 2
